@@ -1,0 +1,1 @@
+//! Disk images: partition layouts, GPT/MBR, sparse raw output, xz, bmap, qcow2, checksums.

@@ -1,0 +1,1 @@
+//! Pinned downloads: HTTP/file fetch with resume, the content-addressed cache, the lockfile.

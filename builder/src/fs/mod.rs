@@ -1,0 +1,1 @@
+//! Filesystem writers: a [`crate::tree::Tree`] in, a filesystem image out.

@@ -1,0 +1,1 @@
+//! Identifiers derived from the build seed (disk GUIDs, filesystem UUIDs, serials).

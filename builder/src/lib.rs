@@ -1,0 +1,19 @@
+//! imgbuild: immutable, reproducible k3s node images from declarative profiles.
+//!
+//! The pipeline is a chain of functions from data to data (see the README's design notes):
+//! profile → plan → fetched inputs → [`tree::Tree`] → filesystems → disk image → outputs.
+//! Only the outermost layer ([`cmd`], [`fetch`], [`output`]) touches paths, sockets or the clock.
+
+pub mod cli;
+pub mod cmd;
+pub mod disk;
+pub mod fetch;
+pub mod fs;
+pub mod ids;
+pub mod node;
+pub mod output;
+pub mod profile;
+pub mod progress;
+pub mod source;
+pub mod stock;
+pub mod tree;

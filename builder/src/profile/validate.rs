@@ -1,0 +1,581 @@
+//! Semantic checks on a merged profile, and filling of board-derived defaults. Each problem names
+//! the key and where it was set, and says how to fix it.
+
+use super::{Diagnostic, Location, Origin, Resolved};
+use super::schema::*;
+
+struct Checker<'a> {
+    resolved: &'a Resolved,
+    top: &'a Origin,
+    problems: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    /// Where `key` was set; for a missing key, the nearest enclosing table that was set, or the
+    /// top of the profile itself.
+    fn at(&self, key: &str) -> Option<Location> {
+        let mut k = key;
+        loop {
+            if let Some(l) = self.resolved.locations.get(k) {
+                return Some(l.clone());
+            }
+            match k.rfind(['.', '[']) {
+                Some(i) => k = &k[..i],
+                None => break,
+            }
+        }
+        Some(Location {
+            origin: self.top.clone(),
+            line: 1,
+            column: 1,
+        })
+    }
+
+    fn problem(&mut self, key: &str, message: impl Into<String>, help: impl Into<String>) {
+        self.problems.push(Diagnostic {
+            location: self.at(key),
+            key: Some(key.to_string()),
+            message: message.into(),
+            help: Some(help.into()),
+        });
+    }
+
+    fn warn(&mut self, key: &str, message: impl Into<String>) -> Diagnostic {
+        Diagnostic {
+            location: self.at(key),
+            key: Some(key.to_string()),
+            message: message.into(),
+            help: None,
+        }
+    }
+}
+
+/// Checks a merged profile and fills `image.{name,arch,formats,partition-table}`. Abstract
+/// profiles (only meant to be extended) skip the checks for required values.
+pub(super) fn validate(resolved: &mut Resolved, top: &Origin) -> Vec<Diagnostic> {
+    let p = resolved.profile.clone();
+    let mut c = Checker {
+        resolved,
+        top,
+        problems: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let concrete = !p.r#abstract;
+
+    // image
+    let board = p.image.board;
+    if board.is_none() && concrete {
+        c.problem(
+            "image.board",
+            "image.board is missing",
+            "set image.board to one of rpi4, rpi5, rpi, efi, cloud",
+        );
+    }
+    let arch = match (board.and_then(Board::implied_arch), p.image.arch) {
+        (Some(implied), Some(a)) if implied != a => {
+            c.problem(
+                "image.arch",
+                format!(
+                    "image.arch is {a}, but board {} is {implied}",
+                    board.map_or("?", Board::as_str)
+                ),
+                format!("remove image.arch or set it to {implied}"),
+            );
+            Some(implied)
+        }
+        (Some(implied), _) => Some(implied),
+        (None, Some(a)) => Some(a),
+        (None, None) => {
+            if concrete && board.is_some() {
+                c.problem(
+                    "image.arch",
+                    format!(
+                        "image.arch is missing (board {} runs on more than one architecture)",
+                        board.map_or("?", Board::as_str)
+                    ),
+                    "set image.arch to amd64 or arm64",
+                );
+            }
+            None
+        }
+    };
+    if let Some(name) = &p.image.name
+        && !super::is_profile_name(name)
+    {
+        c.problem(
+            "image.name",
+            format!("image.name {name:?} is not a usable file name"),
+            "use lowercase letters, digits and `-`",
+        );
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, f) in p.image.formats.iter().enumerate() {
+        if !seen.insert(f) {
+            c.problem(
+                &format!("image.formats[{i}]"),
+                format!("format {f} is listed twice"),
+                "list each output format once",
+            );
+        }
+    }
+    if let (Some(b), Some(PartitionTable::Gpt)) = (board, p.image.partition_table)
+        && b == Board::Rpi4
+    {
+        // The Pi 4 EEPROM boots GPT since 2020-09; nothing to refuse, but worth saying.
+        let w = c.warn(
+            "image.partition-table",
+            "GPT on a Raspberry Pi 4 needs a bootloader EEPROM from 2020-09-03 or later",
+        );
+        c.warnings.push(w);
+    }
+    if let Size::Bytes(b) = p.image.boot_size
+        && b < 32 << 20
+    {
+        c.problem(
+            "image.boot-size",
+            format!(
+                "image.boot-size {} is too small for a FAT32 boot partition",
+                p.image.boot_size
+            ),
+            "use at least 64MiB (FAT32 needs 65525 clusters); 512MiB is the default",
+        );
+    }
+    if let (Size::Bytes(total), Size::Bytes(boot)) = (p.image.size, p.image.boot_size)
+        && total <= boot + (64 << 20)
+    {
+        c.problem(
+            "image.size",
+            format!(
+                "image.size {} leaves no room for a root filesystem next to the {} boot partition",
+                p.image.size, p.image.boot_size
+            ),
+            "use `auto` or a larger size, e.g. 4GiB",
+        );
+    }
+
+    // base
+    if p.base.url.is_some() && p.base.path.is_some() {
+        c.problem(
+            "base.path",
+            "base.url and base.path are both set",
+            "keep one: url to download the base, path for a local file",
+        );
+    }
+    if let Some(url) = &p.base.url {
+        check_url(&mut c, "base.url", url, &["https", "http", "file"]);
+    }
+    if let Some(sha) = &p.base.sha256
+        && !is_sha256(sha)
+    {
+        c.problem(
+            "base.sha256",
+            format!("base.sha256 {sha:?} is not a SHA-256"),
+            "write 64 hexadecimal digits, or remove it and let the lockfile pin the base",
+        );
+    }
+
+    // k3s
+    let k = &p.k3s;
+    if let Some(v) = &k.version
+        && !is_k3s_version(v)
+    {
+        c.problem(
+            "k3s.version",
+            format!("k3s.version {v:?} is not a k3s release"),
+            "write the release tag, e.g. v1.33.5+k3s1",
+        );
+    }
+    if concrete && k.version.is_none() {
+        c.problem(
+            "k3s.version",
+            "k3s.version is missing",
+            "pin a k3s release, e.g. version = \"v1.33.5+k3s1\"",
+        );
+    }
+    match k.role {
+        None if concrete => c.problem(
+            "k3s.role",
+            "k3s.role is missing",
+            "set k3s.role to server or agent",
+        ),
+        Some(Role::Agent) => {
+            if k.server.is_none() {
+                c.problem(
+                    "k3s.server",
+                    "an agent needs k3s.server, the URL of the server it joins",
+                    "set k3s.server = \"https://<server>:6443\" (a mesh address or name)",
+                );
+            }
+            if k.cluster_init {
+                c.problem(
+                    "k3s.cluster-init",
+                    "k3s.cluster-init is for servers; this profile's role is agent",
+                    "remove cluster-init, or set k3s.role = \"server\"",
+                );
+            }
+            if k.agent_token.is_some() {
+                c.problem(
+                    "k3s.agent-token",
+                    "k3s.agent-token is a server setting; an agent joins with k3s.token",
+                    "remove agent-token and reference the agent token as k3s.token",
+                );
+            }
+        }
+        Some(Role::Server) => {
+            if !k.cluster_init && k.server.is_none() {
+                c.problem(
+                    "k3s.server",
+                    "a server that does not start the cluster must join one: k3s.server is missing",
+                    "set k3s.cluster-init = true on the first server, or k3s.server = \"https://<server>:6443\" on the others",
+                );
+            }
+            if k.cluster_init && k.server.is_some() {
+                c.problem(
+                    "k3s.cluster-init",
+                    "k3s.cluster-init starts a new cluster, but k3s.server is set to join one",
+                    "remove one of them: the first server has cluster-init, the others a server URL",
+                );
+            }
+        }
+        None => {}
+    }
+    if concrete && k.role.is_some() && k.token.is_none() {
+        c.problem(
+            "k3s.token",
+            "k3s.token is missing",
+            "reference the cluster token by name: token = { secret = \"k3s-token\" }",
+        );
+    }
+    if let Some(server) = &k.server {
+        check_url(&mut c, "k3s.server", server, &["https"]);
+    }
+    for (i, l) in k.labels.iter().enumerate() {
+        if !is_label(l) {
+            c.problem(
+                &format!("k3s.labels[{i}]"),
+                format!("node label {l:?} is not key=value"),
+                "write labels as \"key=value\", e.g. \"node.kubernetes.io/role=worker\"",
+            );
+        }
+    }
+    for (i, t) in k.taints.iter().enumerate() {
+        if !is_taint(t) {
+            c.problem(
+                &format!("k3s.taints[{i}]"),
+                format!("taint {t:?} is not key=value:Effect"),
+                "write taints as \"key=value:NoSchedule\" (effects: NoSchedule, PreferNoSchedule, NoExecute)",
+            );
+        }
+    }
+    for key in k.config.keys() {
+        let owned = match key.as_str() {
+            "token" | "token-file" | "agent-token" | "agent-token-file" => Some("k3s.token / k3s.agent-token (as secret references)"),
+            "server" => Some("k3s.server"),
+            "cluster-init" => Some("k3s.cluster-init"),
+            "node-label" => Some("k3s.labels"),
+            "node-taint" => Some("k3s.taints"),
+            "node-ip" | "flannel-iface" | "node-name" => Some("nothing: imgbuild sets it per node from the mesh"),
+            _ => None,
+        };
+        if let Some(instead) = owned {
+            c.problem(
+                &format!("k3s.config.{key}"),
+                format!("k3s.config.{key} is managed by imgbuild"),
+                format!("remove it from k3s.config; use {instead}"),
+            );
+        }
+    }
+
+    // mesh
+    let m = &p.mesh;
+    match m.provider {
+        MeshProvider::Tailscale => {
+            if concrete && m.version.is_none() {
+                c.problem(
+                    "mesh.version",
+                    "mesh.version is missing",
+                    "pin a Tailscale release, e.g. version = \"1.88.3\"",
+                );
+            }
+            if concrete && m.auth_key.is_none() {
+                c.problem(
+                    "mesh.auth-key",
+                    "mesh.auth-key is missing: a Tailscale node joins with a one-off auth key",
+                    "reference it by name: auth-key = { secret = \"tailscale-authkey\" }",
+                );
+            }
+            if m.network.is_some() {
+                c.problem(
+                    "mesh.network",
+                    "mesh.network is a ZeroTier setting; this profile uses Tailscale",
+                    "remove mesh.network",
+                );
+            }
+            for (i, t) in m.tags.iter().enumerate() {
+                if !t.starts_with("tag:") || t.len() <= 4 {
+                    c.problem(
+                        &format!("mesh.tags[{i}]"),
+                        format!("Tailscale tag {t:?} must start with `tag:`"),
+                        format!("write \"tag:{}\"", t.trim_start_matches("tag:")),
+                    );
+                }
+            }
+            if let Some(ls) = &m.login_server {
+                check_url(&mut c, "mesh.login-server", ls, &["https", "http"]);
+            }
+        }
+        MeshProvider::Zerotier => {
+            match &m.network {
+                None if concrete => c.problem(
+                    "mesh.network",
+                    "mesh.network is missing: ZeroTier needs the network id to join",
+                    "set mesh.network to the 16-hex-digit network id",
+                ),
+                Some(n) if n.len() != 16 || !n.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                    c.problem(
+                        "mesh.network",
+                        format!("ZeroTier network id {n:?} is not 16 hexadecimal digits"),
+                        "copy the network id from ZeroTier Central",
+                    )
+                }
+                _ => {}
+            }
+            if concrete && m.version.is_none() {
+                c.problem(
+                    "mesh.version",
+                    "mesh.version is missing",
+                    "pin a ZeroTier release, e.g. version = \"1.14.2\"",
+                );
+            }
+            for (key, set) in [
+                ("mesh.auth-key", m.auth_key.is_some()),
+                ("mesh.login-server", m.login_server.is_some()),
+                ("mesh.tags", !m.tags.is_empty()),
+            ] {
+                if set {
+                    c.problem(
+                        key,
+                        format!("{key} is a Tailscale setting; this profile uses ZeroTier"),
+                        format!("remove {key} (ZeroTier members are authorised in the controller)"),
+                    );
+                }
+            }
+        }
+        MeshProvider::None => {
+            for (key, set) in [
+                ("mesh.version", m.version.is_some()),
+                ("mesh.auth-key", m.auth_key.is_some()),
+                ("mesh.network", m.network.is_some()),
+                ("mesh.tags", !m.tags.is_empty()),
+                ("mesh.login-server", m.login_server.is_some()),
+            ] {
+                if set {
+                    c.problem(
+                        key,
+                        format!("{key} is set, but mesh.provider is none"),
+                        "set mesh.provider to tailscale or zerotier, or remove the mesh settings",
+                    );
+                }
+            }
+        }
+    }
+
+    // users
+    let mut names = std::collections::BTreeSet::new();
+    for (i, u) in p.users.iter().enumerate() {
+        if !is_user_name(&u.name) {
+            c.problem(
+                &format!("users[{i}].name"),
+                format!("user name {:?} is not a valid Linux user name", u.name),
+                "use lowercase letters, digits, `_` and `-`, starting with a letter, at most 32 characters",
+            );
+        } else if !names.insert(u.name.clone()) {
+            c.problem(
+                &format!("users[{i}].name"),
+                format!("user {:?} is defined twice", u.name),
+                "merge the two [[users]] entries",
+            );
+        }
+        for (j, key) in u.ssh_keys.iter().enumerate() {
+            if !is_ssh_public_key(key) {
+                c.problem(
+                    &format!("users[{i}].ssh-keys[{j}]"),
+                    "this is not an OpenSSH public key line",
+                    "paste the whole line of the .pub file, e.g. \"ssh-ed25519 AAAA… you@host\" (never a private key)",
+                );
+            }
+        }
+    }
+
+    // kernel and Pi
+    for (i, a) in p.kernel.cmdline.iter().enumerate() {
+        if a.is_empty() || a.chars().any(char::is_whitespace) {
+            c.problem(
+                &format!("kernel.cmdline[{i}]"),
+                format!("kernel argument {a:?} is empty or contains white space"),
+                "list one argument per string: [\"quiet\", \"console=ttyS0\"]",
+            );
+        }
+    }
+    let ct = &p.pi.config_txt;
+    let has_pi = !(ct.all.is_empty() && ct.pi4.is_empty() && ct.pi5.is_empty());
+    if has_pi && board.is_some_and(|b| !b.is_raspberry_pi()) {
+        c.problem(
+            "pi.config-txt",
+            "pi.config-txt is only used on Raspberry Pi boards",
+            "remove the [pi.config-txt] section, or set image.board to rpi4, rpi5 or rpi",
+        );
+    }
+    for (section, lines) in [("all", &ct.all), ("pi4", &ct.pi4), ("pi5", &ct.pi5)] {
+        for (i, l) in lines.iter().enumerate() {
+            if l.contains('\n') || l.trim_start().starts_with('[') {
+                c.problem(
+                    &format!("pi.config-txt.{section}[{i}]"),
+                    format!("config.txt line {l:?} must be one setting, not a section or several lines"),
+                    "put each setting in its own string; sections come from the key (all, pi4, pi5)",
+                );
+            }
+        }
+    }
+
+    let problems = std::mem::take(&mut c.problems);
+    let warnings = std::mem::take(&mut c.warnings);
+    resolved.warnings.extend(warnings);
+    // Fill the board-derived defaults so consumers and `profiles show` see concrete values.
+    let img = &mut resolved.profile.image;
+    if img.name.is_none() {
+        img.name = Some(resolved.name.clone());
+    }
+    img.arch = arch.or(img.arch);
+    if let Some(b) = board {
+        if img.formats.is_empty() {
+            img.formats = b.default_formats().to_vec();
+        }
+        if img.partition_table.is_none() {
+            img.partition_table = Some(b.default_partition_table());
+        }
+    }
+    problems
+}
+
+fn check_url(c: &mut Checker<'_>, key: &str, url: &str, schemes: &[&str]) {
+    let ok = url.split_once("://").is_some_and(|(scheme, rest)| {
+        schemes.contains(&scheme)
+            && (scheme == "file" || !rest.is_empty() && !rest.starts_with('/'))
+            && !url.chars().any(char::is_whitespace)
+    });
+    if !ok {
+        c.problem(
+            key,
+            format!("{key} {url:?} is not a usable URL"),
+            format!(
+                "write a full URL starting with {}://",
+                schemes.join("://, ")
+            ),
+        );
+    }
+}
+
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn is_k3s_version(v: &str) -> bool {
+    let Some(rest) = v.strip_prefix('v') else {
+        return false;
+    };
+    let (semver, build) = rest.split_once('+').unwrap_or((rest, ""));
+    let parts: Vec<&str> = semver.split('.').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        && build.starts_with("k3s")
+        && build[3..].bytes().all(|b| b.is_ascii_digit())
+        && build.len() > 3
+}
+
+fn is_label(l: &str) -> bool {
+    l.split_once('=').is_some_and(|(k, v)| {
+        !k.is_empty()
+            && k.len() <= 317
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+            && v.len() <= 63
+            && v
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    })
+}
+
+fn is_taint(t: &str) -> bool {
+    let Some((kv, effect)) = t.rsplit_once(':') else {
+        return false;
+    };
+    let kv_ok = if kv.contains('=') {
+        is_label(kv)
+    } else {
+        is_label(&format!("{kv}="))
+    };
+    kv_ok && matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute")
+}
+
+fn is_user_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 32
+        && n.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && n
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+fn is_ssh_public_key(k: &str) -> bool {
+    let mut parts = k.split_whitespace();
+    let (Some(kind), Some(blob)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    let kind_ok = kind.starts_with("ssh-")
+        || kind.starts_with("ecdsa-sha2-")
+        || kind.starts_with("sk-ssh-")
+        || kind.starts_with("sk-ecdsa-");
+    kind_ok
+        && blob.starts_with("AAAA")
+        && blob
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
+        && !k.contains("PRIVATE KEY")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn k3s_versions() {
+        assert!(is_k3s_version("v1.33.5+k3s1"));
+        assert!(!is_k3s_version("1.33.5+k3s1"));
+        assert!(!is_k3s_version("v1.33+k3s1"));
+        assert!(!is_k3s_version("v1.33.5"));
+        assert!(!is_k3s_version("v1.33.5+k3s"));
+    }
+
+    #[test]
+    fn labels_and_taints() {
+        assert!(is_label("node.kubernetes.io/role=worker"));
+        assert!(is_label("a="));
+        assert!(!is_label("novalue"));
+        assert!(!is_label("a=b c"));
+        assert!(is_taint("dedicated=gpu:NoSchedule"));
+        assert!(is_taint("node-role.kubernetes.io/control-plane:NoSchedule"));
+        assert!(!is_taint("dedicated=gpu"));
+        assert!(!is_taint("dedicated=gpu:Never"));
+    }
+
+    #[test]
+    fn ssh_keys() {
+        assert!(is_ssh_public_key("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx me@host"));
+        assert!(!is_ssh_public_key("-----BEGIN OPENSSH PRIVATE KEY-----"));
+        assert!(!is_ssh_public_key("ssh-ed25519"));
+    }
+}

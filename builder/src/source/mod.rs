@@ -1,0 +1,2 @@
+//! Readers that turn inputs (host folders, tarballs, base images, `.deb`s, overlays) into tree
+//! entries without unpacking anything onto the host filesystem.
