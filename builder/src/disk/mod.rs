@@ -1,1 +1,3 @@
 //! Disk images: partition layouts, GPT/MBR, sparse raw output, xz, bmap, qcow2, checksums.
+
+pub mod region;
