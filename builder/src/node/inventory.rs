@@ -1,0 +1,492 @@
+//! The inventory, `nodes.toml`: one `[[node]]` per machine, with its name, profile, hardware
+//! identifiers (MAC, serial) and per-node labels, taints and mesh tags. Problems are reported with
+//! the file, line and column, like profile problems.
+//!
+//! ```toml
+//! [[node]]
+//! name = "pi-03"
+//! profile = "pi-worker"
+//! mac = "dc:a6:32:01:02:03"
+//! serial = "10000000abcdef01"
+//! labels = ["topology.kubernetes.io/zone=shelf-1"]
+//! mesh-tags = ["tag:k3s", "tag:home"]
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+
+use serde::{Deserialize, Serialize};
+
+/// One node of the inventory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Node {
+    /// Unique name; also the k3s node name and, unless `hostname` says otherwise, the host name.
+    pub name: String,
+    /// The profile this node runs.
+    pub profile: String,
+    /// MAC address of the wired interface (netboot matching, network-config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// Board serial (Raspberry Pi netboot folder) or SMBIOS UUID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Extra node labels (`key=value`), added to the profile's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+    /// Extra taints (`key=value:Effect`), added to the profile's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taints: Vec<String>,
+    /// Tailscale tags for this node, replacing the profile's `mesh.tags`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mesh_tags: Vec<String>,
+}
+
+impl Node {
+    /// The host name: `hostname`, or the node name.
+    pub fn hostname(&self) -> &str {
+        self.hostname.as_deref().unwrap_or(&self.name)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    node: Vec<Node>,
+}
+
+/// A validated inventory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inventory {
+    pub nodes: Vec<Node>,
+}
+
+/// One problem, with its position (1-based) in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+    pub help: Option<String>,
+}
+
+/// Everything wrong with an inventory file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct InventoryError {
+    /// The file, as it should be shown.
+    pub file: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for InventoryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(
+            f,
+            "inventory {} has {n} problem{}",
+            self.file,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            write!(f, "\n{}:{}:{}: {}", self.file, p.line, p.column, p.message)?;
+            if let Some(h) = &p.help {
+                write!(f, "\n  help: {h}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A node name that is not in the inventory.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("node {name:?} is not in {file}{}", known_list(.known))]
+pub struct UnknownNode {
+    pub name: String,
+    pub file: String,
+    pub known: Vec<String>,
+}
+
+fn known_list(known: &[String]) -> String {
+    if known.is_empty() {
+        "; it has no [[node]] entries yet\n  help: add one: [[node]] name = \"…\" profile = \"…\""
+            .into()
+    } else {
+        format!(
+            "; the nodes there are: {}\n  help: add a [[node]] entry for it, or use one of these names",
+            known.join(", ")
+        )
+    }
+}
+
+/// A node label the node cannot set on itself.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "node label {label:?} cannot be set by the node itself: the NodeRestriction admission plugin \
+     rejects kubernetes.io / k8s.io labels other than node.kubernetes.io/*, kubelet.kubernetes.io/* \
+     and topology.kubernetes.io/{{region,zone}}, and k3s then exits (k3s #10916)\n  help: use \
+     e.g. node.kubernetes.io/role=<role>, or set {label:?} with kubectl after the node joined"
+)]
+pub struct LabelError {
+    pub label: String,
+}
+
+/// Refuses labels the kubelet may not set on its own node (pitfall: `node-role.kubernetes.io/x`).
+pub fn check_self_label(label: &str) -> Result<(), LabelError> {
+    let key = label.split_once('=').map_or(label, |(k, _)| k);
+    let Some((prefix, _)) = key.rsplit_once('/') else {
+        return Ok(());
+    };
+    let under = |domain: &str| prefix == domain || prefix.ends_with(&format!(".{domain}"));
+    if !(under("kubernetes.io") || under("k8s.io")) {
+        return Ok(());
+    }
+    const ALLOWED_KEYS: &[&str] = &[
+        "kubernetes.io/hostname",
+        "kubernetes.io/arch",
+        "kubernetes.io/os",
+        "beta.kubernetes.io/arch",
+        "beta.kubernetes.io/os",
+        "beta.kubernetes.io/instance-type",
+        "failure-domain.beta.kubernetes.io/region",
+        "failure-domain.beta.kubernetes.io/zone",
+        "topology.kubernetes.io/region",
+        "topology.kubernetes.io/zone",
+    ];
+    if under("kubelet.kubernetes.io") || under("node.kubernetes.io") || ALLOWED_KEYS.contains(&key)
+    {
+        Ok(())
+    } else {
+        Err(LabelError {
+            label: label.to_string(),
+        })
+    }
+}
+
+impl Inventory {
+    /// Parses and validates `text`; `file` names it in messages.
+    pub fn parse(text: &str, file: &str) -> Result<Inventory, InventoryError> {
+        let err = |problems| InventoryError {
+            file: file.to_string(),
+            problems,
+        };
+        let parsed: File = toml::from_str(text).map_err(|e| {
+            let (line, column) = line_col(text, e.span().map_or(0, |s| s.start));
+            err(vec![Problem {
+                line,
+                column,
+                message: e.message().trim().to_string(),
+                help: Some(
+                    "each node is a [[node]] table with name, profile and optionally mac, serial, \
+                     hostname, labels, taints, mesh-tags"
+                        .into(),
+                ),
+            }])
+        })?;
+        let spans = node_spans(text);
+        let mut problems = Vec::new();
+        let mut problem = |i: usize, key: &str, message: String, help: &str| {
+            let at = spans
+                .get(&(i, key.to_string()))
+                .or_else(|| spans.get(&(i, String::new())))
+                .map_or(0, |s| s.start);
+            let (line, column) = line_col(text, at);
+            problems.push(Problem {
+                line,
+                column,
+                message,
+                help: Some(help.to_string()),
+            });
+        };
+        let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut macs: BTreeMap<String, &str> = BTreeMap::new();
+        let mut serials: BTreeMap<String, &str> = BTreeMap::new();
+        for (i, n) in parsed.node.iter().enumerate() {
+            if !is_dns_label(&n.name) {
+                problem(
+                    i,
+                    "name",
+                    format!("node name {:?} is not a valid host name", n.name),
+                    "use lowercase letters, digits and `-`, at most 63 characters, not starting or ending with `-`",
+                );
+            } else if names.insert(&n.name, i).is_some() {
+                problem(
+                    i,
+                    "name",
+                    format!("node {:?} is listed twice", n.name),
+                    "give every node its own name",
+                );
+            }
+            if !crate::profile::is_profile_name(&n.profile) {
+                problem(
+                    i,
+                    "profile",
+                    format!("{:?} is not a profile name", n.profile),
+                    "name a profile from `imgbuild profiles list`",
+                );
+            }
+            if let Some(h) = &n.hostname
+                && !h.split('.').all(is_dns_label)
+            {
+                problem(
+                    i,
+                    "hostname",
+                    format!("host name {h:?} is not valid"),
+                    "use lowercase letters, digits, `-` and dots",
+                );
+            }
+            if let Some(mac) = &n.mac {
+                match normalize_mac(mac) {
+                    None => problem(
+                        i,
+                        "mac",
+                        format!("{mac:?} is not a MAC address"),
+                        "write six hex pairs, e.g. \"dc:a6:32:01:02:03\"",
+                    ),
+                    Some(m) => {
+                        if let Some(other) = macs.insert(m, &n.name) {
+                            problem(
+                                i,
+                                "mac",
+                                format!("MAC {mac} is also given for node {other:?}"),
+                                "each MAC belongs to one node",
+                            );
+                        }
+                    }
+                }
+            }
+            if let Some(serial) = &n.serial {
+                let ok = !serial.is_empty()
+                    && serial.len() <= 64
+                    && serial
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+                if !ok {
+                    problem(
+                        i,
+                        "serial",
+                        format!("serial {serial:?} is not valid"),
+                        "write the board serial (Raspberry Pi: 8 or 16 hex digits) or the SMBIOS UUID",
+                    );
+                } else if let Some(other) = serials.insert(serial.to_ascii_lowercase(), &n.name) {
+                    problem(
+                        i,
+                        "serial",
+                        format!("serial {serial} is also given for node {other:?}"),
+                        "each serial belongs to one node",
+                    );
+                }
+            }
+            for (j, l) in n.labels.iter().enumerate() {
+                let key = format!("labels[{j}]");
+                if !is_label(l) {
+                    problem(
+                        i,
+                        &key,
+                        format!("node label {l:?} is not key=value"),
+                        "write labels as \"key=value\", e.g. \"topology.kubernetes.io/zone=shelf-1\"",
+                    );
+                } else if let Err(e) = check_self_label(l) {
+                    let msg = e.to_string();
+                    let (m, h) = msg.split_once("\n  help: ").unwrap_or((&msg, ""));
+                    problem(i, &key, m.to_string(), h);
+                }
+            }
+            for (j, t) in n.taints.iter().enumerate() {
+                let ok = t.rsplit_once(':').is_some_and(|(kv, effect)| {
+                    let kv = if kv.contains('=') {
+                        kv.to_string()
+                    } else {
+                        format!("{kv}=")
+                    };
+                    is_label(&kv)
+                        && matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute")
+                });
+                if !ok {
+                    problem(
+                        i,
+                        &format!("taints[{j}]"),
+                        format!("taint {t:?} is not key=value:Effect"),
+                        "write taints as \"key=value:NoSchedule\" (effects: NoSchedule, PreferNoSchedule, NoExecute)",
+                    );
+                }
+            }
+            for (j, t) in n.mesh_tags.iter().enumerate() {
+                let ok = t.strip_prefix("tag:").is_some_and(|r| {
+                    !r.is_empty() && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+                if !ok {
+                    problem(
+                        i,
+                        &format!("mesh-tags[{j}]"),
+                        format!("Tailscale tag {t:?} is not valid"),
+                        "write tags as \"tag:name\" (letters, digits and `-`)",
+                    );
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(err(problems));
+        }
+        Ok(Inventory { nodes: parsed.node })
+    }
+
+    /// The node called `name`.
+    pub fn node(&self, name: &str, file: &str) -> Result<&Node, UnknownNode> {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| UnknownNode {
+                name: name.to_string(),
+                file: file.to_string(),
+                known: self.nodes.iter().map(|n| n.name.clone()).collect(),
+            })
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff` in lower case, from `:` or `-` separated input.
+pub fn normalize_mac(mac: &str) -> Option<String> {
+    let parts: Vec<&str> = mac.split([':', '-']).collect();
+    (parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit())))
+    .then(|| parts.join(":").to_ascii_lowercase())
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn is_label(l: &str) -> bool {
+    l.split_once('=').is_some_and(|(k, v)| {
+        !k.is_empty()
+            && k.len() <= 317
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+            && v.len() <= 63
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    })
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Spans of `[[node]]` tables and their keys: (index, key) → span; key "" is the table itself.
+/// Array elements are keyed `labels[0]`.
+fn node_spans(text: &str) -> BTreeMap<(usize, String), Range<usize>> {
+    let mut out = BTreeMap::new();
+    let Ok(doc) = text.parse::<toml_edit::Document<String>>() else {
+        return out;
+    };
+    let Some(toml_edit::Item::ArrayOfTables(nodes)) = doc.as_table().get("node") else {
+        return out;
+    };
+    for (i, t) in nodes.iter().enumerate() {
+        if let Some(s) = t.span() {
+            out.insert((i, String::new()), s);
+        }
+        for (k, item) in t.iter() {
+            if let Some(s) = item.span().or_else(|| t.key(k).and_then(|key| key.span())) {
+                out.insert((i, k.to_string()), s);
+            }
+            if let Some(arr) = item.as_array() {
+                for (j, v) in arr.iter().enumerate() {
+                    if let Some(s) = v.span() {
+                        out.insert((i, format!("{k}[{j}]")), s);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[[node]]
+name = "pi-03"
+profile = "pi-worker"
+mac = "DC-A6-32-01-02-03"
+labels = ["topology.kubernetes.io/zone=shelf-1"]
+mesh-tags = ["tag:k3s"]
+
+[[node]]
+name = "do-1"
+profile = "droplet-worker"
+"#;
+
+    #[test]
+    fn parses_and_finds_nodes() {
+        let inv = Inventory::parse(GOOD, "nodes.toml").unwrap();
+        assert_eq!(inv.nodes.len(), 2);
+        assert_eq!(inv.node("do-1", "nodes.toml").unwrap().hostname(), "do-1");
+        let err = inv.node("pi-9", "nodes.toml").unwrap_err().to_string();
+        assert!(err.contains("pi-03, do-1"), "{err}");
+        assert_eq!(
+            normalize_mac("DC-A6-32-01-02-03").unwrap(),
+            "dc:a6:32:01:02:03"
+        );
+    }
+
+    #[test]
+    fn problems_have_positions() {
+        let text = "[[node]]\nname = \"a\"\nprofile = \"pi-worker\"\nlabels = [\"ok=1\", \"node-role.kubernetes.io/worker=true\"]\nmac = \"zz\"\n\n[[node]]\nname = \"a\"\nprofile = \"x\"\n";
+        let err = Inventory::parse(text, "nodes.toml").unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains(
+                "nodes.toml:4:19: node label \"node-role.kubernetes.io/worker=true\" cannot be set"
+            ),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("nodes.toml:5:7: \"zz\" is not a MAC address"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("nodes.toml:8:8: node \"a\" is listed twice"),
+            "{msg}"
+        );
+        let err = Inventory::parse("[[node]]\nname = \"a\"\nprofil = \"x\"\n", "n.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("n.toml:3:1: unknown field `profil`"), "{err}");
+    }
+
+    #[test]
+    fn self_labels() {
+        for ok in [
+            "node.kubernetes.io/role=worker",
+            "topology.kubernetes.io/region=home",
+            "example.com/x=y",
+            "plain=1",
+            "x.node.kubernetes.io/a=b",
+        ] {
+            assert!(check_self_label(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "node-role.kubernetes.io/worker=true",
+            "kubernetes.io/role=x",
+            "k8s.io/x=y",
+        ] {
+            assert!(check_self_label(bad).is_err(), "{bad}");
+        }
+    }
+}
