@@ -1,2 +1,5 @@
 //! Readers that turn inputs (host folders, tarballs, base images, `.deb`s, overlays) into tree
 //! entries without unpacking anything onto the host filesystem.
+
+pub mod dir;
+pub mod tar;
