@@ -3,7 +3,8 @@
 //! name the file, line and column and say how to fix the problem.
 //!
 //! Merge rules: tables merge key by key; arrays and scalars replace. `extends`, `abstract` and
-//! `description` belong to the file that says them and are never inherited.
+//! `description` belong to the file that says them and are never inherited. A profile that
+//! changes `mesh.provider` replaces the inherited `[mesh]` table instead of merging into it.
 
 mod schema;
 mod validate;
@@ -348,7 +349,9 @@ impl ProfileStore {
                     locations.insert(key, location(&src.origin, &src.text, span.start));
                 }
             }
-            deep_merge(&mut merged, raw.clone());
+            let mut raw = raw.clone();
+            replace_mesh_on_provider_change(&mut merged, &raw);
+            deep_merge(&mut merged, std::mem::take(&mut raw));
         }
         let top = &chain[0];
         let r#abstract = top.1.r#abstract;
@@ -370,6 +373,7 @@ impl ProfileStore {
                     column: 0,
                 },
             );
+            replace_mesh_on_provider_change(&mut merged, &table);
             deep_merge(&mut merged, table);
         }
         merged.remove("abstract");
@@ -445,6 +449,14 @@ fn help_for_toml_error(message: &str) -> Option<String> {
         Some("check the value's type: strings are quoted, lists use [ ], tables use { } or [section]".into())
     } else if message.starts_with("missing field") {
         Some("add the missing key".into())
+    } else if message.starts_with("a literal secret") {
+        Some("reference the secret by name, e.g. `token = { secret = \"k3s-token\" }`, and put its value in the secrets file (`imgbuild secrets init`) or the environment".into())
+    } else if message.starts_with("invalid size") {
+        Some("e.g. size = \"4GiB\", or size = \"auto\" to fit the content".into())
+    } else if message.starts_with("invalid secret name") || message.starts_with("expected a secret reference") {
+        Some("e.g. `auth-key = { secret = \"tailscale-authkey\" }`".into())
+    } else if message.contains("expected") || message.contains("invalid") {
+        Some("fix the TOML at this position; `imgbuild profiles show pi-worker` is a complete, valid example".into())
     } else {
         None
     }
@@ -558,6 +570,22 @@ fn leaf_keys(t: &toml::Table, prefix: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// A profile that switches the mesh provider starts its `[mesh]` table afresh: the parent's
+/// Tailscale tags and auth key mean nothing to ZeroTier, and TOML cannot unset inherited keys.
+fn replace_mesh_on_provider_change(merged: &mut toml::Table, over: &toml::Table) {
+    let provider = |t: &toml::Table| {
+        t.get("mesh")
+            .and_then(|m| m.get("provider"))
+            .and_then(|p| p.as_str())
+            .map(str::to_string)
+    };
+    if let Some(new) = provider(over)
+        && provider(merged).is_some_and(|old| old != new)
+    {
+        merged.remove("mesh");
+    }
 }
 
 /// Tables merge key by key; everything else (arrays included) replaces.

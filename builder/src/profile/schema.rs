@@ -449,9 +449,7 @@ impl<'de> Deserialize<'de> for SecretRef {
                 "invalid secret name {secret:?}: use letters, digits, `-` and `_` (e.g. \"k3s-token\")"
             ))),
             Raw::Literal(_) => Err(serde::de::Error::custom(
-                "a literal secret is not allowed in a profile (profiles are shared and end up in \
-                 manifests); reference it by name instead, e.g. `{ secret = \"k3s-token\" }`, and \
-                 put the value in the secrets file (`imgbuild secrets init`) or the environment",
+                "a literal secret is not allowed in a profile (profiles are shared and end up in manifests)",
             )),
             Raw::Other(_) => Err(serde::de::Error::custom(
                 "expected a secret reference like `{ secret = \"k3s-token\" }`",

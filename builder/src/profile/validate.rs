@@ -12,17 +12,19 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
-    /// Where `key` was set; for a missing key, the nearest enclosing table that was set, or the
-    /// top of the profile itself.
+    /// Where `key` was set; for a missing key, the nearest enclosing table in the profile itself
+    /// (where the user would add it), or the top of that file.
     fn at(&self, key: &str) -> Option<Location> {
+        if let Some(l) = self.resolved.locations.get(key) {
+            return Some(l.clone());
+        }
         let mut k = key;
-        loop {
-            if let Some(l) = self.resolved.locations.get(k) {
+        while let Some(i) = k.rfind(['.', '[']) {
+            k = &k[..i];
+            if let Some(l) = self.resolved.locations.get(k)
+                && (&l.origin == self.top || l.origin == Origin::CommandLine)
+            {
                 return Some(l.clone());
-            }
-            match k.rfind(['.', '[']) {
-                Some(i) => k = &k[..i],
-                None => break,
             }
         }
         Some(Location {
@@ -30,6 +32,22 @@ impl Checker<'_> {
             line: 1,
             column: 1,
         })
+    }
+
+    /// For a conflict between keys: the one set closest to the user (`--set`, then the profile
+    /// itself, then its ancestors), since that is the one they most likely just changed.
+    fn nearest<'k>(&self, keys: &[&'k str]) -> &'k str {
+        let rank = |k: &str| match self.resolved.locations.get(k).map(|l| &l.origin) {
+            Some(Origin::CommandLine) => 0,
+            Some(o) => 1 + self
+                .resolved
+                .chain
+                .iter()
+                .position(|c| c == o)
+                .unwrap_or(usize::MAX - 1),
+            None => usize::MAX,
+        };
+        keys.iter().copied().min_by_key(|k| rank(k)).unwrap_or(keys[0])
     }
 
     fn problem(&mut self, key: &str, message: impl Into<String>, help: impl Into<String>) {
@@ -74,8 +92,9 @@ pub(super) fn validate(resolved: &mut Resolved, top: &Origin) -> Vec<Diagnostic>
     }
     let arch = match (board.and_then(Board::implied_arch), p.image.arch) {
         (Some(implied), Some(a)) if implied != a => {
+            let key = c.nearest(&["image.arch", "image.board"]);
             c.problem(
-                "image.arch",
+                key,
                 format!(
                     "image.arch is {a}, but board {} is {implied}",
                     board.map_or("?", Board::as_str)
@@ -156,8 +175,9 @@ pub(super) fn validate(resolved: &mut Resolved, top: &Origin) -> Vec<Diagnostic>
 
     // base
     if p.base.url.is_some() && p.base.path.is_some() {
+        let key = c.nearest(&["base.path", "base.url"]);
         c.problem(
-            "base.path",
+            key,
             "base.url and base.path are both set",
             "keep one: url to download the base, path for a local file",
         );
@@ -208,8 +228,9 @@ pub(super) fn validate(resolved: &mut Resolved, top: &Origin) -> Vec<Diagnostic>
                 );
             }
             if k.cluster_init {
+                let key = c.nearest(&["k3s.cluster-init", "k3s.role"]);
                 c.problem(
-                    "k3s.cluster-init",
+                    key,
                     "k3s.cluster-init is for servers; this profile's role is agent",
                     "remove cluster-init, or set k3s.role = \"server\"",
                 );
@@ -231,8 +252,9 @@ pub(super) fn validate(resolved: &mut Resolved, top: &Origin) -> Vec<Diagnostic>
                 );
             }
             if k.cluster_init && k.server.is_some() {
+                let key = c.nearest(&["k3s.server", "k3s.cluster-init"]);
                 c.problem(
-                    "k3s.cluster-init",
+                    key,
                     "k3s.cluster-init starts a new cluster, but k3s.server is set to join one",
                     "remove one of them: the first server has cluster-init, the others a server URL",
                 );
@@ -275,14 +297,16 @@ pub(super) fn validate(resolved: &mut Resolved, top: &Origin) -> Vec<Diagnostic>
             "cluster-init" => Some("k3s.cluster-init"),
             "node-label" => Some("k3s.labels"),
             "node-taint" => Some("k3s.taints"),
-            "node-ip" | "flannel-iface" | "node-name" => Some("nothing: imgbuild sets it per node from the mesh"),
+            "node-ip" | "flannel-iface" | "node-name" => {
+                Some("nothing instead: imgbuild sets it for each node from its mesh address and name")
+            }
             _ => None,
         };
         if let Some(instead) = owned {
             c.problem(
                 &format!("k3s.config.{key}"),
                 format!("k3s.config.{key} is managed by imgbuild"),
-                format!("remove it from k3s.config; use {instead}"),
+                format!("remove it from k3s.config; set {instead}"),
             );
         }
     }
@@ -421,8 +445,9 @@ pub(super) fn validate(resolved: &mut Resolved, top: &Origin) -> Vec<Diagnostic>
     let ct = &p.pi.config_txt;
     let has_pi = !(ct.all.is_empty() && ct.pi4.is_empty() && ct.pi5.is_empty());
     if has_pi && board.is_some_and(|b| !b.is_raspberry_pi()) {
+        let key = c.nearest(&["pi.config-txt", "image.board"]);
         c.problem(
-            "pi.config-txt",
+            key,
             "pi.config-txt is only used on Raspberry Pi boards",
             "remove the [pi.config-txt] section, or set image.board to rpi4, rpi5 or rpi",
         );

@@ -1,0 +1,631 @@
+//! Booting images under QEMU for the integration tests.
+//!
+//! Always software emulation (`-accel tcg`): KVM is not assumed. The guest's serial console goes
+//! to a log file; tests wait for marker lines on it, and every failure prints the log's tail.
+//! Networking is off unless asked for, and then it is QEMU user networking with `restrict=on`
+//! (the guest reaches nothing but explicit `guestfwd` targets, which the harness points at
+//! 127.0.0.1 on the host). QEMU is killed when the [`Vm`] is dropped.
+//!
+//! Also here: the cached Debian base (`scripts/make-test-base`), extracting boot files from it,
+//! a FAT "results disk" the guest writes to and the host reads with mtools, and a tiny HTTP file
+//! server on 127.0.0.1.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::{find_tool, repo_root, require_tool, run};
+
+/// A generous bound for one TCG boot of a Debian system to a marker (typical: about a minute).
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Guest architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    X86_64,
+    Aarch64,
+}
+
+impl Arch {
+    fn qemu(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "qemu-system-x86_64",
+            Arch::Aarch64 => "qemu-system-aarch64",
+        }
+    }
+
+    /// UEFI firmware code and the template of its variable store, from Debian's `ovmf` and
+    /// `qemu-efi-aarch64` packages (no Secure Boot: the test images are not signed).
+    fn firmware(self) -> (&'static str, &'static str) {
+        match self {
+            Arch::X86_64 => (
+                "/usr/share/OVMF/OVMF_CODE_4M.fd",
+                "/usr/share/OVMF/OVMF_VARS_4M.fd",
+            ),
+            Arch::Aarch64 => (
+                "/usr/share/AAVMF/AAVMF_CODE.fd",
+                "/usr/share/AAVMF/AAVMF_VARS.fd",
+            ),
+        }
+    }
+
+    /// Serial console device name for the kernel command line.
+    pub fn console(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "ttyS0",
+            Arch::Aarch64 => "ttyAMA0",
+        }
+    }
+}
+
+/// Checks that QEMU for `arch` (and, with `uefi`, its firmware) is installed: fails under CI,
+/// skips elsewhere (see [`require_tool`]).
+pub fn require_qemu(arch: Arch, uefi: bool) -> bool {
+    if !require_tool(arch.qemu()) {
+        return false;
+    }
+    if uefi {
+        let (code, vars) = arch.firmware();
+        for f in [code, vars] {
+            if !Path::new(f).is_file() {
+                if std::env::var_os("CI").is_some() {
+                    panic!("{f} is required under CI; .ci/install-qemu.sh installs it");
+                }
+                eprintln!("skipping: {f} is not installed (.ci/install-qemu.sh installs it)");
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// How the guest starts.
+#[derive(Debug, Clone)]
+enum Boot {
+    /// UEFI firmware boots from the disks (OVMF / AAVMF).
+    Uefi,
+    /// QEMU loads a kernel and initrd directly (no firmware, no boot loader).
+    Kernel {
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+        cmdline: String,
+    },
+}
+
+/// A forward from an address inside the guest's user network to a TCP port on the host's
+/// loopback: the guest connects to `guest_addr:guest_port`, QEMU relays it to
+/// `127.0.0.1:host_port` (one `socat` per connection).
+#[derive(Debug, Clone)]
+pub struct GuestFwd {
+    pub guest_addr: String,
+    pub guest_port: u16,
+    pub host_port: u16,
+}
+
+/// A virtual machine to start: see [`VmBuilder::start`].
+#[derive(Debug)]
+pub struct VmBuilder {
+    arch: Arch,
+    boot: Boot,
+    disks: Vec<(PathBuf, String)>,
+    memory_mib: u32,
+    cpus: u32,
+    net: Option<Vec<GuestFwd>>,
+    extra: Vec<String>,
+}
+
+impl VmBuilder {
+    /// A UEFI machine (q35 + OVMF, or `virt` + AAVMF) booting from its disks.
+    pub fn uefi(arch: Arch) -> Self {
+        Self::new(arch, Boot::Uefi)
+    }
+
+    /// A machine that boots `kernel` (+ `initrd`) directly with `cmdline`.
+    pub fn kernel(arch: Arch, kernel: &Path, initrd: Option<&Path>, cmdline: &str) -> Self {
+        Self::new(
+            arch,
+            Boot::Kernel {
+                kernel: kernel.to_path_buf(),
+                initrd: initrd.map(Path::to_path_buf),
+                cmdline: cmdline.to_string(),
+            },
+        )
+    }
+
+    fn new(arch: Arch, boot: Boot) -> Self {
+        Self {
+            arch,
+            boot,
+            disks: Vec::new(),
+            memory_mib: 2048,
+            cpus: 2,
+            net: None,
+            extra: Vec::new(),
+        }
+    }
+
+    /// Adds a raw virtio disk. `serial` names it inside the guest
+    /// (`/dev/disk/by-id/virtio-<serial>`); disks appear as vda, vdb, … in the order added.
+    pub fn disk(mut self, image: &Path, serial: &str) -> Self {
+        self.disks.push((image.to_path_buf(), serial.to_string()));
+        self
+    }
+
+    pub fn memory_mib(mut self, mib: u32) -> Self {
+        self.memory_mib = mib;
+        self
+    }
+
+    /// Gives the guest one virtio NIC on QEMU's user network with `restrict=on`: DHCP works,
+    /// nothing outside the VM is reachable except the given forwards to host loopback ports.
+    pub fn restricted_net(mut self, forwards: Vec<GuestFwd>) -> Self {
+        self.net = Some(forwards);
+        self
+    }
+
+    /// Extra raw QEMU arguments.
+    pub fn arg(mut self, a: &str) -> Self {
+        self.extra.push(a.to_string());
+        self
+    }
+
+    /// The QEMU command line (without the program), with the serial console going to `serial_log`
+    /// and the firmware variable store copied into `work`.
+    fn args(&self, work: &Path, serial_log: &Path) -> Vec<String> {
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+        push(&["-accel", "tcg,thread=multi"]);
+        match self.arch {
+            Arch::X86_64 => push(&["-machine", "q35", "-cpu", "max"]),
+            Arch::Aarch64 => push(&["-machine", "virt", "-cpu", "max"]),
+        }
+        let (mem, cpus) = (self.memory_mib.to_string(), self.cpus.to_string());
+        push(&["-m", &mem, "-smp", &cpus]);
+        // No display, no monitor, no default devices (no stray NIC): only what is listed here.
+        push(&["-nodefaults", "-display", "none", "-monitor", "none"]);
+        push(&["-serial", &format!("file:{}", serial_log.display())]);
+        // A guest reboot (or a kernel panic with panic=N) ends QEMU instead of looping.
+        push(&["-no-reboot"]);
+        match &self.boot {
+            Boot::Uefi => {
+                let (code, vars) = self.arch.firmware();
+                let vars_copy = work.join("efivars.fd");
+                fs::copy(vars, &vars_copy)
+                    .unwrap_or_else(|e| panic!("copying {vars} to {}: {e}", vars_copy.display()));
+                push(&[
+                    "-drive",
+                    &format!("if=pflash,format=raw,unit=0,readonly=on,file={code}"),
+                    "-drive",
+                    &format!("if=pflash,format=raw,unit=1,file={}", vars_copy.display()),
+                ]);
+            }
+            Boot::Kernel {
+                kernel,
+                initrd,
+                cmdline,
+            } => {
+                push(&["-kernel", &kernel.display().to_string()]);
+                if let Some(initrd) = initrd {
+                    push(&["-initrd", &initrd.display().to_string()]);
+                }
+                push(&["-append", cmdline]);
+            }
+        }
+        let uefi = matches!(self.boot, Boot::Uefi);
+        for (i, (image, serial)) in self.disks.iter().enumerate() {
+            // With -kernel, QEMU's loader option ROM holds boot index 0; the firmware boot order
+            // matters only for UEFI.
+            let bootindex = if uefi { format!(",bootindex={i}") } else { String::new() };
+            push(&[
+                "-drive",
+                &format!(
+                    "if=none,id=disk{i},format=raw,cache=unsafe,file={}",
+                    qemu_escape(&image.display().to_string())
+                ),
+                "-device",
+                &format!("virtio-blk-pci,drive=disk{i},serial={serial}{bootindex}"),
+            ]);
+        }
+        match &self.net {
+            None => push(&["-nic", "none"]),
+            Some(forwards) => {
+                let socat = find_tool("socat")
+                    .expect("socat is needed for guest forwards (call require_tool(\"socat\"))");
+                let mut nic = String::from("user,model=virtio-net-pci,restrict=on");
+                for f in forwards {
+                    nic.push_str(&format!(
+                        ",guestfwd=tcp:{}:{}-cmd:{} STDIO TCP:127.0.0.1:{}",
+                        f.guest_addr,
+                        f.guest_port,
+                        socat.display(),
+                        f.host_port
+                    ));
+                }
+                push(&["-nic", &nic]);
+            }
+        }
+        a.extend(self.extra.iter().cloned());
+        a
+    }
+
+    /// Starts QEMU. Its serial console is logged to `<work>/serial.log`, its own messages to
+    /// `<work>/qemu.log`.
+    pub fn start(self, work: &Path) -> Vm {
+        fs::create_dir_all(work).expect("creating the VM work folder");
+        let serial_log = work.join("serial.log");
+        let qemu_log = work.join("qemu.log");
+        let args = self.args(work, &serial_log);
+        let qemu = find_tool(self.arch.qemu())
+            .unwrap_or_else(|| panic!("{} is not installed", self.arch.qemu()));
+        let log = fs::File::create(&qemu_log).expect("creating qemu.log");
+        let child = Command::new(&qemu)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup qemu.log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", qemu.display()));
+        eprintln!("qemu: {} {}", qemu.display(), args.join(" "));
+        Vm {
+            child,
+            serial_log,
+            qemu_log,
+            started: Instant::now(),
+        }
+    }
+}
+
+/// QEMU's option parser treats `,` as a separator; a literal comma is written `,,`.
+fn qemu_escape(s: &str) -> String {
+    s.replace(',', ",,")
+}
+
+/// A running QEMU; killed on drop.
+pub struct Vm {
+    child: Child,
+    serial_log: PathBuf,
+    qemu_log: PathBuf,
+    started: Instant,
+}
+
+impl Vm {
+    /// Everything the guest wrote to its serial console so far.
+    pub fn serial(&self) -> String {
+        fs::read(&self.serial_log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Time since QEMU was started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Panics with `msg`, the last lines of the serial console and QEMU's own messages.
+    pub fn fail(&self, msg: &str) -> ! {
+        let serial = self.serial();
+        let lines: Vec<&str> = serial.lines().collect();
+        let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+        let qemu = fs::read_to_string(&self.qemu_log).unwrap_or_default();
+        panic!(
+            "{msg} (after {:.0?})\n--- serial console, last 80 lines ({}) ---\n{tail}\n--- qemu ---\n{qemu}",
+            self.started.elapsed(),
+            self.serial_log.display()
+        );
+    }
+
+    /// Waits until a serial console line contains `marker` and returns that line. Fails (with the
+    /// log tail) if a line contains one of `failures` first, if QEMU exits, or after `timeout`.
+    ///
+    /// The kernel echoes its command line on the console: a marker must not appear literally in
+    /// the command line, or it matches at once.
+    pub fn wait_for(&mut self, marker: &str, failures: &[&str], timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let serial = self.serial();
+            for line in serial.lines() {
+                if let Some(f) = failures.iter().find(|f| line.contains(*f)) {
+                    self.fail(&format!("the guest printed {f:?}: {line}"));
+                }
+                if line.contains(marker) {
+                    return line.to_string();
+                }
+            }
+            if let Some(status) = self.child.try_wait().expect("polling qemu") {
+                // The file may have grown between the read above and the exit.
+                if let Some(line) = self.serial().lines().find(|l| l.contains(marker)) {
+                    return line.to_string();
+                }
+                self.fail(&format!("QEMU exited ({status}) before {marker:?} appeared"));
+            }
+            if Instant::now() > deadline {
+                self.fail(&format!("no {marker:?} on the serial console within {timeout:?}"));
+            }
+            thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Waits for QEMU to exit by itself (the guest powered off), at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("polling qemu") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                self.fail(&format!("the guest did not power off within {timeout:?}"));
+            }
+            thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Waits for `marker`, then for the guest to power off cleanly; returns the marker line.
+    pub fn wait_for_poweroff(&mut self, marker: &str, failures: &[&str]) -> String {
+        let line = self.wait_for(marker, failures, BOOT_TIMEOUT);
+        let status = self.wait_exit(Duration::from_secs(120));
+        if !status.success() {
+            self.fail(&format!("QEMU exited with {status} after {marker:?}"));
+        }
+        eprintln!("guest powered off after {:.1?}", self.elapsed());
+        line
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// The cached Debian base tarball (`scripts/make-test-base`: built once with mmdebstrap from
+/// Debian's packages, then reused from `~/.cache/imgbuild-test/`). `None` (skip) when it is not
+/// cached and mmdebstrap is missing outside CI.
+pub fn debian_base() -> Option<PathBuf> {
+    let script = repo_root().join("scripts/make-test-base");
+    let key = run(Command::new(&script).arg("--print-key"));
+    assert_eq!(key.0, 0, "make-test-base --print-key failed: {}", key.2);
+    if !require_tool("mmdebstrap") {
+        return None;
+    }
+    let started = Instant::now();
+    let out = Command::new(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("running scripts/make-test-base");
+    assert!(out.status.success(), "scripts/make-test-base failed (see above)");
+    let path = PathBuf::from(String::from_utf8(out.stdout).expect("utf-8 path").trim());
+    assert!(path.is_file(), "make-test-base printed {path:?}, not a file");
+    eprintln!(
+        "debian base: {} ({:.1?})",
+        path.display(),
+        started.elapsed()
+    );
+    Some(path)
+}
+
+/// Kernel and initrd found under `boot/` of a base tarball, extracted into `dest`.
+pub struct BootFiles {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// The kernel release, e.g. `6.1.0-28-amd64`.
+    pub release: String,
+}
+
+/// Extracts `/boot/vmlinuz-*` and `/boot/initrd.img-*` from a rootfs tarball with `tar`.
+pub fn extract_boot_files(base: &Path, dest: &Path) -> BootFiles {
+    fs::create_dir_all(dest).expect("creating the boot files folder");
+    let (code, _, err) = run(Command::new("tar")
+        .arg("-xf")
+        .arg(base)
+        .arg("-C")
+        .arg(dest)
+        .args(["--wildcards", "./boot/vmlinuz-*", "./boot/initrd.img-*"]));
+    assert_eq!(code, 0, "extracting the kernel from {}: {err}", base.display());
+    let boot = dest.join("boot");
+    let mut release = None;
+    for entry in fs::read_dir(&boot).expect("reading boot/") {
+        let name = entry.expect("boot/ entry").file_name();
+        if let Some(r) = name.to_str().and_then(|n| n.strip_prefix("vmlinuz-")) {
+            assert!(release.is_none(), "more than one kernel in {}", base.display());
+            release = Some(r.to_string());
+        }
+    }
+    let release = release.unwrap_or_else(|| panic!("no /boot/vmlinuz-* in {}", base.display()));
+    let files = BootFiles {
+        kernel: boot.join(format!("vmlinuz-{release}")),
+        initrd: boot.join(format!("initrd.img-{release}")),
+        release,
+    };
+    assert!(files.initrd.is_file(), "no initrd for {}", files.release);
+    files
+}
+
+/// Extracts single files from a rootfs tarball (paths as in the tarball, `./usr/...`) into `dest`.
+pub fn extract_from_tar(base: &Path, dest: &Path, members: &[&str]) {
+    fs::create_dir_all(dest).expect("creating the extraction folder");
+    let (code, _, err) = run(Command::new("tar")
+        .arg("-xf")
+        .arg(base)
+        .arg("-C")
+        .arg(dest)
+        .args(members));
+    assert_eq!(code, 0, "extracting {members:?} from {}: {err}", base.display());
+}
+
+/// Copies `base` to `out` and appends the files under `extra` (paths relative to it, owned by
+/// root), so a test can add a script or unit to a root filesystem without changing the cached
+/// base. Only files and symlinks are appended: their parent folders must exist in the base.
+pub fn tar_with_extra_files(base: &Path, extra: &Path, out: &Path) {
+    fs::copy(base, out).unwrap_or_else(|e| panic!("copying {}: {e}", base.display()));
+    let mut members = Vec::new();
+    collect_files(extra, extra, &mut members);
+    members.sort();
+    let (code, _, err) = run(Command::new("tar")
+        .args(["--owner=0", "--group=0", "--numeric-owner", "--no-recursion"])
+        .arg("-rf")
+        .arg(out)
+        .arg("-C")
+        .arg(extra)
+        .args(&members));
+    assert_eq!(code, 0, "appending {members:?} to {}: {err}", out.display());
+}
+
+fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) {
+    for entry in fs::read_dir(dir).expect("reading extra files") {
+        let entry = entry.expect("extra file entry");
+        let path = entry.path();
+        let kind = entry.file_type().expect("file type");
+        if kind.is_dir() {
+            collect_files(root, &path, out);
+        } else {
+            let rel = path.strip_prefix(root).expect("under root");
+            out.push(format!("./{}", rel.display()));
+        }
+    }
+}
+
+/// Writes `content` to `root/rel` with `mode`, creating parent folders.
+pub fn write_file(root: &Path, rel: &str, content: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = root.join(rel);
+    fs::create_dir_all(path.parent().expect("has a parent")).expect("creating parents");
+    fs::write(&path, content).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    fs::set_permissions(&path, fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// A small FAT disk the guest mounts (label `RESULTS`) and writes files to; the host reads them
+/// back with mtools after the guest powered off.
+pub struct ResultsDisk {
+    pub image: PathBuf,
+}
+
+impl ResultsDisk {
+    /// Creates a 32 MiB FAT image at `image` (needs `mkfs.vfat`, `mtype`: check with
+    /// `require_tool`).
+    pub fn create(image: &Path) -> Self {
+        let f = fs::File::create(image).expect("creating the results disk");
+        f.set_len(32 << 20).expect("sizing the results disk");
+        let (code, _, err) = run(Command::new(find_tool("mkfs.vfat").expect("mkfs.vfat"))
+            .args(["-n", "RESULTS"])
+            .arg(image));
+        assert_eq!(code, 0, "mkfs.vfat: {err}");
+        Self {
+            image: image.to_path_buf(),
+        }
+    }
+
+    /// The shell commands (for the guest) that mount this disk at `/results`.
+    pub const GUEST_MOUNT: &'static str = "mkdir -p /results && mount -t vfat /dev/disk/by-label/RESULTS /results";
+
+    /// Reads a file the guest wrote at `/results/<name>`, or `None` if it is not there.
+    pub fn read(&self, name: &str) -> Option<String> {
+        let out = Command::new("mtype")
+            .arg("-i")
+            .arg(&self.image)
+            .arg(format!("::/{name}"))
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .output()
+            .expect("running mtype");
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Every `key=value` line of `/results/<name>`.
+    pub fn read_kv(&self, name: &str) -> BTreeMap<String, String> {
+        self.read(name)
+            .unwrap_or_else(|| panic!("the guest did not write /results/{name}"))
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect()
+    }
+}
+
+/// A minimal HTTP/1.0 file server on 127.0.0.1 (never any other address) serving `root`, for
+/// guests that fetch artifacts through a [`GuestFwd`]. Records every request line.
+pub struct LoopbackHttp {
+    pub port: u16,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl LoopbackHttp {
+    pub fn serve(root: &Path) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+        let port = listener.local_addr().expect("local addr").port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (root, log) = (root.to_path_buf(), Arc::clone(&requests));
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (root, log) = (root.clone(), Arc::clone(&log));
+                thread::spawn(move || serve_one(stream, &root, &log));
+            }
+        });
+        Self { port, requests }
+    }
+
+    /// Request lines received so far (`GET /path HTTP/1.1`).
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().expect("request log").clone()
+    }
+}
+
+fn serve_one(stream: TcpStream, root: &Path, log: &Mutex<Vec<String>>) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut reader = BufReader::new(match stream.try_clone() {
+        Ok(s) => s,
+        Err(_) => return,
+    });
+    let mut request = String::new();
+    if reader.read_line(&mut request).is_err() {
+        return;
+    }
+    // Skip the headers.
+    let mut line = String::new();
+    while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+        line.clear();
+    }
+    let request = request.trim().to_string();
+    log.lock().expect("request log").push(request.clone());
+    let mut parts = request.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
+    let rel = target.split('?').next().unwrap_or("").trim_start_matches('/');
+    let path = root.join(rel);
+    let safe = !rel.split('/').any(|c| c == ".." || c.is_empty());
+    let mut stream = stream;
+    match (method, safe, fs::File::open(&path)) {
+        ("GET" | "HEAD", true, Ok(mut f)) if path.is_file() => {
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            let _ = write!(
+                stream,
+                "HTTP/1.0 200 OK\r\nContent-Length: {len}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n"
+            );
+            if method == "GET" {
+                let mut buf = vec![0u8; 1 << 16];
+                while let Ok(n) = f.read(&mut buf) {
+                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        _ => {
+            let body = format!("not found: {target}\n");
+            let _ = write!(
+                stream,
+                "HTTP/1.0 404 Not Found\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    }
+    let _ = stream.flush();
+}
