@@ -1,6 +1,9 @@
 //! Filesystem writers: a [`crate::tree::Tree`] in, a filesystem image out (through a
 //! [`crate::disk::region::Sink`]).
 
+pub mod ext4;
+pub mod fat;
+
 use serde::Serialize;
 
 /// One entry of a written filesystem, as listed in `manifest.json`.
