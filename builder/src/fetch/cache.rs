@@ -1,0 +1,345 @@
+//! The download cache: content-addressed by SHA-256.
+//!
+//! Layout under the cache root:
+//!
+//! * `sha256/<hex>`: one verified blob per content hash, read-only. A blob is written under
+//!   `tmp/` and renamed here only after its hash was checked, so a crash, a cut connection or a
+//!   server sending the wrong bytes never leaves a blob whose name lies about its content.
+//! * `tmp/<sha256 of the URL>.part`: an interrupted download, resumed with an HTTP Range request
+//!   the next time the same URL is fetched.
+//! * `unxz/<hex of the compressed blob>`: the decompressed copy of an `.xz` blob (a base image is
+//!   decompressed once and then read in place), with `unxz/<hex>.sha256` holding the hash of the
+//!   decompressed bytes so `imgbuild cache verify` can check it as well.
+//!
+//! Garbage collection keeps what the given lockfiles reference (and the decompressed copies of
+//! those blobs) and removes everything else, including partial downloads.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
+
+use super::FetchError;
+
+/// Buffer for streaming blobs (hashing, copying, decompressing).
+pub(crate) const BUF: usize = 256 << 10;
+
+/// A cache folder.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    root: PathBuf,
+}
+
+/// What kind of file a cache entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    /// A verified download, named by its SHA-256.
+    Blob,
+    /// The decompressed copy of an `.xz` blob, named by the blob's SHA-256.
+    Unxz,
+    /// An interrupted download.
+    Partial,
+}
+
+/// One file in the cache.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CacheEntry {
+    pub kind: EntryKind,
+    /// The content hash (blobs) or the compressed blob's hash (decompressed copies); the file
+    /// name for partial downloads.
+    pub key: String,
+    pub size: u64,
+    pub path: PathBuf,
+}
+
+/// The result of re-hashing one entry.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Corrupt {
+    pub path: PathBuf,
+    pub expected: String,
+    pub actual: String,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FetchError + '_ {
+    move |source| FetchError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Is `s` a lowercase hex SHA-256?
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// SHA-256 of a whole file, in lowercase hex.
+pub fn sha256_file(path: &Path) -> Result<String, FetchError> {
+    let mut f = File::open(path).map_err(io_err(path))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; BUF];
+    loop {
+        let n = f.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+impl Cache {
+    /// The default cache folder: `$XDG_CACHE_HOME/imgbuild`, else `~/.cache/imgbuild`.
+    pub fn default_dir() -> Option<PathBuf> {
+        if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+            let x = PathBuf::from(x);
+            // The XDG spec says relative values are invalid and must be ignored.
+            if x.is_absolute() {
+                return Some(x.join("imgbuild"));
+            }
+        }
+        let home = std::env::var_os("HOME").filter(|v| !v.is_empty())?;
+        Some(PathBuf::from(home).join(".cache").join("imgbuild"))
+    }
+
+    /// Opens (creating if needed) the cache at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Cache, FetchError> {
+        let root = root.into();
+        for sub in ["sha256", "tmp", "unxz"] {
+            let d = root.join(sub);
+            fs::create_dir_all(&d).map_err(io_err(&d))?;
+        }
+        Ok(Cache { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the blob with this hash lives (whether or not it is there).
+    pub fn blob_path(&self, sha256: &str) -> PathBuf {
+        self.root.join("sha256").join(sha256)
+    }
+
+    /// The blob with this hash, if cached.
+    pub fn get(&self, sha256: &str) -> Option<PathBuf> {
+        if !is_sha256_hex(sha256) {
+            return None;
+        }
+        let p = self.blob_path(sha256);
+        p.is_file().then_some(p)
+    }
+
+    /// The partial-download file for a URL.
+    pub fn partial_path(&self, url: &str) -> PathBuf {
+        let key = hex::encode(Sha256::digest(url.as_bytes()));
+        self.root.join("tmp").join(format!("{key}.part"))
+    }
+
+    /// A fresh temporary file inside the cache (same filesystem as the blobs, so the final
+    /// rename is atomic). Deleted on drop unless persisted.
+    pub fn temp_file(&self) -> Result<tempfile::NamedTempFile, FetchError> {
+        let dir = self.root.join("tmp");
+        tempfile::Builder::new()
+            .prefix("new.")
+            .tempfile_in(&dir)
+            .map_err(io_err(&dir))
+    }
+
+    /// Moves a file whose SHA-256 the caller has verified to be `sha256` into the cache.
+    pub fn insert(&self, file: &Path, sha256: &str) -> Result<PathBuf, FetchError> {
+        let dest = self.blob_path(sha256);
+        set_readonly(file)?;
+        fs::rename(file, &dest).map_err(io_err(&dest))?;
+        Ok(dest)
+    }
+
+    /// The decompressed copy of the `.xz` blob `sha256`, made once and then reused. Decompression
+    /// goes to a temporary file that is renamed only when the stream ended cleanly, so a
+    /// truncated or corrupt `.xz` leaves nothing behind.
+    pub fn unxz(&self, sha256: &str) -> Result<PathBuf, FetchError> {
+        let blob = self.get(sha256).ok_or_else(|| FetchError::Io {
+            path: self.blob_path(sha256),
+            source: io::Error::new(io::ErrorKind::NotFound, "blob is not in the cache"),
+        })?;
+        let dest = self.root.join("unxz").join(sha256);
+        let sidecar = self.root.join("unxz").join(format!("{sha256}.sha256"));
+        if dest.is_file() && sidecar.is_file() {
+            return Ok(dest);
+        }
+        let src = File::open(&blob).map_err(io_err(&blob))?;
+        let mut dec =
+            liblzma::read::XzDecoder::new_multi_decoder(io::BufReader::with_capacity(BUF, src));
+        let mut tmp = self.temp_file()?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; BUF];
+        loop {
+            let n = dec.read(&mut buf).map_err(|e| FetchError::Decompress {
+                path: blob.clone(),
+                source: e,
+            })?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            tmp.write_all(&buf[..n]).map_err(io_err(tmp.path()))?;
+        }
+        let digest = hex::encode(h.finalize());
+        tmp.as_file().sync_all().map_err(io_err(&dest))?;
+        fs::write(&sidecar, format!("{digest}\n")).map_err(io_err(&sidecar))?;
+        let path = tmp.into_temp_path();
+        set_readonly(&path)?;
+        path.persist(&dest).map_err(|e| FetchError::Io {
+            path: dest.clone(),
+            source: e.error,
+        })?;
+        Ok(dest)
+    }
+
+    /// Every entry, sorted by kind and key.
+    pub fn list(&self) -> Result<Vec<CacheEntry>, FetchError> {
+        let mut out = Vec::new();
+        for (sub, kind) in [
+            ("sha256", EntryKind::Blob),
+            ("unxz", EntryKind::Unxz),
+            ("tmp", EntryKind::Partial),
+        ] {
+            let dir = self.root.join(sub);
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(&dir)(e)),
+            };
+            for e in rd {
+                let e = e.map_err(io_err(&dir))?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                if kind == EntryKind::Unxz && name.ends_with(".sha256") {
+                    continue;
+                }
+                let path = e.path();
+                let size = e.metadata().map_err(io_err(&path))?.len();
+                out.push(CacheEntry {
+                    kind,
+                    key: name,
+                    size,
+                    path,
+                });
+            }
+        }
+        out.sort_by(|a, b| (a.kind as u8, &a.key).cmp(&(b.kind as u8, &b.key)));
+        Ok(out)
+    }
+
+    /// Re-hashes every blob and decompressed copy. Corrupt ones are removed when `repair` is
+    /// set (they will be downloaded again) and returned either way.
+    pub fn verify(&self, repair: bool) -> Result<Vec<Corrupt>, FetchError> {
+        let mut bad = Vec::new();
+        for e in self.list()? {
+            let expected = match e.kind {
+                EntryKind::Blob => e.key.clone(),
+                EntryKind::Unxz => {
+                    let side = e.path.with_file_name(format!("{}.sha256", e.key));
+                    fs::read_to_string(&side)
+                        .map(|s| s.trim().to_string())
+                        .unwrap_or_else(|_| "(no recorded hash)".into())
+                }
+                EntryKind::Partial => continue,
+            };
+            let actual = sha256_file(&e.path)?;
+            if actual != expected {
+                if repair {
+                    remove(&e.path)?;
+                    if e.kind == EntryKind::Unxz {
+                        remove(&e.path.with_file_name(format!("{}.sha256", e.key)))?;
+                    }
+                }
+                bad.push(Corrupt {
+                    path: e.path,
+                    expected,
+                    actual,
+                });
+            }
+        }
+        Ok(bad)
+    }
+
+    /// Removes every blob not in `keep` (SHA-256 hex), the decompressed copies of removed blobs,
+    /// and all partial downloads. Returns what was (or, with `dry_run`, would be) removed.
+    pub fn gc(
+        &self,
+        keep: &BTreeSet<String>,
+        dry_run: bool,
+    ) -> Result<Vec<CacheEntry>, FetchError> {
+        let mut removed = Vec::new();
+        for e in self.list()? {
+            let doomed = match e.kind {
+                EntryKind::Blob | EntryKind::Unxz => !keep.contains(&e.key),
+                EntryKind::Partial => true,
+            };
+            if doomed {
+                if !dry_run {
+                    remove(&e.path)?;
+                    if e.kind == EntryKind::Unxz {
+                        remove(&e.path.with_file_name(format!("{}.sha256", e.key)))?;
+                    }
+                }
+                removed.push(e);
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn remove(path: &Path) -> Result<(), FetchError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(path)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Blobs are read-only so nothing edits them in place by accident.
+fn set_readonly(path: &Path) -> Result<(), FetchError> {
+    let mut perm = fs::metadata(path).map_err(io_err(path))?.permissions();
+    perm.set_readonly(true);
+    fs::set_permissions(path, perm).map_err(io_err(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_get_verify_gc() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cache::open(dir.path()).unwrap();
+        let sha = hex::encode(Sha256::digest(b"hello"));
+        let t = c.temp_file().unwrap();
+        fs::write(t.path(), b"hello").unwrap();
+        let (_, p) = t.keep().unwrap();
+        c.insert(&p, &sha).unwrap();
+        assert!(c.get(&sha).is_some());
+        assert!(c.get("../etc/passwd").is_none());
+        assert!(c.verify(false).unwrap().is_empty());
+
+        // A blob whose content no longer matches its name is found and, with repair, removed.
+        let bad = hex::encode(Sha256::digest(b"other"));
+        fs::write(c.blob_path(&bad), b"not other").unwrap();
+        let found = c.verify(true).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].expected, bad);
+        assert!(c.get(&bad).is_none());
+
+        fs::write(c.partial_path("http://x/y"), b"half").unwrap();
+        let keep: BTreeSet<String> = [sha.clone()].into();
+        let gone = c.gc(&keep, true).unwrap();
+        assert_eq!(gone.len(), 1, "dry run reports the partial");
+        assert!(c.partial_path("http://x/y").exists());
+        c.gc(&BTreeSet::new(), false).unwrap();
+        assert!(c.get(&sha).is_none());
+        assert!(c.list().unwrap().is_empty());
+    }
+}
