@@ -43,9 +43,10 @@ impl BlockMap {
         let mapped: u64 = self.ranges.iter().map(|(f, l, _)| l - f + 1).sum();
         let mut x = String::new();
         x.push_str("<?xml version=\"1.0\" ?>\n");
+        // No double hyphen inside: XML comments may not contain one.
         x.push_str(
             "<!-- Block map of a disk image: the blocks that hold data. Only these need to be\n     \
-             written to the target device (bmaptool copy --bmap). Written by imgbuild. -->\n",
+             written to the target device: bmaptool copy uses this file. Written by imgbuild. -->\n",
         );
         x.push_str("<bmap version=\"2.0\">\n");
         let _ = writeln!(x, "    <ImageSize> {} </ImageSize>", self.image_size);

@@ -1,0 +1,558 @@
+//! Disk images judged by tools nobody here wrote: sgdisk, sfdisk, blkid, bmaptool, sha256sum, xz,
+//! qemu-img (and fsck.fat / e2fsck on the filesystems inside).
+
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use imgbuild::disk::layout::{
+    ContentError, ContentInfo, EmptyContent, Layout, MIB, PartType, Partition, PartitionContent,
+    RawContent, Size, WriteParams,
+};
+use imgbuild::disk::manifest::{InputRecord, Manifest};
+use imgbuild::disk::outputs::{BuiltOutputs, Formats, OutputRequest, build_outputs};
+use imgbuild::disk::region::Sink;
+use imgbuild::disk::xz::XzSettings;
+use imgbuild::fs::FileRecord;
+use imgbuild::ids::ImageSeed;
+use imgbuild::output::OutputDir;
+use imgbuild::progress::Progress;
+use support::{find_tool, require_tool, run};
+
+/// Content that writes a few scattered regions (so partitions have holes inside), derived from
+/// the epoch and the partition's identifiers so both reach the bytes.
+struct Scattered {
+    regions: Vec<(u64, usize)>,
+}
+
+impl PartitionContent for Scattered {
+    fn required_size(&self) -> Result<u64, ContentError> {
+        Ok(self
+            .regions
+            .iter()
+            .map(|(o, l)| o + *l as u64)
+            .max()
+            .unwrap_or(0))
+    }
+
+    fn write(
+        &self,
+        p: &WriteParams,
+        sink: &mut dyn Sink,
+        _: &Progress,
+    ) -> Result<Vec<FileRecord>, ContentError> {
+        for (i, (off, len)) in self.regions.iter().enumerate() {
+            let mut x = p.epoch ^ u64::from(p.ids.volume_id) ^ (i as u64) << 40;
+            let data: Vec<u8> = (0..*len)
+                .map(|_| {
+                    // xorshift: incompressible enough to exercise xz, deterministic.
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            sink.write_at(*off, &data)?;
+        }
+        Ok(vec![FileRecord {
+            path: "/blob".into(),
+            kind: "file",
+            mode: "0644".into(),
+            uid: 0,
+            gid: 0,
+            size: Some(0),
+            sha256: Some("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into()),
+            target: None,
+        }])
+    }
+
+    fn describe(&self) -> ContentInfo {
+        ContentInfo {
+            fs: "raw",
+            detail: None,
+            label: None,
+            label_max: None,
+        }
+    }
+}
+
+/// Fails while writing: an interrupted build.
+struct Failing;
+
+impl PartitionContent for Failing {
+    fn required_size(&self) -> Result<u64, ContentError> {
+        Ok(4096)
+    }
+    fn write(
+        &self,
+        _: &WriteParams,
+        sink: &mut dyn Sink,
+        _: &Progress,
+    ) -> Result<Vec<FileRecord>, ContentError> {
+        sink.write_at(0, &[1; 4096])?;
+        Err("source file vanished".into())
+    }
+    fn describe(&self) -> ContentInfo {
+        ContentInfo {
+            fs: "raw",
+            detail: None,
+            label: None,
+            label_max: None,
+        }
+    }
+}
+
+fn scattered() -> Box<dyn PartitionContent> {
+    Box::new(Scattered {
+        regions: vec![(0, 70_000), (300 << 10, 5000), ((3 << 20) + 17, 100_000)],
+    })
+}
+
+fn gpt_layout() -> Layout {
+    let mut l = Layout::gpt(vec![
+        Partition {
+            label: "esp".into(),
+            ptype: PartType::Esp,
+            size: Size::Bytes(8 * MIB),
+            offset: None,
+            content: scattered(),
+        },
+        Partition {
+            label: "root".into(),
+            ptype: PartType::RootX86_64,
+            size: Size::Auto,
+            offset: None,
+            content: scattered(),
+        },
+        Partition {
+            label: "data".into(),
+            ptype: PartType::LinuxGeneric,
+            size: Size::Grow,
+            offset: None,
+            content: Box::new(EmptyContent),
+        },
+    ]);
+    l.disk_size = Some(40 * MIB);
+    l
+}
+
+fn mbr_layout() -> Layout {
+    Layout::mbr_pi(vec![
+        Partition {
+            label: "boot".into(),
+            ptype: PartType::Fat32,
+            size: Size::Bytes(16 * MIB),
+            offset: None,
+            content: Box::new(RawContent(vec![0xAB; 1000])),
+        },
+        Partition {
+            label: "root".into(),
+            ptype: PartType::LinuxGeneric,
+            size: Size::Auto,
+            offset: None,
+            content: scattered(),
+        },
+    ])
+}
+
+fn seed(n: u8) -> ImageSeed {
+    ImageSeed::new([n; 32])
+}
+
+fn all_formats(qcow2: bool) -> Formats {
+    Formats {
+        raw: true,
+        xz: true,
+        bmap: true,
+        qcow2,
+    }
+}
+
+fn build(
+    dir: &Path,
+    layout: &Layout,
+    seed: &ImageSeed,
+    epoch: u64,
+    formats: Formats,
+    threads: u32,
+) -> anyhow::Result<BuiltOutputs> {
+    let out = OutputDir::prepare(dir)?;
+    let profile = serde_json::json!({"name": "test", "k3s": {"token": {"secret": "k3s-token"}}});
+    let inputs = vec![InputRecord {
+        name: "base".into(),
+        url: "http://127.0.0.1/base.img.xz".into(),
+        sha256: "00".repeat(32),
+    }];
+    let req = OutputRequest {
+        name: "node",
+        formats,
+        xz: XzSettings {
+            preset: 6,
+            block_size: 1 << 20,
+            threads,
+        },
+        epoch,
+        profile: &profile,
+        inputs: &inputs,
+    };
+    build_outputs(&out, layout, seed, &req, &Progress::quiet())
+}
+
+fn tool(name: &str) -> Command {
+    Command::new(find_tool(name).expect("checked with require_tool"))
+}
+
+fn sfdisk_json(img: &Path) -> serde_json::Value {
+    let (code, out, err) = run(tool("sfdisk").arg("--json").arg(img));
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+fn assert_tables_clean(img: &Path, gpt: bool) {
+    if gpt && require_tool("sgdisk") {
+        let (code, out, err) = run(tool("sgdisk").arg("-v").arg(img));
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains("No problems found"),
+            "sgdisk -v:\n{out}\n{err}"
+        );
+    }
+    if require_tool("sfdisk") {
+        let (code, out, err) = run(tool("sfdisk").arg("--verify").arg(img));
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("No errors detected"), "{out}");
+        assert!(
+            !err.contains("mismatch") && !err.contains("ERROR"),
+            "sfdisk:\n{out}\n{err}"
+        );
+    }
+}
+
+#[test]
+fn gpt_image_is_valid_and_carries_derived_guids() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let built = build(
+        &out,
+        &gpt_layout(),
+        &seed(1),
+        1_700_000_000,
+        all_formats(false),
+        2,
+    )
+    .unwrap();
+    let img = out.join("node.img");
+    assert_eq!(fs::metadata(&img).unwrap().len(), 40 * MIB);
+    assert_tables_clean(&img, true);
+    if !require_tool("sfdisk") {
+        return;
+    }
+    let j = sfdisk_json(&img);
+    let t = &j["partitiontable"];
+    assert_eq!(t["label"], "gpt");
+    assert_eq!(t["id"], seed(1).disk_guid().to_upper());
+    let parts = t["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 3);
+    for (p, r) in parts.iter().zip(&built.report.partitions) {
+        assert_eq!(p["uuid"], r.partuuid.to_uppercase());
+        assert_eq!(p["name"], r.label);
+        assert_eq!(p["start"], r.offset / 512);
+        assert_eq!(p["size"], r.size / 512);
+        assert_eq!(p["type"], r.type_id.to_uppercase());
+        assert_eq!(p["start"].as_u64().unwrap() % 2048, 0, "1 MiB aligned");
+    }
+    assert_eq!(parts[0]["type"], "C12A7328-F81F-11D2-BA4B-00A0C93EC93B");
+    assert_eq!(parts[1]["type"], "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709");
+    // The grown partition ends right before the backup table.
+    let last = &parts[2];
+    assert_eq!(
+        last["start"].as_u64().unwrap() + last["size"].as_u64().unwrap(),
+        t["lastlba"].as_u64().unwrap() + 1
+    );
+    if require_tool("blkid") {
+        let (code, out, err) = run(tool("blkid").args(["-p", "-o", "export"]).arg(&img));
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("PTTYPE=gpt"), "{out}");
+        assert!(
+            out.contains(&format!("PTUUID={}", seed(1).disk_guid())),
+            "{out}"
+        );
+    }
+}
+
+#[test]
+fn mbr_image_for_the_pi_is_valid_with_known_partuuid() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let built = build(&out, &mbr_layout(), &seed(2), 1, all_formats(false), 1).unwrap();
+    let img = out.join("node.img");
+    assert_tables_clean(&img, false);
+    let sig = format!("{:08x}", seed(2).mbr_disk_signature());
+    assert_eq!(built.report.partuuid("root"), Some(&*format!("{sig}-02")));
+    if !require_tool("sfdisk") {
+        return;
+    }
+    let j = sfdisk_json(&img);
+    let t = &j["partitiontable"];
+    assert_eq!(t["label"], "dos");
+    assert_eq!(t["id"], format!("0x{sig}"));
+    let parts = t["partitions"].as_array().unwrap();
+    assert_eq!(parts[0]["start"], 8192, "boot partition at 4 MiB");
+    assert_eq!(parts[0]["type"], "c");
+    assert_eq!(parts[1]["type"], "83");
+    if require_tool("blkid") {
+        let (_, out, _) = run(tool("blkid").args(["-p", "-o", "export"]).arg(&img));
+        assert!(out.contains(&format!("PTUUID={sig}")), "{out}");
+        assert!(out.contains("PTTYPE=dos"), "{out}");
+    }
+}
+
+#[test]
+fn outputs_pass_bmaptool_sha256sum_xz_and_qemu_img() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let qcow = find_tool("qemu-img").is_some();
+    let built = build(&out, &gpt_layout(), &seed(3), 5, all_formats(qcow), 2).unwrap();
+    let img = out.join("node.img");
+    let raw = fs::read(&img).unwrap();
+
+    // The manifest names the image by hash; secrets stay out.
+    let text = fs::read_to_string(out.join("manifest.json")).unwrap();
+    let m: Manifest = serde_json::from_str(&text).unwrap();
+    assert_eq!(m.image.sha256, built.image_sha256);
+    assert_eq!(m.partitions.len(), 3);
+    assert_eq!(m.partitions[0].files[0].path, "/blob");
+    assert!(text.contains("<redacted>") && !text.contains("k3s-token"));
+
+    // Sparse: the data partition and the gaps are holes on disk.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let allocated = fs::metadata(&img).unwrap().blocks() * 512;
+        assert!(allocated < 4 * MIB, "raw image allocates {allocated} bytes");
+    }
+
+    if require_tool("sha256sum") {
+        let (code, o, e) = run(tool("sha256sum")
+            .args(["-c", "--strict", "SHA256SUMS"])
+            .current_dir(&out));
+        assert_eq!(code, 0, "{o}{e}");
+        let names: Vec<&str> = o.lines().map(|l| l.split(':').next().unwrap()).collect();
+        let mut want = vec!["manifest.json", "node.img", "node.img.bmap", "node.img.xz"];
+        if qcow {
+            want.push("node.qcow2");
+        }
+        assert_eq!(names, want);
+    }
+    if require_tool("xz") {
+        let (code, _, e) = run(tool("xz").arg("-t").arg(out.join("node.img.xz")));
+        assert_eq!(code, 0, "{e}");
+        let o = tool("xz")
+            .arg("-dc")
+            .arg(out.join("node.img.xz"))
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        assert!(o.stdout == raw, "xz -dc does not reproduce the raw image");
+        let (_, list, _) = run(tool("xz")
+            .args(["-l", "--robot"])
+            .arg(out.join("node.img.xz")));
+        let blocks: u64 = list
+            .lines()
+            .find(|l| l.starts_with("totals"))
+            .and_then(|l| l.split('\t').nth(2))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(blocks, 40, "one xz block per MiB of image");
+    }
+    if require_tool("bmaptool") {
+        for src in ["node.img", "node.img.xz"] {
+            let dest = dir.path().join(format!("copy-of-{src}"));
+            // A fresh file: bmaptool writes only the mapped blocks (checking each range's
+            // SHA-256), so this proves the map covers every byte that is not zero.
+            let (code, o, e) = run(tool("bmaptool")
+                .arg("copy")
+                .arg("--bmap")
+                .arg(out.join("node.img.bmap"))
+                .arg(out.join(src))
+                .arg(&dest));
+            assert_eq!(code, 0, "bmaptool copy {src}: {o}{e}");
+            assert!(
+                fs::read(&dest).unwrap() == raw,
+                "bmaptool copy of {src} differs"
+            );
+        }
+    }
+    if qcow {
+        let q = out.join("node.qcow2");
+        let (code, o, e) = run(tool("qemu-img").arg("check").arg(&q));
+        assert_eq!(code, 0, "{o}{e}");
+        let (code, o, e) = run(tool("qemu-img")
+            .args(["compare", "-f", "raw", "-F", "qcow2"])
+            .arg(&img)
+            .arg(&q));
+        assert_eq!(code, 0, "qemu-img compare: {o}{e}");
+    } else {
+        require_tool("qemu-img");
+    }
+}
+
+#[test]
+fn failed_build_leaves_nothing_that_looks_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let layout = Layout::gpt(vec![Partition {
+        label: "root".into(),
+        ptype: PartType::LinuxGeneric,
+        size: Size::Auto,
+        offset: None,
+        content: Box::new(Failing),
+    }]);
+    let err = build(&out, &layout, &seed(1), 0, all_formats(false), 1).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("source file vanished"),
+        "{err:#}"
+    );
+    let left: Vec<String> = fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, vec![imgbuild::output::MARKER.to_string()]);
+
+    // A layout that does not fit says how much is needed, and writes nothing.
+    let layout = Layout::gpt(vec![Partition {
+        label: "root".into(),
+        ptype: PartType::LinuxGeneric,
+        size: Size::Bytes(MIB),
+        offset: None,
+        content: Box::new(RawContent(vec![1; 3 << 20])),
+    }]);
+    let err = build(&out, &layout, &seed(1), 0, all_formats(false), 1).unwrap_err();
+    assert!(format!("{err:#}").contains("3 MiB"), "{err:#}");
+    assert_eq!(fs::read_dir(&out).unwrap().count(), 1);
+}
+
+/// Files and their bytes in an output folder.
+fn folder_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Runs [`repro_child`] in a separate process with another environment.
+fn build_in_child(
+    out: &Path,
+    cwd: &Path,
+    tz: &str,
+    lc: &str,
+    umask: &str,
+    threads: u32,
+    epoch: u64,
+) {
+    let exe = std::env::current_exe().unwrap();
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "umask {umask} && exec \"$0\" --exact repro_child --include-ignored --nocapture"
+        ))
+        .arg(&exe)
+        .current_dir(cwd)
+        .env("IMGBUILD_TEST_OUT", out)
+        .env("IMGBUILD_TEST_THREADS", threads.to_string())
+        .env("IMGBUILD_TEST_EPOCH", epoch.to_string())
+        .env("TZ", tz)
+        .env("LC_ALL", lc)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(out.join("SHA256SUMS").exists(), "child built nothing");
+}
+
+/// Builds into `$IMGBUILD_TEST_OUT`; run by [`reproducible_under_other_environments`].
+#[test]
+#[ignore = "helper: run in a child process by reproducible_under_other_environments"]
+fn repro_child() {
+    let Some(out) = std::env::var_os("IMGBUILD_TEST_OUT") else {
+        return;
+    };
+    let threads: u32 = std::env::var("IMGBUILD_TEST_THREADS")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let epoch: u64 = std::env::var("IMGBUILD_TEST_EPOCH")
+        .unwrap()
+        .parse()
+        .unwrap();
+    build(
+        &PathBuf::from(out),
+        &gpt_layout(),
+        &seed(9),
+        epoch,
+        all_formats(find_tool("qemu-img").is_some()),
+        threads,
+    )
+    .unwrap();
+}
+
+#[test]
+fn reproducible_under_other_environments() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("c"),
+    );
+    let cwd2 = dir.path().join("elsewhere");
+    fs::create_dir(&cwd2).unwrap();
+    build_in_child(&a, dir.path(), "UTC", "C", "022", 1, 1_700_000_000);
+    build_in_child(
+        &b,
+        &cwd2,
+        "Asia/Tokyo",
+        "de_DE.UTF-8",
+        "077",
+        4,
+        1_700_000_000,
+    );
+    let (fa, fb) = (folder_bytes(&a), folder_bytes(&b));
+    assert_eq!(
+        fa.iter().map(|f| &f.0).collect::<Vec<_>>(),
+        fb.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+    for ((name, x), (_, y)) in fa.iter().zip(&fb) {
+        assert!(x == y, "{name} differs between the two builds");
+    }
+    // Another epoch changes the bytes.
+    build_in_child(&c, dir.path(), "UTC", "C", "022", 2, 1_700_000_001);
+    let fc = folder_bytes(&c);
+    let img = |f: &[(String, Vec<u8>)]| f.iter().find(|x| x.0 == "node.img").unwrap().1.clone();
+    assert!(img(&fa) != img(&fc), "the epoch does not reach the image");
+    // Another seed changes them too.
+    let d = dir.path().join("d");
+    let built = build(
+        &d,
+        &gpt_layout(),
+        &seed(10),
+        1_700_000_000,
+        all_formats(false),
+        2,
+    )
+    .unwrap();
+    assert_ne!(built.report.partitions[0].partuuid, {
+        let m: Manifest =
+            serde_json::from_slice(&fs::read(a.join("manifest.json")).unwrap()).unwrap();
+        m.partitions[0].partuuid.clone()
+    });
+}
