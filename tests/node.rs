@@ -1,0 +1,698 @@
+//! Node composition: the tree a profile adds to a base OS, checked for every role and mesh, with
+//! external judges where there are some (PyYAML for the YAML, dash for the scripts,
+//! systemd-analyze for the units).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use imgbuild::node::compose::{self, Artifacts, ComposeError, MeshArtifacts};
+use imgbuild::node::files::BoardFacts;
+use imgbuild::node::templates::Templates;
+use imgbuild::profile::{ProfileStore, Resolved};
+use imgbuild::tree::{Content, Entry, Kind, Tree, TreePath};
+
+const EPOCH: i64 = 1_700_000_000;
+const FAKE: &str = "FAKE-";
+
+fn p(s: &str) -> TreePath {
+    TreePath::new(s).unwrap()
+}
+
+/// A small merged-/usr Debian-like base: what composition needs, plus identity and state files
+/// that must not survive into the image.
+fn base() -> Tree {
+    let mut t = Tree::new();
+    let d = Entry::dir(0o755);
+    for dir in [
+        "/usr/bin",
+        "/usr/sbin",
+        "/usr/lib/systemd/system",
+        "/etc/ssh",
+        "/etc/systemd/system",
+        "/var/lib/dbus",
+        "/var/lib/cloud/instances/old",
+        "/var/lib/tailscale",
+        "/etc/rancher/node",
+        "/etc/rancher/k3s",
+        "/var/lib/imgbuild",
+    ] {
+        t.mkdir_p(&p(dir), &d).unwrap();
+    }
+    for (link, target) in [
+        ("/bin", "usr/bin"),
+        ("/sbin", "usr/sbin"),
+        ("/lib", "usr/lib"),
+    ] {
+        t.insert(p(link), Entry::symlink(target)).unwrap();
+    }
+    let file = |t: &mut Tree, path: &str, mode: u32, data: &str| {
+        t.insert(
+            p(path),
+            Entry::file(mode, Content::bytes(data.as_bytes().to_vec())),
+        )
+        .unwrap();
+    };
+    file(&mut t, "/usr/lib/systemd/systemd", 0o755, "ELF");
+    file(&mut t, "/usr/bin/cloud-init", 0o755, "#!/usr/bin/python3\n");
+    file(&mut t, "/usr/sbin/findfs", 0o755, "ELF");
+    file(&mut t, "/usr/bin/sh", 0o755, "ELF");
+    file(
+        &mut t,
+        "/usr/lib/systemd/system/systemd-time-wait-sync.service",
+        0o644,
+        "[Unit]\n",
+    );
+    file(
+        &mut t,
+        "/etc/machine-id",
+        0o444,
+        "0123456789abcdef0123456789abcdef\n",
+    );
+    file(
+        &mut t,
+        "/var/lib/dbus/machine-id",
+        0o444,
+        "0123456789abcdef0123456789abcdef\n",
+    );
+    file(
+        &mut t,
+        "/etc/ssh/ssh_host_ed25519_key",
+        0o600,
+        "FAKE-host-key\n",
+    );
+    file(
+        &mut t,
+        "/etc/ssh/ssh_host_ed25519_key.pub",
+        0o644,
+        "ssh-ed25519 AAAA\n",
+    );
+    file(
+        &mut t,
+        "/etc/ssh/sshd_config",
+        0o644,
+        "Include /etc/ssh/sshd_config.d/*.conf\n",
+    );
+    file(
+        &mut t,
+        "/var/lib/cloud/instances/old/user-data.txt",
+        0o600,
+        "FAKE-old-user-data\n",
+    );
+    file(
+        &mut t,
+        "/var/lib/tailscale/tailscaled.state",
+        0o600,
+        "FAKE-state\n",
+    );
+    file(
+        &mut t,
+        "/etc/rancher/node/password",
+        0o600,
+        "FAKE-node-password\n",
+    );
+    file(
+        &mut t,
+        "/etc/rancher/k3s/token",
+        0o600,
+        "FAKE-baked-token\n",
+    );
+    file(
+        &mut t,
+        "/var/lib/imgbuild/mesh-authkey",
+        0o600,
+        "FAKE-baked-key\n",
+    );
+    t
+}
+
+fn artifacts() -> Artifacts {
+    Artifacts {
+        k3s: Content::bytes(b"k3s-binary".to_vec()),
+        mesh: MeshArtifacts::Tailscale {
+            tailscale: Content::bytes(b"tailscale-binary".to_vec()),
+            tailscaled: Content::bytes(b"tailscaled-binary".to_vec()),
+        },
+        airgap_images: None,
+    }
+}
+
+fn resolve(name: &str, set: &[&str]) -> Resolved {
+    let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+    ProfileStore::stock_only().resolve(name, &set).unwrap()
+}
+
+fn composed(name: &str) -> (Tree, compose::Composed, Resolved) {
+    let r = resolve(name, &[]);
+    let mut t = base();
+    let c = compose::compose(
+        &mut t,
+        &r,
+        &artifacts(),
+        &BoardFacts::for_profile(&r),
+        &Templates::stock(),
+        EPOCH,
+    )
+    .unwrap_or_else(|e| panic!("{name}: {e}"));
+    (t, c, r)
+}
+
+fn text(t: &Tree, path: &str) -> String {
+    match &t
+        .get(&p(path))
+        .unwrap_or_else(|| panic!("{path} missing"))
+        .kind
+    {
+        Kind::File(c) => String::from_utf8(c.read_all().unwrap()).unwrap(),
+        k => panic!("{path} is a {}", k.name()),
+    }
+}
+
+/// YAML → JSON through PyYAML (a YAML 1.1 reader: the one that turns `on` into true).
+fn yaml_to_json(yaml: &str) -> Option<serde_json::Value> {
+    let python = ["/usr/bin/python3", "python3"].into_iter().find(|py| {
+        Command::new(py)
+            .args(["-c", "import yaml"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let Some(python) = python else {
+        assert!(support::require_tool("python3-yaml"), "PyYAML is needed");
+        return None;
+    };
+    let mut child = Command::new(python)
+        .args([
+            "-c",
+            "import json, sys, yaml; json.dump(yaml.safe_load(sys.stdin), sys.stdout)",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "PyYAML refused:\n{yaml}");
+    Some(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+const STOCK: &[&str] = &[
+    "amd64-server",
+    "amd64-worker",
+    "pi-server",
+    "pi-worker",
+    "droplet-server",
+    "droplet-worker",
+];
+
+#[test]
+fn every_role_gets_its_units_enabled() {
+    for name in STOCK {
+        let (t, c, r) = composed(name);
+        let server = name.ends_with("-server");
+        let unit = if server {
+            "k3s.service"
+        } else {
+            "k3s-agent.service"
+        };
+        let other = if server {
+            "k3s-agent.service"
+        } else {
+            "k3s.service"
+        };
+        assert!(
+            t.get(&p(&format!("/etc/systemd/system/{unit}"))).is_some(),
+            "{name}"
+        );
+        assert!(
+            t.get(&p(&format!("/etc/systemd/system/{other}"))).is_none(),
+            "{name}"
+        );
+        let unit_text = text(&t, &format!("/etc/systemd/system/{unit}"));
+        for line in [
+            "Type=notify",
+            "Delegate=yes",
+            "KillMode=process",
+            "ExecStartPre=-/sbin/modprobe br_netfilter",
+            "ExecStartPre=-/sbin/modprobe overlay",
+            "Requires=imgbuild-nodeip.service",
+        ] {
+            assert!(unit_text.lines().any(|l| l == line), "{name}: {line}");
+        }
+        let cmd = if server { "server" } else { "agent" };
+        assert!(unit_text.contains(&format!("ExecStart=/usr/local/bin/k3s {cmd}\n")));
+
+        for (target, u) in [
+            ("multi-user.target", unit),
+            ("multi-user.target", "tailscaled.service"),
+            ("multi-user.target", "imgbuild-mesh-join.service"),
+            ("multi-user.target", "imgbuild-nodeip.service"),
+            ("cloud-init.target", "imgbuild-firstboot-done.service"),
+            ("sysinit.target", "imgbuild-grow-data.service"),
+            ("sysinit.target", "systemd-time-wait-sync.service"),
+        ] {
+            let link = format!("/etc/systemd/system/{target}.wants/{u}");
+            let e = t
+                .get(&p(&link))
+                .unwrap_or_else(|| panic!("{name}: {link} missing"));
+            let Kind::Symlink(to) = &e.kind else {
+                panic!("{link} is not a symlink")
+            };
+            let to = String::from_utf8(to.clone()).unwrap();
+            assert!(to.ends_with(&format!("/{u}")), "{link} → {to}");
+            // The link resolves inside the image (through /lib → usr/lib where needed).
+            let real = to.replacen("/lib/", "/usr/lib/", usize::from(to.starts_with("/lib/")));
+            assert!(t.get(&p(&real)).is_some(), "{name}: {link} → {to} dangles");
+            assert!(c.enabled.contains(&u.to_string()), "{name}: {u}");
+        }
+        // The binaries, as upstream installs them.
+        assert_eq!(t.get(&p("/usr/local/bin/k3s")).unwrap().mode, 0o755);
+        for l in ["kubectl", "crictl", "ctr"] {
+            assert!(matches!(
+                &t.get(&p(&format!("/usr/local/bin/{l}"))).unwrap().kind,
+                Kind::Symlink(to) if to == b"k3s"
+            ));
+        }
+        assert_eq!(text(&t, "/usr/bin/tailscale"), "tailscale-binary");
+        assert_eq!(text(&t, "/usr/sbin/tailscaled"), "tailscaled-binary");
+        assert!(
+            t.get(&p("/etc/rancher/k3s/config.yaml.d"))
+                .unwrap()
+                .is_dir()
+        );
+        // Read-only root: the kernel is told, and so is fstab.
+        assert_eq!(c.cmdline[0], "ro");
+        assert_eq!(c.cmdline[1], "init=/usr/local/lib/imgbuild/preinit");
+        if r.board().is_raspberry_pi() {
+            assert!(c.cmdline.iter().any(|a| a == "cgroup_enable=memory"));
+        }
+        let fstab = text(&t, "/etc/fstab");
+        let root: Vec<&str> = fstab
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some("/"))
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        assert!(root[3].split(',').any(|o| o == "ro"), "{fstab}");
+        assert!(t.get(&p("/persist")).unwrap().is_dir());
+        // Every entry we added carries the epoch, none the clock.
+        assert!(t.iter().all(|(_, e)| e.mtime <= EPOCH));
+    }
+}
+
+#[test]
+fn k3s_config_reads_back_with_the_right_types() {
+    for name in STOCK {
+        let (t, _, r) = composed(name);
+        let yaml = text(&t, "/etc/rancher/k3s/config.yaml");
+        let Some(v) = yaml_to_json(&yaml) else { return };
+        let k = &r.profile.k3s;
+        assert_eq!(v["token-file"], "/etc/rancher/k3s/token", "{name}");
+        assert_eq!(v["flannel-iface"], "tailscale0", "{name}");
+        assert_eq!(v["node-label"], serde_json::json!(k.labels), "{name}");
+        assert_eq!(
+            v["kubelet-arg"],
+            serde_json::json!(["volume-plugin-dir=/var/lib/kubelet/volumeplugins"])
+        );
+        if k.cluster_init {
+            assert_eq!(v["cluster-init"], true);
+            assert!(v.get("server").is_none());
+        } else {
+            assert_eq!(v["server"], "https://k3s-1:6443", "{name}");
+        }
+        if name.ends_with("-server") {
+            assert_eq!(v["agent-token-file"], "/etc/rancher/k3s/agent-token");
+            assert_eq!(v["write-kubeconfig-mode"], "0600");
+        } else {
+            assert!(v.get("agent-token-file").is_none());
+        }
+        // Nothing per node in the image.
+        for k in ["node-ip", "node-name", "token", "agent-token"] {
+            assert!(v.get(k).is_none(), "{name}: {k}");
+        }
+    }
+    // YAML 1.1 traps in the profile's extra keys stay strings.
+    let r = resolve(
+        "amd64-worker",
+        &[
+            "k3s.config.node-external-ip=\"on\"",
+            "k3s.config.cluster-domain=\"0600\"",
+            "k3s.config.kubelet-arg=[\"max-pods=150\"]",
+            "k3s.config.protect-kernel-defaults=true",
+        ],
+    );
+    let mut t = base();
+    compose::compose(
+        &mut t,
+        &r,
+        &artifacts(),
+        &BoardFacts::for_profile(&r),
+        &Templates::stock(),
+        EPOCH,
+    )
+    .unwrap();
+    let Some(v) = yaml_to_json(&text(&t, "/etc/rancher/k3s/config.yaml")) else {
+        return;
+    };
+    assert_eq!(v["node-external-ip"], "on");
+    assert_eq!(v["cluster-domain"], "0600");
+    assert_eq!(v["protect-kernel-defaults"], true);
+    assert_eq!(
+        v["kubelet-arg"],
+        serde_json::json!([
+            "volume-plugin-dir=/var/lib/kubelet/volumeplugins",
+            "max-pods=150"
+        ])
+    );
+}
+
+#[test]
+fn identity_and_secrets_never_reach_the_image() {
+    for name in STOCK {
+        let (t, _, _) = composed(name);
+        assert_eq!(
+            text(&t, "/etc/machine-id"),
+            "",
+            "{name}: machine-id must be empty"
+        );
+        assert!(matches!(
+            &t.get(&p("/var/lib/dbus/machine-id")).unwrap().kind,
+            Kind::Symlink(to) if to == b"/etc/machine-id"
+        ));
+        for gone in [
+            "/etc/ssh/ssh_host_ed25519_key",
+            "/etc/ssh/ssh_host_ed25519_key.pub",
+            "/var/lib/tailscale",
+            "/var/lib/cloud",
+            "/etc/rancher/node",
+            "/etc/rancher/k3s/token",
+            "/var/lib/imgbuild/mesh-authkey",
+        ] {
+            assert!(
+                t.get(&p(gone)).is_none(),
+                "{name}: {gone} is still in the image"
+            );
+        }
+        assert!(t.get(&p("/etc/ssh/sshd_config")).is_some());
+        for (path, e) in t.iter() {
+            if let Kind::File(c) = &e.kind {
+                let data = c.read_all().unwrap();
+                assert!(
+                    !String::from_utf8_lossy(&data).contains(FAKE),
+                    "{name}: {path} holds a secret"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn scripts_pass_the_shell_and_units_pass_systemd() {
+    let (t, _, _) = composed("amd64-worker");
+    let dir = tempfile::tempdir().unwrap();
+    let mut scripts = 0;
+    for (path, e) in t.iter() {
+        let Kind::File(c) = &e.kind else { continue };
+        let shown = path.display();
+        let data = c.read_all().unwrap();
+        if shown.starts_with("/usr/local/lib/imgbuild/") {
+            assert!(data.starts_with(b"#!/bin/sh\n"), "{shown}");
+            assert_eq!(e.mode, 0o755, "{shown}");
+            if support::require_tool("dash") {
+                let f = dir.path().join(
+                    path.file_name()
+                        .iter()
+                        .map(|&b| b as char)
+                        .collect::<String>(),
+                );
+                std::fs::write(&f, &data).unwrap();
+                let (code, _, err) = support::run(Command::new("dash").arg("-n").arg(&f));
+                assert_eq!(code, 0, "{shown}: {err}");
+                // Tracing would copy secrets into logs (cloud-init-output.log, the journal).
+                let traces = String::from_utf8_lossy(&data).lines().any(|l| {
+                    let mut w = l.split_whitespace();
+                    w.next() == Some("set")
+                        && w.next()
+                            .is_some_and(|f| f.starts_with('-') && f.contains('x'))
+                });
+                assert!(!traces, "{shown} traces its commands");
+            }
+            scripts += 1;
+        }
+    }
+    assert!(scripts >= 5);
+    if !support::require_tool("systemd-analyze") {
+        return;
+    }
+    // Materialise the tree's units and the executables they name, then let systemd judge them.
+    let root = dir.path().join("root");
+    // The host's own units (targets, sockets) stand in for the base's.
+    let host_units = Path::new("/usr/lib/systemd/system");
+    let units_dir = root.join("usr/lib/systemd/system");
+    std::fs::create_dir_all(&units_dir).unwrap();
+    for e in std::fs::read_dir(host_units).unwrap().flatten() {
+        if e.path().is_file() {
+            let _ = std::fs::copy(e.path(), units_dir.join(e.file_name()));
+        }
+    }
+    for (path, e) in t.iter() {
+        let shown = path.display();
+        let dest = root.join(&shown[1..]);
+        match &e.kind {
+            Kind::Dir => {
+                let _ = std::fs::create_dir_all(&dest);
+            }
+            Kind::File(c) => {
+                std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+                let _ = std::fs::remove_file(&dest);
+                std::fs::write(&dest, c.read_all().unwrap()).unwrap();
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(e.mode | 0o200))
+                    .unwrap();
+            }
+            Kind::Symlink(to) => {
+                std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+                let _ = std::os::unix::fs::symlink(String::from_utf8_lossy(to).as_ref(), &dest);
+            }
+            _ => {}
+        }
+    }
+    let units: Vec<String> = [
+        "k3s-agent.service",
+        "tailscaled.service",
+        "imgbuild-mesh-join.service",
+        "imgbuild-nodeip.service",
+        "imgbuild-firstboot-done.service",
+        "imgbuild-grow-data.service",
+    ]
+    .iter()
+    .map(|u| {
+        root.join("etc/systemd/system")
+            .join(u)
+            .display()
+            .to_string()
+    })
+    .collect();
+    let (code, out, err) = support::run(
+        Command::new("systemd-analyze")
+            .arg("verify")
+            .arg("--man=no")
+            .arg(format!("--root={}", root.display()))
+            .args(&units),
+    );
+    // Only problems in our own units count; the host's units are not ours to judge.
+    let ours: Vec<&str> = out
+        .lines()
+        .chain(err.lines())
+        .filter(|l| {
+            ["k3s-agent", "tailscaled", "imgbuild-"]
+                .iter()
+                .any(|u| l.contains(u))
+        })
+        .collect();
+    assert!(
+        ours.is_empty(),
+        "systemd-analyze verify (exit {code}):\n{}",
+        ours.join("\n")
+    );
+}
+
+#[test]
+fn composition_is_deterministic() {
+    let digest = |t: &Tree| -> BTreeMap<String, (u32, i64, String, Vec<u8>)> {
+        t.iter()
+            .map(|(p, e)| {
+                let data = match &e.kind {
+                    Kind::File(c) => c.read_all().unwrap(),
+                    Kind::Symlink(to) => to.clone(),
+                    _ => Vec::new(),
+                };
+                (
+                    p.display(),
+                    (e.mode, e.mtime, e.kind.name().to_string(), data),
+                )
+            })
+            .collect()
+    };
+    let (a, ca, _) = composed("pi-server");
+    let (b, cb, _) = composed("pi-server");
+    assert_eq!(digest(&a), digest(&b));
+    assert_eq!(ca, cb);
+}
+
+#[test]
+fn zerotier_uses_the_package_and_never_an_identity() {
+    // A resolved Tailscale profile switched to ZeroTier (--set cannot remove the auth key).
+    let mut r = resolve("amd64-worker", &[]);
+    r.profile.mesh = imgbuild::profile::MeshSpec {
+        provider: imgbuild::profile::MeshProvider::Zerotier,
+        version: Some("1.14.2".into()),
+        network: Some("8056c2e21c000001".into()),
+        ..Default::default()
+    };
+    let mut deb = Tree::new();
+    let d = Entry::dir(0o755);
+    deb.mkdir_p(&p("/lib/systemd/system"), &d).unwrap();
+    deb.mkdir_p(&p("/usr/sbin"), &d).unwrap();
+    deb.mkdir_p(&p("/var/lib/zerotier-one"), &d).unwrap();
+    deb.insert(
+        p("/usr/sbin/zerotier-one"),
+        Entry::file(0o755, Content::bytes(b"zt".to_vec())),
+    )
+    .unwrap();
+    deb.insert(p("/usr/sbin/zerotier-cli"), Entry::symlink("zerotier-one"))
+        .unwrap();
+    deb.insert(
+        p("/lib/systemd/system/zerotier-one.service"),
+        Entry::file(
+            0o644,
+            Content::bytes(b"[Service]\nExecStart=/usr/sbin/zerotier-one\n".to_vec()),
+        ),
+    )
+    .unwrap();
+    deb.insert(
+        p("/var/lib/zerotier-one/identity.secret"),
+        Entry::file(0o600, Content::bytes(b"FAKE-identity".to_vec())),
+    )
+    .unwrap();
+    let mut t = base();
+    let arts = Artifacts {
+        mesh: MeshArtifacts::Zerotier(deb),
+        ..artifacts()
+    };
+    let c = compose::compose(
+        &mut t,
+        &r,
+        &arts,
+        &BoardFacts::for_profile(&r),
+        &Templates::stock(),
+        EPOCH,
+    )
+    .unwrap();
+    // The package's unit (under the merged /usr) is enabled, with our pre-join drop-in.
+    assert!(
+        t.get(&p("/usr/lib/systemd/system/zerotier-one.service"))
+            .is_some()
+    );
+    assert!(c.enabled.contains(&"zerotier-one.service".to_string()));
+    let dropin = text(
+        &t,
+        "/etc/systemd/system/zerotier-one.service.d/10-imgbuild.conf",
+    );
+    assert!(dropin.contains("ExecStartPre=/usr/local/lib/imgbuild/mesh-join"));
+    let join = text(&t, "/usr/local/lib/imgbuild/mesh-join");
+    assert!(join.contains("nwid=8056c2e21c000001"));
+    assert!(join.contains("\"$nwid=\"zt0"));
+    assert!(t.get(&p("/var/lib/zerotier-one/identity.secret")).is_none());
+    assert!(
+        t.get(&p("/etc/systemd/system/tailscaled.service"))
+            .is_none()
+    );
+    let nodeip = text(&t, "/usr/local/lib/imgbuild/k3s-nodeip");
+    assert!(nodeip.contains("iface=zt0"));
+}
+
+#[test]
+fn a_base_without_cloud_init_or_systemd_is_refused() {
+    let r = resolve("amd64-worker", &[]);
+    for missing in ["/usr/bin/cloud-init", "/usr/lib/systemd/systemd"] {
+        let mut t = base();
+        t.remove(&p(missing));
+        let err = compose::compose(
+            &mut t,
+            &r,
+            &artifacts(),
+            &BoardFacts::for_profile(&r),
+            &Templates::stock(),
+            EPOCH,
+        )
+        .unwrap_err();
+        assert!(matches!(err, ComposeError::BaseLacks { .. }), "{err}");
+        assert!(err.to_string().contains(missing), "{err}");
+    }
+    // The mesh artifacts must match the profile's provider.
+    let mut t = base();
+    let arts = Artifacts {
+        mesh: MeshArtifacts::None,
+        ..artifacts()
+    };
+    let err = compose::compose(
+        &mut t,
+        &r,
+        &arts,
+        &BoardFacts::for_profile(&r),
+        &Templates::stock(),
+        EPOCH,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("tailscale"), "{err}");
+}
+
+#[test]
+fn seed_location_and_datasources_follow_the_board() {
+    let (t, _, _) = composed("pi-worker");
+    let cfg = text(&t, "/etc/cloud/cloud.cfg.d/90-imgbuild.cfg");
+    let dropin = text(
+        &t,
+        "/etc/systemd/system/cloud-init-local.service.d/10-imgbuild-seed.conf",
+    );
+    assert!(dropin.contains("RequiresMountsFor=/boot/firmware"));
+    if let Some(v) = yaml_to_json(&cfg) {
+        assert_eq!(v["datasource_list"], serde_json::json!(["NoCloud", "None"]));
+        assert_eq!(
+            v["datasource"]["NoCloud"]["seedfrom"],
+            "file:///boot/firmware/"
+        );
+        assert_eq!(v["resize_rootfs"], false);
+        assert_eq!(v["growpart"]["mode"], "off");
+    }
+    let (t, _, _) = composed("droplet-worker");
+    let cfg = text(&t, "/etc/cloud/cloud.cfg.d/90-imgbuild.cfg");
+    assert!(
+        t.get(&p("/etc/systemd/system/cloud-init-local.service.d"))
+            .is_none()
+    );
+    if let Some(v) = yaml_to_json(&cfg) {
+        assert_eq!(
+            v["datasource_list"],
+            serde_json::json!([
+                "DigitalOcean",
+                "ConfigDrive",
+                "OpenStack",
+                "NoCloud",
+                "None"
+            ])
+        );
+        assert!(v.get("datasource").is_none());
+    }
+    // The firstboot cleanup removes the seed from where the board keeps it.
+    let (t, _, _) = composed("amd64-worker");
+    assert!(text(&t, "/usr/local/lib/imgbuild/firstboot-done").contains("/boot/efi/user-data"));
+}
