@@ -289,7 +289,10 @@ pub fn required_size(tree: &Tree, params: &Ext4Params) -> Result<u64, Ext4Error>
     let data: u64 = tree
         .iter()
         .map(|(_, e)| match &e.kind {
-            Kind::File(c) => c.len.div_ceil(BLOCK) * BLOCK,
+            Kind::File(c) => match sparse_segments(c) {
+                Some(segs) => data_spans(&segs).iter().map(|(s, e)| e - s).sum(),
+                None => c.len.div_ceil(BLOCK) * BLOCK,
+            },
             _ => 0,
         })
         .sum();
