@@ -262,6 +262,23 @@ pub(super) fn validate(resolved: &mut Resolved, top: &Origin) -> Vec<Diagnostic>
         }
         None => {}
     }
+    if k.role == Some(Role::Server) && board.is_some_and(Board::is_raspberry_pi) {
+        let w = c.warn(
+            "k3s.role",
+            "a k3s server on a Raspberry Pi runs etcd: flash this image to an SSD (USB or NVMe), \
+             not an SD card — etcd's fsync load makes SD cards slow and wears them out",
+        );
+        c.warnings.push(w);
+    }
+    if k.role == Some(Role::Server) && board == Some(Board::Cloud) && k.server.is_some() {
+        let w = c.warn(
+            "k3s.server",
+            "this cloud server joins an existing control plane: if that cluster's servers are at \
+             home, etcd runs across the WAN, which k3s does not support; prefer cloud agents, or a \
+             control plane of its own (cluster-init)",
+        );
+        c.warnings.push(w);
+    }
     if concrete && k.role.is_some() && k.token.is_none() {
         c.problem(
             "k3s.token",
