@@ -556,3 +556,120 @@ fn reproducible_under_other_environments() {
         m.partitions[0].partuuid.clone()
     });
 }
+
+fn tree(files: &[(&str, &[u8])]) -> std::sync::Arc<imgbuild::tree::Tree> {
+    use imgbuild::tree::{Content, Entry, Tree, TreePath};
+    let mut t = Tree::new();
+    for (path, data) in files {
+        t.insert_with_parents(
+            TreePath::new(path).unwrap(),
+            Entry::file(0o644, Content::bytes(data.to_vec())),
+            &Entry::dir(0o755),
+        )
+        .unwrap();
+    }
+    std::sync::Arc::new(t)
+}
+
+/// Copies one partition out of an image (what a loop device with an offset would show).
+fn extract(img: &[u8], offset: u64, size: u64, to: &Path) {
+    fs::write(to, &img[offset as usize..(offset + size) as usize]).unwrap();
+}
+
+fn blkid_export(dev: &Path) -> String {
+    let (code, out, err) = run(tool("blkid").args(["-p", "-o", "export"]).arg(dev));
+    assert_eq!(code, 0, "blkid -p {}: {err}", dev.display());
+    out
+}
+
+/// ESP (FAT32) + root (ext4) on GPT, and boot (FAT32) + root (ext4) on the Pi's MBR: each
+/// filesystem extracted by offset passes fsck.fat / e2fsck, and blkid sees the identifiers the
+/// seed derived.
+#[test]
+fn filesystems_inside_images_pass_fsck_and_carry_derived_ids() {
+    use imgbuild::disk::contents::{Ext4Content, FatContent};
+    for table in ["gpt", "mbr"] {
+        let boot = tree(&[
+            ("EFI/BOOT/BOOTX64.EFI", b"not really a loader"),
+            ("config.txt", b"arm_64bit=1\n"),
+        ]);
+        let root = tree(&[("etc/hostname", b"node\n"), ("usr/bin/k3s", &[7u8; 70_000])]);
+        let parts = vec![
+            Partition {
+                label: if table == "gpt" { "esp" } else { "boot" }.into(),
+                ptype: if table == "gpt" {
+                    PartType::Esp
+                } else {
+                    PartType::Fat32
+                },
+                size: Size::Auto,
+                offset: None,
+                content: Box::new(FatContent {
+                    tree: boot,
+                    label: "BOOT".into(),
+                }),
+            },
+            Partition {
+                label: "root".into(),
+                ptype: PartType::RootArm64,
+                size: Size::Auto,
+                offset: None,
+                content: Box::new(Ext4Content {
+                    tree: root,
+                    label: Some("root".into()),
+                }),
+            },
+        ];
+        let layout = if table == "gpt" {
+            Layout::gpt(parts)
+        } else {
+            Layout::mbr_pi(parts)
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let built = build(
+            &out,
+            &layout,
+            &seed(4),
+            1_700_000_000,
+            all_formats(false),
+            2,
+        )
+        .unwrap();
+        let img_path = out.join("node.img");
+        assert_tables_clean(&img_path, table == "gpt");
+        let img = fs::read(&img_path).unwrap();
+        let r = &built.report;
+        assert!(
+            r.partitions[1]
+                .files
+                .iter()
+                .any(|f| f.path == "/usr/bin/k3s")
+        );
+
+        let fat = dir.path().join("boot.part");
+        extract(&img, r.partitions[0].offset, r.partitions[0].size, &fat);
+        if require_tool("fsck.fat") {
+            let (code, o, e) = run(tool("fsck.fat").args(["-n", "-v", "-V"]).arg(&fat));
+            assert_eq!(code, 0, "fsck.fat ({table}):\n{o}{e}");
+            assert!(o.contains("32 bit entries"), "not FAT32:\n{o}");
+        }
+        let ext = dir.path().join("root.part");
+        extract(&img, r.partitions[1].offset, r.partitions[1].size, &ext);
+        if require_tool("e2fsck") {
+            let (code, o, e) = run(tool("e2fsck").args(["-fn"]).arg(&ext));
+            assert_eq!(code, 0, "e2fsck ({table}):\n{o}{e}");
+        }
+        if require_tool("blkid") {
+            let b = blkid_export(&fat);
+            assert!(b.contains("TYPE=vfat"), "{b}");
+            assert!(b.contains("LABEL=BOOT"), "{b}");
+            let want = r.partitions[0].fs.uuid.as_deref().unwrap();
+            assert!(b.contains(&format!("UUID={want}")), "{want} not in {b}");
+            let b = blkid_export(&ext);
+            assert!(b.contains("TYPE=ext4") && b.contains("LABEL=root"), "{b}");
+            let want = r.partitions[1].fs.uuid.as_deref().unwrap();
+            assert!(b.contains(&format!("UUID={want}")), "{want} not in {b}");
+        }
+    }
+}

@@ -48,6 +48,10 @@ pub struct WriteParams {
 pub trait PartitionContent: Send + Sync {
     /// The smallest size, in bytes, this content fits in.
     fn required_size(&self) -> Result<u64, ContentError>;
+    /// The size `size = "auto"` gives, from the required size: a filesystem may want headroom.
+    fn auto_size(&self, required: u64) -> u64 {
+        required
+    }
     /// Writes the content into `sink` (offsets relative to the partition start), returning the
     /// files it holds for the manifest.
     fn write(
@@ -431,7 +435,11 @@ impl Layout {
                 }
                 grow = Some(i);
             }
-            needed.push(req);
+            needed.push(if p.size == Size::Auto {
+                align_up(p.content.auto_size(req), SECTOR)
+            } else {
+                req
+            });
         }
 
         // Place everything with `grow` at its minimum, then hand it the rest.

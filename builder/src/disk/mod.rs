@@ -5,6 +5,7 @@
 //! [`outputs::build_outputs`]), [`compare`] tells two builds apart, [`probe`] reads images back.
 
 pub mod bmap;
+pub mod contents;
 pub mod gpt;
 pub mod image;
 pub mod layout;
