@@ -5,6 +5,7 @@
 //! [`outputs::build_outputs`]), [`compare`] tells two builds apart, [`probe`] reads images back.
 
 pub mod bmap;
+pub mod compare;
 pub mod contents;
 pub mod gpt;
 pub mod image;
@@ -12,5 +13,6 @@ pub mod layout;
 pub mod manifest;
 pub mod mbr;
 pub mod outputs;
+pub mod probe;
 pub mod region;
 pub mod xz;

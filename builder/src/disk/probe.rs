@@ -1,0 +1,423 @@
+//! Reading disk images back: partition table, partitions, filesystem identifiers, and checking an
+//! image against its `manifest.json` (for `imgbuild inspect`). Damaged or foreign input gives an
+//! error naming what is wrong, never a panic.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::disk::gpt::{GptError, GptTable, read_at};
+use crate::disk::image::FsReport;
+use crate::disk::layout::{PartType, SECTOR, TableKind};
+use crate::disk::manifest::Manifest;
+use crate::disk::mbr::{MbrError, MbrTable};
+use crate::progress::Progress;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProbeError {
+    #[error(
+        "this is an xz-compressed file, not a raw disk image; decompress it first (xz -dk FILE) and inspect the .img"
+    )]
+    Compressed,
+    #[error("not a disk image: {0}")]
+    NotAnImage(String),
+    #[error("damaged GPT: {0}")]
+    Gpt(#[from] GptError),
+    #[error(
+        "partition {number} ends at byte {end} but the image is only {size} bytes: the image is truncated"
+    )]
+    Truncated { number: usize, end: u64, size: u64 },
+    #[error("reading the image: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// A partition found in an image.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbedPartition {
+    pub number: usize,
+    /// GPT partition name (none on MBR).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Our name for the type (`esp`, `root-arm64`), if it is one we know.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub ptype: Option<String>,
+    /// GPT type GUID or MBR type byte (`0x0c`).
+    pub type_id: String,
+    pub offset: u64,
+    pub size: u64,
+    pub partuuid: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fs: Option<FsReport>,
+}
+
+/// What an image holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbedImage {
+    pub table: TableKind,
+    pub size: u64,
+    /// GPT disk GUID or MBR disk signature (8 hex digits).
+    pub disk_id: String,
+    pub partitions: Vec<ProbedPartition>,
+}
+
+/// Reads the partition table and identifies each partition's filesystem.
+pub fn probe<R: Read + Seek>(r: &mut R, size: u64) -> Result<ProbedImage, ProbeError> {
+    let mut first = [0u8; SECTOR as usize];
+    if size < SECTOR {
+        return Err(ProbeError::NotAnImage(format!(
+            "it is {size} bytes, smaller than one sector"
+        )));
+    }
+    read_at(r, 0, &mut first)?;
+    if first.starts_with(&[0xFD, b'7', b'z', b'X', b'Z', 0]) {
+        return Err(ProbeError::Compressed);
+    }
+    let mbr = MbrTable::parse(&first).map_err(|e| match e {
+        MbrError::NoSignature => ProbeError::NotAnImage(
+            "the first sector has no partition table (no 0x55AA boot signature)".into(),
+        ),
+        other => ProbeError::NotAnImage(other.to_string()),
+    })?;
+    let mut img = if mbr.entries.iter().any(|e| e.type_byte == 0xEE) {
+        let t = GptTable::read(r, size)?;
+        ProbedImage {
+            table: TableKind::Gpt,
+            size,
+            disk_id: t.disk_guid.to_string(),
+            partitions: t
+                .entries
+                .iter()
+                .enumerate()
+                .map(|(i, e)| ProbedPartition {
+                    number: i + 1,
+                    label: Some(e.name.clone()),
+                    ptype: PartType::from_gpt_type(e.type_guid).map(|t| t.name().to_string()),
+                    type_id: e.type_guid.to_string(),
+                    offset: e.first_lba * SECTOR,
+                    size: (e.last_lba + 1).saturating_sub(e.first_lba) * SECTOR,
+                    partuuid: e.unique_guid.to_string(),
+                    fs: None,
+                })
+                .collect(),
+        }
+    } else {
+        ProbedImage {
+            table: TableKind::Mbr,
+            size,
+            disk_id: format!("{:08x}", mbr.disk_signature),
+            partitions: mbr
+                .entries
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.type_byte != 0)
+                .map(|(i, e)| ProbedPartition {
+                    number: i + 1,
+                    label: None,
+                    ptype: None,
+                    type_id: format!("0x{:02x}", e.type_byte),
+                    offset: u64::from(e.first_lba) * SECTOR,
+                    size: u64::from(e.sectors) * SECTOR,
+                    partuuid: MbrTable::partuuid(mbr.disk_signature, i + 1),
+                    fs: None,
+                })
+                .collect(),
+        }
+    };
+    for p in &mut img.partitions {
+        let end = p.offset + p.size;
+        if end > size {
+            return Err(ProbeError::Truncated {
+                number: p.number,
+                end,
+                size,
+            });
+        }
+        p.fs = probe_fs(r, p.offset, p.size)?;
+    }
+    Ok(img)
+}
+
+fn trimmed(b: &[u8]) -> Option<String> {
+    let s = String::from_utf8_lossy(b)
+        .trim_end_matches(['\0', ' '])
+        .to_string();
+    (!s.is_empty() && s != "NO NAME").then_some(s)
+}
+
+/// Identifies ext4 (superblock magic) and FAT (boot sector) at `offset`.
+fn probe_fs<R: Read + Seek>(r: &mut R, offset: u64, size: u64) -> io::Result<Option<FsReport>> {
+    if size < 2048 {
+        return Ok(None);
+    }
+    let mut b = [0u8; 2048];
+    read_at(r, offset, &mut b)?;
+    let sb = &b[1024..];
+    if sb[0x38..0x3A] == [0x53, 0xEF] {
+        let uuid = crate::ids::Guid(sb[0x68..0x78].try_into().expect("16 bytes"));
+        return Ok(Some(FsReport {
+            kind: "ext4".into(),
+            detail: None,
+            label: trimmed(&sb[0x78..0x88]),
+            uuid: Some(uuid.to_string()),
+        }));
+    }
+    let bps = u16::from_le_bytes([b[11], b[12]]);
+    if b[510..512] == [0x55, 0xAA] && matches!(bps, 512 | 1024 | 2048 | 4096) && b[16] != 0 {
+        let fat16_size = u16::from_le_bytes([b[22], b[23]]);
+        let (detail, id_at, label_at) = if fat16_size == 0 && &b[82..87] == b"FAT32" {
+            ("FAT32".to_string(), 67, 71)
+        } else {
+            let total = match u16::from_le_bytes([b[19], b[20]]) {
+                0 => u64::from(u32::from_le_bytes([b[32], b[33], b[34], b[35]])),
+                n => u64::from(n),
+            };
+            let spc = u64::from(b[13].max(1));
+            let reserved = u64::from(u16::from_le_bytes([b[14], b[15]]));
+            let root_sectors =
+                (u64::from(u16::from_le_bytes([b[17], b[18]])) * 32).div_ceil(u64::from(bps));
+            let data = total
+                .saturating_sub(reserved + u64::from(b[16]) * u64::from(fat16_size) + root_sectors);
+            let kind = if data / spc < 4085 { "FAT12" } else { "FAT16" };
+            (kind.to_string(), 39, 43)
+        };
+        let id = u32::from_le_bytes(b[id_at..id_at + 4].try_into().expect("4 bytes"));
+        return Ok(Some(FsReport {
+            kind: "vfat".into(),
+            detail: Some(detail),
+            label: trimmed(&b[label_at..label_at + 11]),
+            uuid: Some(format!("{:04X}-{:04X}", id >> 16, id & 0xFFFF)),
+        }));
+    }
+    Ok(None)
+}
+
+/// One way an image no longer matches its manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Mismatch {
+    /// `image`, `table`, `partition 2`, or `partition 2: /etc/hostname`.
+    pub what: String,
+    pub detail: String,
+}
+
+/// The result of checking an image against its manifest.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verification {
+    pub image_sha256: String,
+    pub image_sha256_matches: bool,
+    /// Files compared by content (ext4 partitions).
+    pub files_checked: u64,
+    pub mismatches: Vec<Mismatch>,
+}
+
+/// SHA-256 of `len` bytes from the start of `r`.
+pub fn sha256_of<R: Read + Seek>(r: &mut R, len: u64, progress: &Progress) -> io::Result<String> {
+    r.seek(SeekFrom::Start(0))?;
+    let mut h = Sha256::new();
+    let mut step = progress.step("sha256", len);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        r.read_exact(&mut buf[..n])?;
+        h.update(&buf[..n]);
+        step.inc(n as u64);
+        left -= n as u64;
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// An ext4 partition of an image file, for `ext4-view`.
+struct PartitionReader {
+    file: File,
+    base: u64,
+    len: u64,
+}
+
+impl ext4_view::Ext4Read for PartitionReader {
+    fn read(
+        &mut self,
+        start: u64,
+        dst: &mut [u8],
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
+        if start.saturating_add(dst.len() as u64) > self.len {
+            return Err("read past the end of the partition".into());
+        }
+        self.file.seek(SeekFrom::Start(self.base + start))?;
+        self.file.read_exact(dst)?;
+        Ok(())
+    }
+}
+
+/// Checks `image` (probed as `found`) against `manifest`: image hash, partition table, and the
+/// content, mode and owner of every file of every ext4 partition.
+pub fn verify(
+    image: &File,
+    found: &ProbedImage,
+    manifest: &Manifest,
+    progress: &Progress,
+) -> io::Result<Verification> {
+    let mut mismatches = Vec::new();
+    let mut miss = |what: String, detail: String| mismatches.push(Mismatch { what, detail });
+    let sha = sha256_of(&mut image.try_clone()?, found.size, progress)?;
+    let sha_ok = sha == manifest.image.sha256;
+    if !sha_ok {
+        miss(
+            "image".into(),
+            format!(
+                "SHA-256 is {sha}, the manifest records {}",
+                manifest.image.sha256
+            ),
+        );
+    }
+    if found.size != manifest.image.size {
+        miss(
+            "image".into(),
+            format!(
+                "{} bytes, the manifest records {}",
+                found.size, manifest.image.size
+            ),
+        );
+    }
+    let disk_id = manifest
+        .disk_guid
+        .clone()
+        .or(manifest.disk_signature.clone())
+        .unwrap_or_default();
+    if found.table != manifest.table || found.disk_id != disk_id {
+        miss(
+            "table".into(),
+            format!(
+                "{:?} table with disk id {}, the manifest records {:?} with {disk_id}",
+                found.table, found.disk_id, manifest.table
+            ),
+        );
+    }
+    if found.partitions.len() != manifest.partitions.len() {
+        miss(
+            "table".into(),
+            format!(
+                "{} partitions, the manifest records {}",
+                found.partitions.len(),
+                manifest.partitions.len()
+            ),
+        );
+    }
+    let mut files_checked = 0;
+    for (f, m) in found.partitions.iter().zip(&manifest.partitions) {
+        let what = format!("partition {}", m.number);
+        let got = (f.offset, f.size, &f.partuuid, &f.type_id);
+        let want = (m.offset, m.size, &m.partuuid, &m.type_id);
+        if got != want {
+            miss(
+                what.clone(),
+                format!("offset/size/PARTUUID/type are {got:?}, the manifest records {want:?}"),
+            );
+            continue;
+        }
+        let fs_got = f.fs.as_ref().map(|x| (&x.kind, &x.uuid));
+        if m.fs.kind != "raw" && m.fs.kind != "none" && fs_got != Some((&m.fs.kind, &m.fs.uuid)) {
+            miss(
+                what.clone(),
+                format!(
+                    "filesystem is {fs_got:?}, the manifest records {} {:?}",
+                    m.fs.kind, m.fs.uuid
+                ),
+            );
+            continue;
+        }
+        if m.fs.kind != "ext4" {
+            continue;
+        }
+        let reader = PartitionReader {
+            file: image.try_clone()?,
+            base: f.offset,
+            len: f.size,
+        };
+        let fs = match ext4_view::Ext4::load(Box::new(reader)) {
+            Ok(fs) => fs,
+            Err(e) => {
+                miss(what, format!("the ext4 filesystem cannot be read: {e}"));
+                continue;
+            }
+        };
+        for rec in &m.files {
+            let here = format!("{what}: {}", rec.path);
+            let meta = match fs.symlink_metadata(rec.path.as_str()) {
+                Ok(md) => md,
+                Err(e) => {
+                    miss(here, format!("missing or unreadable: {e}"));
+                    continue;
+                }
+            };
+            let mode = format!("{:04o}", meta.mode() & 0o7777);
+            if mode != rec.mode || meta.uid() != rec.uid || meta.gid() != rec.gid {
+                miss(
+                    here.clone(),
+                    format!(
+                        "mode {mode} owner {}:{}, the manifest records {} {}:{}",
+                        meta.uid(),
+                        meta.gid(),
+                        rec.mode,
+                        rec.uid,
+                        rec.gid
+                    ),
+                );
+            }
+            let Some(want) = &rec.sha256 else { continue };
+            files_checked += 1;
+            let got = fs
+                .open(rec.path.as_str())
+                .map_err(|e| e.to_string())
+                .and_then(|mut file| {
+                    let mut h = Sha256::new();
+                    io::copy(&mut file, &mut h).map_err(|e| e.to_string())?;
+                    Ok(hex::encode(h.finalize()))
+                });
+            match got {
+                Ok(got) if &got == want => {}
+                Ok(got) => miss(
+                    here,
+                    format!("content SHA-256 is {got}, the manifest records {want}"),
+                ),
+                Err(e) => miss(here, format!("cannot be read: {e}")),
+            }
+        }
+    }
+    Ok(Verification {
+        image_sha256: sha,
+        image_sha256_matches: sha_ok,
+        files_checked,
+        mismatches,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    #[test]
+    fn refuses_non_images_without_panicking() {
+        let cases: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![0; 4096],
+            b"\xFD7zXZ\0rest of an xz file".to_vec(),
+            {
+                // A protective MBR with nothing behind it.
+                let mut v = vec![0u8; 4096];
+                v[446 + 4] = 0xEE;
+                v[510] = 0x55;
+                v[511] = 0xAA;
+                v
+            },
+        ];
+        for c in cases {
+            let len = c.len() as u64;
+            let e = probe(&mut Cursor::new(c), len).unwrap_err();
+            assert!(!e.to_string().is_empty());
+        }
+    }
+}
