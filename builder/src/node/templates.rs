@@ -113,9 +113,9 @@ impl Templates {
 fn render_error(name: &str, source: &str, e: &minijinja::Error) -> TemplateError {
     let line = e.line();
     let missing = (e.kind() == ErrorKind::UndefinedError)
-        .then(|| e.range().and_then(|r| source.get(r)))
+        .then(|| e.range())
         .flatten()
-        .map(|s| s.trim().to_string())
+        .and_then(|r| undefined_expr(source, r))
         .filter(|s| !s.is_empty());
     TemplateError::Render {
         name: name.to_string(),
@@ -127,10 +127,26 @@ fn render_error(name: &str, source: &str, e: &minijinja::Error) -> TemplateError
     }
 }
 
+/// The expression an undefined-value error is about. For a filter that refused an undefined
+/// input, minijinja points at the filter's name; the expression is what is piped into it.
+fn undefined_expr(source: &str, range: std::ops::Range<usize>) -> Option<String> {
+    let at = source.get(range.clone())?;
+    let before = source.get(..range.start)?;
+    let piped = before.trim_end().strip_suffix('|');
+    match piped {
+        Some(head) => {
+            let open = head.rfind("{{").max(head.rfind("{%")).map_or(0, |i| i + 2);
+            Some(head[open..].trim().to_string())
+        }
+        None => Some(at.trim().to_string()),
+    }
+}
+
 /// `{{ v | yaml }}`: a YAML scalar that reads back as exactly this string (or number/bool for
 /// those types); `{{ v | yaml(N) }}` may use a literal block indented by N spaces for multi-line
 /// text.
 fn yaml_filter(v: &Value, indent: Option<usize>) -> Result<Value, minijinja::Error> {
+    defined(v)?;
     let json: serde_json::Value = serde_json::to_value(v).map_err(|e| {
         minijinja::Error::new(ErrorKind::InvalidOperation, format!("yaml filter: {e}"))
     })?;
@@ -142,12 +158,21 @@ fn yaml_filter(v: &Value, indent: Option<usize>) -> Result<Value, minijinja::Err
 }
 
 /// `{{ v | sh }}`: one single-quoted POSIX shell word.
-fn sh_filter(v: &Value) -> String {
+fn sh_filter(v: &Value) -> Result<String, minijinja::Error> {
+    defined(v)?;
     let s = match v.as_str() {
         Some(s) => s.to_string(),
         None => v.to_string(),
     };
-    shell_quote(&s)
+    Ok(shell_quote(&s))
+}
+
+/// Strict mode lets undefined values into filters; ours refuse them like printing would.
+fn defined(v: &Value) -> Result<(), minijinja::Error> {
+    if v.is_undefined() {
+        return Err(minijinja::Error::from(ErrorKind::UndefinedError));
+    }
+    Ok(())
 }
 
 /// Quotes `s` as one POSIX shell word.
@@ -203,7 +228,19 @@ mod tests {
             .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("user-data.j2:3"), "{msg}");
-        assert!(msg.contains("node.fqdn"), "{msg}");
+        assert!(msg.contains("`node.fqdn` is not defined"), "{msg}");
+        // Through a filter, too.
+        for filter in ["yaml", "sh"] {
+            let t = Templates::with_overrides(BTreeMap::from([(
+                "f.j2".to_string(),
+                format!("a\nb: {{{{ node.zone | {filter} }}}}\n"),
+            )]));
+            let msg = t
+                .render("f.j2", &json!({ "node": {} }))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains("f.j2:2: `node.zone` is not defined"), "{msg}");
+        }
     }
 
     #[test]

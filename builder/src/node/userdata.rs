@@ -193,7 +193,13 @@ pub fn render(input: &Input<'_>, templates: &Templates) -> Result<UserData, User
     let r = input.resolved;
     let mut warnings = Vec::new();
     let role = r.profile.k3s.role.unwrap_or(Role::Agent);
-    if role == Role::Server && r.profile.k3s.server.is_some() && r.board() == Board::Cloud {
+    // Said once: profile validation may already have warned about it.
+    let warned = r.warnings.iter().any(|w| w.message.contains("WAN"));
+    if role == Role::Server
+        && r.profile.k3s.server.is_some()
+        && r.board() == Board::Cloud
+        && !warned
+    {
         warnings.push(format!(
             "profile {} makes this cloud VM a k3s server joining {}: embedded etcd across a WAN \
              or mesh is not supported upstream (docs: networking/distributed-multicloud); keep \
