@@ -7,10 +7,12 @@ use anyhow::{Context as _, Result, bail};
 
 use super::Context;
 use super::seed::NodeArgs;
+use crate::fetch::{Lock, Mirrors};
 use crate::node::userdata::{self, CloudTarget, ExtraFile, Pin, Pins};
-use crate::profile::{Arch, MeshProvider, Resolved};
+use crate::profile::{MeshProvider, Resolved};
 
 #[derive(clap::Args, Debug, Clone)]
+#[command(after_long_help = USAGE)]
 pub struct Args {
     #[command(flatten)]
     pub node: NodeArgs,
@@ -41,15 +43,53 @@ pub struct Args {
     pub lock: PathBuf,
 }
 
+const USAGE: &str = "\
+The user-data holds the node's credentials and stays readable from the provider's metadata
+service (169.254.169.254) for the VM's life: use one-off, short-expiry mesh keys and agent
+tokens, and --block-metadata to keep pods away from it. The node deletes its key files and
+cloud-init's copies once k3s runs.
+
+DigitalOcean (doctl):
+  imgbuild userdata droplet-worker --node do-1 --target digitalocean > do-1.yaml
+  doctl compute droplet create do-1 --image debian-13-x64 --size s-2vcpu-4gb \\
+    --region fra1 --ssh-keys <id> --user-data-file do-1.yaml --wait
+
+Terraform (DigitalOcean; OpenStack alike with openstack_compute_instance_v2.user_data):
+  data \"external\" \"do1\" {
+    # external wants string values only: drop the numeric size.
+    program = [\"sh\", \"-c\",
+      \"imgbuild userdata droplet-worker --node do-1 --json | jq '{user_data, sha256}'\"]
+  }
+  resource \"digitalocean_droplet\" \"do1\" {
+    name      = \"do-1\"
+    image     = \"debian-13-x64\"
+    region    = \"fra1\"
+    size      = \"s-2vcpu-4gb\"
+    user_data = data.external.do1.result.user_data
+  }
+
+OpenStack:
+  imgbuild userdata droplet-worker --node os-1 --target openstack > os-1.yaml
+  openstack server create --image debian-13 --flavor m1.small --network net \\
+    --key-name me --config-drive True --user-data os-1.yaml os-1
+
+Pulumi (Python):
+  ud = subprocess.run([\"imgbuild\", \"userdata\", \"droplet-worker\", \"--node\", \"do-1\",
+                       \"--target\", \"digitalocean\"], check=True, capture_output=True, text=True).stdout
+  digitalocean.Droplet(\"do-1\", image=\"debian-13-x64\", region=\"fra1\",
+                       size=\"s-2vcpu-4gb\", user_data=ud)";
+
 pub fn run(args: &Args, ctx: &Context) -> Result<()> {
-    let mirrors = args
-        .mirror
-        .iter()
-        .filter(|m| !m.is_empty())
-        .map(|m| userdata::parse_mirror(m))
-        .collect::<Result<Vec<_>, _>>()?;
+    let env = std::env::var("IMGBUILD_MIRROR").unwrap_or_default();
+    let mirrors = Mirrors::parse(
+        std::iter::once(env.as_str()).chain(args.mirror.iter().map(String::as_str)),
+    )?;
     let inputs = args.node.load(ctx)?;
-    let pins = pins_from_lock(&args.lock, &inputs.resolved)?;
+    let mut pins = pins_from_lock(&args.lock, &inputs.resolved)?;
+    pins.k3s.url = mirrors.rewrite(&pins.k3s.url);
+    if let Some(m) = &mut pins.mesh {
+        m.url = mirrors.rewrite(&m.url);
+    }
     let extra = overlay_files(&inputs.resolved)?;
     let out = userdata::render(
         &userdata::Input {
@@ -57,7 +97,6 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
             node: &inputs.node,
             secrets: &inputs.secrets,
             pins: &pins,
-            mirrors: &mirrors,
             block_metadata: args.block_metadata,
             extra_files: &extra,
             target: args.target,
@@ -86,70 +125,35 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
     Ok(())
 }
 
-/// Lock entry names of the artifacts: `<input>/<version>/<arch>`.
-fn lock_name(input: &str, version: &str, arch: Arch) -> String {
-    format!("{input}/{version}/{arch}")
-}
-
-/// The pinned k3s and mesh downloads of `resolved`, from the lockfile (`[[input]]` tables with
-/// `name`, `url`, `sha256`).
+/// The pinned k3s and mesh downloads of `resolved`, from the lockfile.
 fn pins_from_lock(path: &Path, resolved: &Resolved) -> Result<Pins> {
     let shown = path.display().to_string();
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+    let help = format!("run `imgbuild lock {}` to pin it", resolved.name);
+    if !path.exists() {
+        bail!(
             "{shown} does not exist: the user-data installs only pinned downloads\n  help: run `imgbuild lock {}` first",
             resolved.name
-        ),
-        Err(e) => return Err(e).with_context(|| format!("reading {shown}")),
+        );
+    }
+    let lock = Lock::load(path)?;
+    let find = |name: Option<String>, what: &str| -> Result<Pin> {
+        let name = name.with_context(|| format!("the profile has no {what}.version"))?;
+        let entry = lock
+            .get(&name)
+            .with_context(|| format!("{shown} has no pin for {name}\n  help: {help}"))?;
+        Ok(Pin {
+            url: entry.url.clone(),
+            sha256: entry.sha256.clone(),
+        })
     };
-    let doc: toml::Table =
-        toml::from_str(&text).with_context(|| format!("{shown} is not a valid lockfile"))?;
-    let find = |name: &str| -> Result<Pin> {
-        let entry = doc
-            .get("input")
-            .and_then(toml::Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(toml::Value::as_table)
-            .find(|t| t.get("name").and_then(toml::Value::as_str) == Some(name));
-        let pin = entry.and_then(|t| {
-            Some(Pin {
-                url: t.get("url")?.as_str()?.to_string(),
-                sha256: t.get("sha256")?.as_str()?.to_string(),
-            })
-        });
-        match pin {
-            Some(p) if p.sha256.len() == 64 && p.sha256.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                Ok(p)
-            }
-            _ => bail!(
-                "{shown} has no pin for {name}\n  help: run `imgbuild lock {}` to pin it",
-                resolved.name
-            ),
-        }
-    };
-    let arch = resolved.arch();
-    let k3s_version = resolved
-        .profile
-        .k3s
-        .version
-        .as_deref()
-        .context("the profile has no k3s.version")?;
-    let k3s = find(&lock_name("k3s", k3s_version, arch))?;
-    let mesh = match resolved.profile.mesh.provider {
-        MeshProvider::None => None,
-        p => {
-            let v = resolved
-                .profile
-                .mesh
-                .version
-                .as_deref()
-                .context("the profile has no mesh.version")?;
-            Some(find(&lock_name(p.as_str(), v, arch))?)
-        }
-    };
-    Ok(Pins { k3s, mesh })
+    let (k3s, mesh) = userdata::pin_names(resolved);
+    Ok(Pins {
+        k3s: find(k3s, "k3s")?,
+        mesh: match resolved.profile.mesh.provider {
+            MeshProvider::None => None,
+            _ => Some(find(mesh, "mesh")?),
+        },
+    })
 }
 
 /// The files of the profile's overlays, for `write_files`. Later overlays win.

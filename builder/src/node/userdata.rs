@@ -91,8 +91,6 @@ pub enum UserdataError {
         "the profile uses {provider} but no pinned {provider} download was given\n  help: run `imgbuild lock` for the profile"
     )]
     MeshPinMissing { provider: &'static str },
-    #[error("--mirror {0:?} is not FROM=TO (URL prefixes)")]
-    BadMirror(String),
 }
 
 /// Everything a node's user-data is made from.
@@ -101,9 +99,8 @@ pub struct Input<'a> {
     pub resolved: &'a Resolved,
     pub node: &'a Node,
     pub secrets: &'a [SecretValue],
+    /// The downloads, with any mirror already applied to their URLs.
     pub pins: &'a Pins,
-    /// URL prefix rewrites (`FROM`, `TO`), first match wins.
-    pub mirrors: &'a [(String, String)],
     pub block_metadata: bool,
     /// The profile's overlay files.
     pub extra_files: &'a [ExtraFile],
@@ -140,23 +137,22 @@ impl UserData {
     }
 }
 
-/// Parses `FROM=TO`.
-pub fn parse_mirror(s: &str) -> Result<(String, String), UserdataError> {
-    match s.split_once('=') {
-        Some((from, to)) if !from.is_empty() && !to.is_empty() => {
-            Ok((from.to_string(), to.to_string()))
-        }
-        _ => Err(UserdataError::BadMirror(s.to_string())),
-    }
-}
-
-fn mirrored(url: &str, mirrors: &[(String, String)]) -> String {
-    for (from, to) in mirrors {
-        if let Some(rest) = url.strip_prefix(from.as_str()) {
-            return format!("{to}{rest}");
-        }
-    }
-    url.to_string()
+/// The lock entry names of a profile's k3s and mesh downloads (`k3s/<version>/<arch>`,
+/// `tailscale/<version>/<arch>`, `zerotier/<version>/<arch>`), as [`crate::fetch::plan`] names
+/// them.
+pub fn pin_names(resolved: &Resolved) -> (Option<String>, Option<String>) {
+    let p = &resolved.profile;
+    let arch = resolved.arch();
+    let k3s = p.k3s.version.as_ref().map(|v| format!("k3s/{v}/{arch}"));
+    let mesh = match p.mesh.provider {
+        MeshProvider::None => None,
+        provider => p
+            .mesh
+            .version
+            .as_ref()
+            .map(|v| format!("{}/{v}/{arch}", provider.as_str())),
+    };
+    (k3s, mesh)
 }
 
 /// Checks the provider's size limit.
@@ -213,7 +209,7 @@ pub fn render(input: &Input<'_>, templates: &Templates) -> Result<UserData, User
     let mut artifacts = vec![json!({
         "name": "k3s",
         "file": "k3s",
-        "url": mirrored(&input.pins.k3s.url, input.mirrors),
+        "url": input.pins.k3s.url,
         "sha256": input.pins.k3s.sha256.to_ascii_lowercase(),
     })];
     let mesh_file = match provider {
@@ -232,7 +228,7 @@ pub fn render(input: &Input<'_>, templates: &Templates) -> Result<UserData, User
         artifacts.push(json!({
             "name": provider.as_str(),
             "file": file,
-            "url": mirrored(&pin.url, input.mirrors),
+            "url": pin.url,
             "sha256": pin.sha256.to_ascii_lowercase(),
         }));
     }
@@ -297,16 +293,21 @@ mod tests {
     }
 
     #[test]
-    fn mirrors_rewrite_prefixes() {
-        let m = vec![parse_mirror("https://github.com/=http://127.0.0.1:8080/gh/").unwrap()];
-        assert_eq!(
-            mirrored("https://github.com/k3s-io/k3s/releases/x", &m),
-            "http://127.0.0.1:8080/gh/k3s-io/k3s/releases/x"
-        );
-        assert_eq!(
-            mirrored("https://pkgs.tailscale.com/a", &m),
-            "https://pkgs.tailscale.com/a"
-        );
-        assert!(parse_mirror("nothing").is_err());
+    fn pin_names_follow_the_fetch_plan() {
+        use crate::fetch::{InputKind, plan::plan};
+        use crate::profile::ProfileStore;
+        for name in ["pi-worker", "amd64-server", "droplet-worker"] {
+            let r = ProfileStore::stock_only().resolve(name, &[]).unwrap();
+            let planned = plan(&r, std::path::Path::new(".")).unwrap();
+            let named = |kind: InputKind| {
+                planned
+                    .iter()
+                    .find(|i| i.kind == kind)
+                    .map(|i| i.name.clone())
+            };
+            let (k3s, mesh) = pin_names(&r);
+            assert_eq!(k3s, named(InputKind::K3s), "{name}");
+            assert_eq!(mesh, named(InputKind::Tailscale), "{name}");
+        }
     }
 }
