@@ -221,7 +221,11 @@ impl VmBuilder {
         for (i, (image, serial)) in self.disks.iter().enumerate() {
             // With -kernel, QEMU's loader option ROM holds boot index 0; the firmware boot order
             // matters only for UEFI.
-            let bootindex = if uefi { format!(",bootindex={i}") } else { String::new() };
+            let bootindex = if uefi {
+                format!(",bootindex={i}")
+            } else {
+                String::new()
+            };
             push(&[
                 "-drive",
                 &format!(
@@ -342,10 +346,14 @@ impl Vm {
                 if let Some(line) = self.serial().lines().find(|l| l.contains(marker)) {
                     return line.to_string();
                 }
-                self.fail(&format!("QEMU exited ({status}) before {marker:?} appeared"));
+                self.fail(&format!(
+                    "QEMU exited ({status}) before {marker:?} appeared"
+                ));
             }
             if Instant::now() > deadline {
-                self.fail(&format!("no {marker:?} on the serial console within {timeout:?}"));
+                self.fail(&format!(
+                    "no {marker:?} on the serial console within {timeout:?}"
+                ));
             }
             thread::sleep(Duration::from_millis(250));
         }
@@ -401,9 +409,15 @@ pub fn debian_base() -> Option<PathBuf> {
         .stderr(Stdio::inherit())
         .output()
         .expect("running scripts/make-test-base");
-    assert!(out.status.success(), "scripts/make-test-base failed (see above)");
+    assert!(
+        out.status.success(),
+        "scripts/make-test-base failed (see above)"
+    );
     let path = PathBuf::from(String::from_utf8(out.stdout).expect("utf-8 path").trim());
-    assert!(path.is_file(), "make-test-base printed {path:?}, not a file");
+    assert!(
+        path.is_file(),
+        "make-test-base printed {path:?}, not a file"
+    );
     eprintln!(
         "debian base: {} ({:.1?})",
         path.display(),
@@ -429,13 +443,22 @@ pub fn extract_boot_files(base: &Path, dest: &Path) -> BootFiles {
         .arg("-C")
         .arg(dest)
         .args(["--wildcards", "./boot/vmlinuz-*", "./boot/initrd.img-*"]));
-    assert_eq!(code, 0, "extracting the kernel from {}: {err}", base.display());
+    assert_eq!(
+        code,
+        0,
+        "extracting the kernel from {}: {err}",
+        base.display()
+    );
     let boot = dest.join("boot");
     let mut release = None;
     for entry in fs::read_dir(&boot).expect("reading boot/") {
         let name = entry.expect("boot/ entry").file_name();
         if let Some(r) = name.to_str().and_then(|n| n.strip_prefix("vmlinuz-")) {
-            assert!(release.is_none(), "more than one kernel in {}", base.display());
+            assert!(
+                release.is_none(),
+                "more than one kernel in {}",
+                base.display()
+            );
             release = Some(r.to_string());
         }
     }
@@ -458,7 +481,12 @@ pub fn extract_from_tar(base: &Path, dest: &Path, members: &[&str]) {
         .arg("-C")
         .arg(dest)
         .args(members));
-    assert_eq!(code, 0, "extracting {members:?} from {}: {err}", base.display());
+    assert_eq!(
+        code,
+        0,
+        "extracting {members:?} from {}: {err}",
+        base.display()
+    );
 }
 
 /// Copies `base` to `out` and appends the files under `extra` (paths relative to it, owned by
@@ -470,7 +498,12 @@ pub fn tar_with_extra_files(base: &Path, extra: &Path, out: &Path) {
     collect_files(extra, extra, &mut members);
     members.sort();
     let (code, _, err) = run(Command::new("tar")
-        .args(["--owner=0", "--group=0", "--numeric-owner", "--no-recursion"])
+        .args([
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "--no-recursion",
+        ])
         .arg("-rf")
         .arg(out)
         .arg("-C")
@@ -524,7 +557,8 @@ impl ResultsDisk {
     }
 
     /// The shell commands (for the guest) that mount this disk at `/results`.
-    pub const GUEST_MOUNT: &'static str = "mkdir -p /results && mount -t vfat /dev/disk/by-label/RESULTS /results";
+    pub const GUEST_MOUNT: &'static str =
+        "mkdir -p /results && mount -t vfat /dev/disk/by-label/RESULTS /results";
 
     /// Reads a file the guest wrote at `/results/<name>`, or `None` if it is not there.
     pub fn read(&self, name: &str) -> Option<String> {
@@ -598,7 +632,11 @@ fn serve_one(stream: TcpStream, root: &Path, log: &Mutex<Vec<String>>) {
     log.lock().expect("request log").push(request.clone());
     let mut parts = request.split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
-    let rel = target.split('?').next().unwrap_or("").trim_start_matches('/');
+    let rel = target
+        .split('?')
+        .next()
+        .unwrap_or("")
+        .trim_start_matches('/');
     let path = root.join(rel);
     let safe = !rel.split('/').any(|c| c == ".." || c.is_empty());
     let mut stream = stream;
