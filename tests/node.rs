@@ -696,3 +696,182 @@ fn seed_location_and_datasources_follow_the_board() {
     let (t, _, _) = composed("amd64-worker");
     assert!(text(&t, "/usr/local/lib/imgbuild/firstboot-done").contains("/boot/efi/user-data"));
 }
+
+/// Runs the first boot's scripts for real, in order, against the stand-ins: in a private mount,
+/// network, UTS and PID namespace, with /etc, /var/lib, /run and /usr/local replaced by scratch
+/// copies, so nothing on this machine changes. systemctl and cloud-init are recorders.
+#[test]
+fn first_boot_scripts_run_against_the_stand_ins() {
+    if !support::require_tool("unshare") {
+        return;
+    }
+    let (uid, _, _) = support::run(Command::new("sh").args(["-c", "exit $(id -u)"]));
+    if uid != 0 {
+        eprintln!("skipping: needs root for namespaces and mounts");
+        return;
+    }
+    let (t, _, r) = composed("amd64-worker");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let stage = |path: &str, mode: u32, data: &[u8]| {
+        let dest = d.join("stage").join(&path[1..]);
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::write(&dest, data).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    // The image's scripts and k3s config.
+    for (path, e) in t.iter() {
+        let shown = path.display();
+        if let Kind::File(c) = &e.kind
+            && (shown.starts_with("/usr/local/lib/imgbuild/")
+                || shown == "/etc/rancher/k3s/config.yaml")
+        {
+            stage(&shown, e.mode, &c.read_all().unwrap());
+        }
+    }
+    // The stand-ins where the artifacts go, and recorders for systemctl and cloud-init.
+    let standins = support::tests_dir().join("fixtures/standins");
+    for b in ["k3s", "tailscale", "tailscaled"] {
+        stage(
+            &format!("/usr/local/bin/{b}"),
+            0o755,
+            &std::fs::read(standins.join(b)).unwrap(),
+        );
+    }
+    for tool in ["systemctl", "cloud-init"] {
+        let rec = format!(
+            "#!/bin/sh\necho \"{tool} $*\" >> /var/log/calls.log\n{}",
+            if tool == "systemctl" {
+                "[ \"$1 $2\" = \"is-active --quiet\" ] && pgrep -f 'k3s agent' >/dev/null\n"
+            } else {
+                ""
+            }
+        );
+        stage(&format!("/usr/local/bin/{tool}"), 0o755, rec.as_bytes());
+    }
+    // What cloud-init writes from the node's seed (write_files).
+    let inventory = imgbuild::node::inventory::Inventory::parse(
+        &std::fs::read_to_string(support::tests_dir().join("fixtures/node/nodes.toml")).unwrap(),
+        "nodes.toml",
+    )
+    .unwrap();
+    let node = inventory.node("pc-1", "nodes.toml").unwrap();
+    let secrets: Vec<_> = imgbuild::node::secrets::needed(&r)
+        .into_iter()
+        .map(|need| imgbuild::node::seed::SecretValue {
+            value: format!("FAKE-{}", need.name),
+            need,
+        })
+        .collect();
+    for f in imgbuild::node::seed::seed_write_files(&r, node, &secrets) {
+        let mode = u32::from_str_radix(f["mode"].as_str().unwrap(), 8).unwrap();
+        stage(
+            f["path"].as_str().unwrap(),
+            mode,
+            f["content"].as_str().unwrap().as_bytes(),
+        );
+    }
+    stage(
+        "/etc/machine-id",
+        0o444,
+        b"5e1f00aa00000000000000000000beef\n",
+    );
+
+    let script = r#"
+set -u
+S=$1
+mount --make-rprivate /
+cp -a /etc/. "$S/etc-base/"
+cp -a "$S/stage/etc/." "$S/etc-base/"
+mkdir -p "$S/varlib" "$S/usrlocal" "$S/var-log"
+cp -a "$S/stage/var/lib/." "$S/varlib/"
+cp -a "$S/stage/usr/local/." "$S/usrlocal/"
+mount --bind "$S/etc-base" /etc
+mount --bind "$S/varlib" /var/lib
+mount --bind "$S/var-log" /var/log
+mount --bind "$S/usrlocal" /usr/local
+mount -t tmpfs tmpfs /run
+export PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+hostname pc-1
+ip link set lo up
+tailscaled --state=/var/lib/tailscale/tailscaled.state --socket=/run/tailscale/tailscaled.sock --port=41641 &
+for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /run/tailscale/standin-running ] && break; sleep 0.2; done
+echo "== mesh-join"; /usr/local/lib/imgbuild/mesh-join; echo "rc=$?"
+echo "== nodeip"; /usr/local/lib/imgbuild/k3s-nodeip; echo "rc=$?"
+k3s agent &
+for i in 1 2 3 4 5 6 7 8 9 10; do grep -q ready /var/log/imgbuild-standin.log && break; sleep 0.2; done
+echo "== firstboot-done"; /usr/local/lib/imgbuild/firstboot-done; echo "rc=$?"
+echo "== second mesh-join"; /usr/local/lib/imgbuild/mesh-join; echo "rc=$?"
+echo "== files"
+ls /var/lib/imgbuild/
+ls /etc/cloud/
+echo "== node-ip"; cat /etc/rancher/k3s/config.yaml.d/10-node-ip.yaml
+echo "== log"; cat /var/log/imgbuild-standin.log
+echo "== calls"; cat /var/log/calls.log
+"#;
+    std::fs::create_dir_all(d.join("etc-base")).unwrap();
+    let (code, out, err) = support::run(
+        Command::new("unshare")
+            .args([
+                "--mount",
+                "--net",
+                "--uts",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "sh",
+                "-c",
+                script,
+                "sh",
+            ])
+            .arg(d),
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let section = |name: &str| -> String {
+        out.split(&format!("== {name}\n"))
+            .nth(1)
+            .and_then(|s| s.split("\n== ").next())
+            .unwrap_or_else(|| panic!("no section {name} in:\n{out}\n{err}"))
+            .to_string()
+    };
+    assert!(section("mesh-join").contains("rc=0"), "{out}\n{err}");
+    assert!(
+        out.contains("tailscale up flags=--auth-key=file:/var/lib/imgbuild/mesh-authkey --accept-dns=false --hostname=pc-1 --advertise-tags=tag:k3s,tag:home"),
+        "{out}"
+    );
+    assert!(
+        out.contains("auth-key-file /var/lib/imgbuild/mesh-authkey readable"),
+        "{out}"
+    );
+    assert!(section("nodeip").contains("rc=0"), "{out}\n{err}");
+    let ip = section("node-ip");
+    assert!(ip.contains("node-ip: \"100.64.0."), "{ip}");
+    // k3s saw its config, the node's drop-ins and the token file; never a token value.
+    assert!(out.contains("k3s start role=agent argv=agent"), "{out}");
+    assert!(out.contains("20-node.yaml: node-name: \"pc-1\""), "{out}");
+    assert!(
+        out.contains("10-node-ip.yaml: node-ip: \"100.64.0."),
+        "{out}"
+    );
+    assert!(
+        out.contains("token-file /etc/rancher/k3s/token present mode=600"),
+        "{out}"
+    );
+    assert!(!section("log").contains("FAKE-"), "{out}");
+    // First boot done: the key is gone, cloud-init is off, the marker is there.
+    assert!(section("firstboot-done").contains("rc=0"), "{out}\n{err}");
+    let files = section("files");
+    assert!(!files.contains("mesh-authkey"), "{files}");
+    assert!(files.contains("firstboot-done"), "{files}");
+    assert!(files.contains("cloud-init.disabled"), "{files}");
+    assert!(
+        section("calls").contains("cloud-init clean --seed"),
+        "{out}"
+    );
+    // Later boots: the key is gone, the node is already on the tailnet.
+    assert!(
+        section("second mesh-join").contains("already on the tailnet"),
+        "{out}"
+    );
+}
