@@ -117,6 +117,7 @@ fn compare(src: &Path, tree: &Tree, fat: bool) -> usize {
                 );
             }
             Kind::Fifo => assert!(ft.is_fifo(), "{path}"),
+            Kind::Hardlink(_) => assert!(ft.is_file() && m.nlink() > 1, "{path}"),
             k => panic!("{path}: unexpected {}", k.name()),
         }
     }
@@ -414,4 +415,288 @@ fn ext4_of_usr_matches_every_file() {
     }
     assert!(compared > 1000, "only {compared} entries compared");
     eprintln!("compared {compared} entries of /usr");
+}
+
+fn sh(script: &str, dir: &Path) {
+    let (code, _, err) = support::run(Command::new("sh").arg("-ec").arg(script).current_dir(dir));
+    assert_eq!(code, 0, "{script}: {err}");
+}
+
+#[test]
+fn deb_data_lands_at_its_paths() {
+    if !support::require_tool("dpkg-deb") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    sh(
+        "mkdir -p pkg/DEBIAN pkg/usr/sbin pkg/lib/systemd/system pkg/var/lib/zerotier-one
+         printf 'Package: zt\\nVersion: 1.0\\nArchitecture: amd64\\nMaintainer: t <t@e>\\nDescription: t\\n' > pkg/DEBIAN/control
+         printf 'binary' > pkg/usr/sbin/zerotier-one && chmod 755 pkg/usr/sbin/zerotier-one
+         printf '[Install]\\nWantedBy=multi-user.target\\n' > pkg/lib/systemd/system/zerotier-one.service
+         ln -s zerotier-one pkg/usr/sbin/zerotier-cli
+         find pkg -exec touch -h -d @1600000000 {} +
+         for z in none gzip xz zstd; do dpkg-deb -Z$z --root-owner-group --build pkg $z.deb > /dev/null; done",
+        dir.path(),
+    );
+    for z in ["none", "gzip", "xz", "zstd"] {
+        let mut tree = Tree::new();
+        let deb = imgbuild::source::deb::read_deb(
+            &dir.path().join(format!("{z}.deb")),
+            dir.path(),
+            &mut tree,
+        )
+        .unwrap_or_else(|e| panic!("{z}: {e}"));
+        let bin = tree
+            .get(&TreePath::new("/usr/sbin/zerotier-one").unwrap())
+            .unwrap();
+        assert_eq!(
+            (bin.mode, bin.uid, bin.gid, bin.mtime),
+            (0o755, 0, 0, 1_600_000_000),
+            "{z}"
+        );
+        assert_eq!(
+            read_content(&tree, &TreePath::new("/usr/sbin/zerotier-one").unwrap()),
+            b"binary"
+        );
+        let cli = tree
+            .get(&TreePath::new("/usr/sbin/zerotier-cli").unwrap())
+            .unwrap();
+        assert!(matches!(&cli.kind, Kind::Symlink(t) if t == b"zerotier-one"));
+        assert!(
+            tree.get(&TreePath::new("/DEBIAN").unwrap()).is_none(),
+            "control files stay out"
+        );
+        drop(deb);
+    }
+    // Not a package / truncated package.
+    let bad = dir.path().join("bad.deb");
+    fs::write(
+        &bad,
+        b"!<arch>\ndebian-binary   0           0     0     100644  4         `\n2.0\n",
+    )
+    .unwrap();
+    let err = imgbuild::source::deb::read_deb(&bad, dir.path(), &mut Tree::new()).unwrap_err();
+    assert!(err.to_string().contains("no data.tar"), "{err}");
+    let full = fs::read(dir.path().join("xz.deb")).unwrap();
+    fs::write(&bad, &full[..full.len() - 100]).unwrap();
+    let err = imgbuild::source::deb::read_deb(&bad, dir.path(), &mut Tree::new()).unwrap_err();
+    assert!(err.to_string().contains("past the end"), "{err}");
+}
+
+fn cache_blob(cache: &imgbuild::fetch::Cache, file: &Path) -> (String, PathBuf) {
+    let f = imgbuild::fetch::Fetcher::new(
+        cache.clone(),
+        imgbuild::fetch::Mirrors::default(),
+        false,
+        imgbuild::progress::Progress::quiet(),
+    );
+    let (sha, _, path) = f
+        .fetch_verified("base", file.to_str().unwrap(), None, "test")
+        .unwrap();
+    (sha, path)
+}
+
+#[test]
+fn tarball_and_xz_image_bases() {
+    if !tools() {
+        return;
+    }
+    let (_d, out) = make("mbr", &[]);
+    let cache = imgbuild::fetch::Cache::open(out.join("cache")).unwrap();
+    sh(
+        "tar --numeric-owner -C root -cf rootfs.tar .
+         gzip -k -n rootfs.tar && xz -k -T1 rootfs.tar && zstd -q -k rootfs.tar
+         xz -k -T1 disk.img",
+        &out,
+    );
+    for name in [
+        "rootfs.tar",
+        "rootfs.tar.gz",
+        "rootfs.tar.xz",
+        "rootfs.tar.zst",
+    ] {
+        let (sha, blob) = cache_blob(&cache, &out.join(name));
+        match raw::read_base(&blob, &sha, &cache, None, None).unwrap() {
+            raw::Base::Tarball { tree, archive } => {
+                let hello = tree
+                    .get(&TreePath::new("/usr/bin/hello-again").unwrap())
+                    .unwrap();
+                assert!(
+                    matches!(hello.kind, Kind::Hardlink(_) | Kind::File(_)),
+                    "{name}"
+                );
+                let data = TreePath::new("/usr/lib/deep/er/still/data.txt").unwrap();
+                assert_eq!(
+                    read_content(&tree, &data),
+                    fs::read(out.join("root/usr/lib/deep/er/still/data.txt")).unwrap()
+                );
+                assert_eq!(
+                    tree.get(&TreePath::new("/usr/bin/suid").unwrap())
+                        .unwrap()
+                        .mode,
+                    0o4755
+                );
+                drop(archive);
+            }
+            raw::Base::Image(_) => panic!("{name} read as an image"),
+        }
+    }
+    let (sha, blob) = cache_blob(&cache, &out.join("disk.img.xz"));
+    let raw::Base::Image(img) = raw::read_base(&blob, &sha, &cache, None, None).unwrap() else {
+        panic!("disk.img.xz is an image");
+    };
+    assert_eq!(img.partitions.len(), 2);
+    compare(&out.join("root"), &img.root.1, false);
+    // Decompressed once: the second read reuses the cache entry.
+    let unxz = cache.root().join("unxz").join(&sha);
+    let before = fs::metadata(&unxz).unwrap().modified().unwrap();
+    raw::read_base(&blob, &sha, &cache, None, None).unwrap();
+    assert_eq!(fs::metadata(&unxz).unwrap().modified().unwrap(), before);
+}
+
+fn profile() -> imgbuild::profile::Resolved {
+    imgbuild::profile::ProfileStore::stock_only()
+        .resolve("pi-worker", &[])
+        .unwrap()
+}
+
+#[test]
+fn overlays_never_leak_host_metadata() {
+    use imgbuild::source::overlay::{self, OverlaySource};
+    let dir = tempfile::tempdir().unwrap();
+    let o = dir.path().join("overlay");
+    sh(
+        "umask 077
+         mkdir -p overlay/etc/rancher/k3s overlay/usr/local/bin overlay/etc/systemd/system
+         printf 'hello\\n' > overlay/etc/motd
+         printf '#!/bin/sh\\n' > overlay/usr/local/bin/tool && chmod 700 overlay/usr/local/bin/tool
+         printf 'version: {{ k3s.version }}\\nnode: {{ name }} on {{ arch }}/{{ board }}\\n' > overlay/etc/rancher/k3s/config.yaml.j2
+         printf 'x' > overlay/etc/private.conf
+         ln -s ../../../../outside overlay/etc/escape
+         printf '# modes\\n0600 0:0 /etc/private.conf\\n0750 1000:1000 /usr/local/bin/tool\\n' > overlay/.imgbuild-modes
+         chown -R 4321:4321 overlay 2>/dev/null || true",
+        dir.path(),
+    );
+    let r = profile();
+    let mut tree = Tree::new();
+    let etc = TreePath::new("/etc").unwrap();
+    tree.insert(etc.clone(), imgbuild::tree::Entry::dir(0o700).owned(0, 42))
+        .unwrap();
+    let stats = overlay::apply(
+        &mut tree,
+        OverlaySource::Host(&o),
+        "overlay",
+        &r,
+        1_700_000_000,
+    )
+    .unwrap();
+    assert_eq!((stats.files, stats.templates, stats.symlinks), (3, 1, 1));
+    let e = |p: &str| tree.get(&TreePath::new(p).unwrap()).unwrap().clone();
+    assert_eq!(
+        (e("/etc").mode, e("/etc").gid),
+        (0o700, 42),
+        "existing directories keep their metadata"
+    );
+    let motd = e("/etc/motd");
+    assert_eq!(
+        (motd.mode, motd.uid, motd.gid, motd.mtime),
+        (0o644, 0, 0, 1_700_000_000)
+    );
+    assert_eq!(e("/usr/local/bin").mode, 0o755);
+    let tool = e("/usr/local/bin/tool");
+    assert_eq!((tool.mode, tool.uid, tool.gid), (0o750, 1000, 1000));
+    assert_eq!(e("/etc/private.conf").mode, 0o600);
+    assert!(matches!(e("/etc/escape").kind, Kind::Symlink(t) if t == b"../../../../outside"));
+    assert!(
+        tree.get(&TreePath::new("/.imgbuild-modes").unwrap())
+            .is_none()
+    );
+    let cfg = read_content(
+        &tree,
+        &TreePath::new("/etc/rancher/k3s/config.yaml").unwrap(),
+    );
+    let want = format!(
+        "version: {}\nnode: pi-worker on arm64/rpi\n",
+        r.profile.k3s.version.as_deref().unwrap()
+    );
+    assert_eq!(String::from_utf8(cfg).unwrap(), want);
+    assert!(
+        tree.get(&TreePath::new("/etc/rancher/k3s/config.yaml.j2").unwrap())
+            .is_none()
+    );
+
+    // An undefined variable names the template and the line.
+    fs::write(o.join("etc/bad.conf.j2"), "ok\n{{ k3s.nope }}\n").unwrap();
+    let err =
+        overlay::apply(&mut Tree::new(), OverlaySource::Host(&o), "overlay", &r, 0).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("/etc/bad.conf.j2") && msg.contains("line 2"),
+        "{msg}"
+    );
+    fs::remove_file(o.join("etc/bad.conf.j2")).unwrap();
+
+    // A mode file naming a path the overlay lacks.
+    fs::write(o.join(".imgbuild-modes"), "0600 /etc/typo.conf\n").unwrap();
+    let err =
+        overlay::apply(&mut Tree::new(), OverlaySource::Host(&o), "overlay", &r, 0).unwrap_err();
+    assert!(err.to_string().contains("/etc/typo.conf"), "{err}");
+    fs::remove_file(o.join(".imgbuild-modes")).unwrap();
+
+    // A file over a directory of the tree.
+    let mut t = Tree::new();
+    t.insert_with_parents(
+        TreePath::new("/etc/motd/x").unwrap(),
+        imgbuild::tree::Entry::dir(0o755),
+        &imgbuild::tree::Entry::dir(0o755),
+    )
+    .unwrap();
+    let err = overlay::apply(&mut t, OverlaySource::Host(&o), "overlay", &r, 0).unwrap_err();
+    assert!(err.to_string().contains("replace a directory"), "{err}");
+
+    // FIFOs and device nodes are refused.
+    sh("mkfifo overlay/etc/pipe", dir.path());
+    let err =
+        overlay::apply(&mut Tree::new(), OverlaySource::Host(&o), "overlay", &r, 0).unwrap_err();
+    assert!(err.to_string().contains("FIFO"), "{err}");
+    fs::remove_file(o.join("etc/pipe")).unwrap();
+    let (code, _, _) = support::run(
+        Command::new("mknod")
+            .arg(o.join("etc/null"))
+            .args(["c", "1", "3"]),
+    );
+    if code == 0 {
+        let err = overlay::apply(&mut Tree::new(), OverlaySource::Host(&o), "overlay", &r, 0)
+            .unwrap_err();
+        assert!(err.to_string().contains("device node"), "{err}");
+    }
+}
+
+#[test]
+fn overlay_order_is_independent_of_creation_order() {
+    use imgbuild::source::overlay::{self, OverlaySource};
+    let r = profile();
+    let mut listings = Vec::new();
+    for order in ["a b c d", "d c b a"] {
+        let dir = tempfile::tempdir().unwrap();
+        sh(
+            &format!("mkdir o; for n in {order}; do mkdir -p o/$n; printf $n > o/$n/f; done"),
+            dir.path(),
+        );
+        let mut t = Tree::new();
+        overlay::apply(
+            &mut t,
+            OverlaySource::Host(&dir.path().join("o")),
+            "o",
+            &r,
+            5,
+        )
+        .unwrap();
+        listings.push(
+            t.iter()
+                .map(|(p, e)| format!("{p} {:o} {} {}", e.mode, e.uid, e.mtime))
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(listings[0], listings[1]);
 }

@@ -4,3 +4,6 @@
 pub mod dir;
 pub mod tar;
 pub mod raw;
+pub mod deb;
+pub mod overlay;
+pub mod systemd;

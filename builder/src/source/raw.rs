@@ -90,6 +90,10 @@ pub enum RawError {
         #[source]
         source: TreeError,
     },
+    #[error(transparent)]
+    Tar(#[from] super::tar::TarError),
+    #[error(transparent)]
+    Cache(#[from] crate::fetch::FetchError),
 }
 
 /// The partition table kind.
@@ -444,9 +448,73 @@ pub fn read_image(
     })
 }
 
-/// A window of the image file: one partition.
+/// A base OS read into trees: a disk image (boot and root filesystems) or a rootfs tarball.
 #[derive(Debug)]
-struct Part {
+pub enum Base {
+    Image(BaseImage),
+    /// The tree's contents point into `archive`: keep it alive until the tree is written.
+    Tarball {
+        tree: Tree,
+        archive: super::tar::TarFile,
+    },
+}
+
+/// Reads a verified base (a cache blob with SHA-256 `sha256`) by its content, not its name:
+/// `.xz` is decompressed once into the cache and looked at again; a tar stream (plain, gzip,
+/// xz, zstd) is a rootfs tarball; anything else must be a partitioned disk image.
+pub fn read_base(
+    path: &Path,
+    sha256: &str,
+    cache: &crate::fetch::Cache,
+    boot_sel: Option<&str>,
+    root_sel: Option<&str>,
+) -> Result<Base, RawError> {
+    let head = |p: &Path| -> Result<Vec<u8>, RawError> {
+        let mut f = File::open(p).map_err(|source| RawError::Io {
+            image: p.display().to_string(),
+            source,
+        })?;
+        let mut b = vec![0u8; 512];
+        let mut n = 0;
+        while n < b.len() {
+            match f.read(&mut b[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(source) => {
+                    return Err(RawError::Io {
+                        image: p.display().to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+        b.truncate(n);
+        Ok(b)
+    };
+    let is_tar = |b: &[u8]| b.len() >= 262 && &b[257..262] == b"ustar";
+    let magic = head(path)?;
+    let (path, tarball) = match super::tar::Compression::detect(&magic) {
+        super::tar::Compression::Xz => {
+            let plain = cache.unxz(sha256)?;
+            let tarball = is_tar(&head(&plain)?);
+            (plain, tarball)
+        }
+        super::tar::Compression::None => (path.to_path_buf(), is_tar(&magic)),
+        // gzip, zstd, bzip2: only archives come compressed that way (the tar reader says
+        // which compressions it supports).
+        _ => (path.to_path_buf(), true),
+    };
+    if tarball {
+        let mut tree = Tree::new();
+        let archive = super::tar::read_archive_file(&path, &cache.root().join("tmp"), &mut tree)?;
+        return Ok(Base::Tarball { tree, archive });
+    }
+    Ok(Base::Image(read_image(&path, boot_sel, root_sel)?))
+}
+
+/// A read-only window of a host file (one partition of an image, one member of an archive).
+#[derive(Debug)]
+pub(crate) struct Part {
     file: File,
     offset: u64,
     len: u64,
@@ -454,7 +522,7 @@ struct Part {
 }
 
 impl Part {
-    fn open(image: &Path, offset: u64, len: u64) -> io::Result<Part> {
+    pub(crate) fn open(image: &Path, offset: u64, len: u64) -> io::Result<Part> {
         Ok(Part {
             file: File::open(image)?,
             offset,
