@@ -875,3 +875,109 @@ echo "== calls"; cat /var/log/calls.log
         "{out}"
     );
 }
+
+#[test]
+fn a_base_or_artifact_of_another_architecture_is_refused() {
+    // An ELF header for arm64 (e_machine 0xb7), little-endian.
+    let mut elf = b"\x7fELF\x02\x01\x01".to_vec();
+    elf.resize(18, 0);
+    elf.extend_from_slice(&[0xb7, 0x00, 0, 0]);
+    let r = resolve("amd64-worker", &[]);
+    let mut t = base();
+    t.insert(
+        p("/usr/lib/systemd/systemd"),
+        Entry::file(0o755, Content::bytes(elf.clone())),
+    )
+    .unwrap();
+    let err = compose::compose(
+        &mut t,
+        &r,
+        &artifacts(),
+        &BoardFacts::for_profile(&r),
+        &Templates::stock(),
+        EPOCH,
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the base OS is built for arm64, but the profile's image.arch is amd64\n  help: use the amd64 build, or set image.arch = \"arm64\""
+    );
+    let mut t = base();
+    let arts = Artifacts {
+        k3s: Content::bytes(elf),
+        ..artifacts()
+    };
+    let err = compose::compose(
+        &mut t,
+        &r,
+        &arts,
+        &BoardFacts::for_profile(&r),
+        &Templates::stock(),
+        EPOCH,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("the k3s binary is built for arm64"),
+        "{err}"
+    );
+}
+
+#[test]
+fn tailscale_binaries_come_from_the_release_tarball() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = support::run(
+        Command::new("sh")
+            .arg(support::tests_dir().join("fixtures/standins/package.sh"))
+            .arg(dir.path()),
+    );
+    assert_eq!(code, 0, "{err}");
+    let mut tgz = Tree::new();
+    let _keep = imgbuild::source::tar::read_archive_file(
+        &dir.path().join("tailscale_1.96.4_amd64.tgz"),
+        dir.path(),
+        &mut tgz,
+    )
+    .unwrap();
+    let mesh = MeshArtifacts::tailscale_from_tarball(&tgz).unwrap();
+    let standins = support::tests_dir().join("fixtures/standins");
+    let r = resolve("amd64-worker", &[]);
+    let mut t = base();
+    let arts = Artifacts {
+        k3s: Content::bytes(std::fs::read(standins.join("k3s")).unwrap()),
+        mesh,
+        airgap_images: None,
+    };
+    compose::compose(
+        &mut t,
+        &r,
+        &arts,
+        &BoardFacts::for_profile(&r),
+        &Templates::stock(),
+        EPOCH,
+    )
+    .unwrap();
+    assert_eq!(
+        text(&t, "/usr/sbin/tailscaled").into_bytes(),
+        std::fs::read(standins.join("tailscaled")).unwrap()
+    );
+    assert_eq!(
+        text(&t, "/usr/bin/tailscale").into_bytes(),
+        std::fs::read(standins.join("tailscale")).unwrap()
+    );
+    // A tarball without the daemon is refused by name.
+    let mut partial = Tree::new();
+    let d = Entry::dir(0o755);
+    partial.mkdir_p(&p("/tailscale_1_amd64"), &d).unwrap();
+    partial
+        .insert(
+            p("/tailscale_1_amd64/tailscale"),
+            Entry::file(0o755, Content::bytes(b"x".to_vec())),
+        )
+        .unwrap();
+    let err = MeshArtifacts::tailscale_from_tarball(&partial).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the Tailscale tarball has no tailscale_*/tailscaled"
+    );
+}

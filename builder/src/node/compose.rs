@@ -32,7 +32,9 @@
 use super::files::{self, BoardFacts, NodeSet, Target, paths};
 use super::inventory;
 use super::templates::{TemplateError, Templates};
-use crate::profile::{MeshProvider, Resolved};
+use std::io::Read;
+
+use crate::profile::{Arch, MeshProvider, Resolved};
 use crate::tree::{Content, Entry, Kind, Tree, TreeError, TreePath};
 
 pub use super::files::{DATA_LABEL, DATA_MOUNT, PERSISTENT_DIRS};
@@ -109,6 +111,46 @@ pub enum ComposeError {
     TarballLacks { name: String },
     #[error(transparent)]
     Label(#[from] inventory::LabelError),
+    #[error(
+        "{what} is built for {found}, but the profile's image.arch is {arch}\n  help: use the {arch} build, or set image.arch = \"{found}\""
+    )]
+    ArchMismatch {
+        what: &'static str,
+        found: &'static str,
+        arch: Arch,
+    },
+}
+
+/// The architecture an ELF executable is built for, from its header; `None` for anything else
+/// (scripts, unknown machines).
+fn elf_arch(c: &Content) -> Option<&'static str> {
+    let mut head = [0u8; 20];
+    c.open().ok()?.read_exact(&mut head).ok()?;
+    if &head[..4] != b"\x7fELF" {
+        return None;
+    }
+    let machine = match head[5] {
+        1 => u16::from_le_bytes([head[18], head[19]]),
+        _ => u16::from_be_bytes([head[18], head[19]]),
+    };
+    match machine {
+        0x3e => Some("amd64"),
+        0xb7 => Some("arm64"),
+        0x28 => Some("arm"),
+        0x03 => Some("386"),
+        0xf3 => Some("riscv64"),
+        _ => None,
+    }
+}
+
+/// Refuses a base or artifact built for another architecture than the profile's.
+fn check_arch(what: &'static str, c: Option<&Content>, arch: Arch) -> Result<(), ComposeError> {
+    match c.and_then(elf_arch) {
+        Some(found) if found != arch.as_str() => {
+            Err(ComposeError::ArchMismatch { what, found, arch })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// What composition decided besides the tree: the kernel command line additions and the units
@@ -135,6 +177,24 @@ pub fn compose(
     epoch: i64,
 ) -> Result<Composed, ComposeError> {
     check_base(tree)?;
+    let arch = resolved.arch();
+    let systemd = ["/usr/lib/systemd/systemd", "/lib/systemd/systemd"]
+        .iter()
+        .find_map(|p| {
+            match resolve(tree, p)
+                .ok()
+                .and_then(|p| tree.get(&p))
+                .map(|e| &e.kind)
+            {
+                Some(Kind::File(c)) => Some(c.clone()),
+                _ => None,
+            }
+        });
+    check_arch("the base OS", systemd.as_ref(), arch)?;
+    check_arch("the k3s binary", Some(&artifacts.k3s), arch)?;
+    if let MeshArtifacts::Tailscale { tailscaled, .. } = &artifacts.mesh {
+        check_arch("the tailscaled binary", Some(tailscaled), arch)?;
+    }
     for l in &resolved.profile.k3s.labels {
         inventory::check_self_label(l)?;
     }
