@@ -302,6 +302,35 @@ fn every_role_gets_its_units_enabled() {
             .collect();
         assert!(root[3].split(',').any(|o| o == "ro"), "{fstab}");
         assert!(t.get(&p("/persist")).unwrap().is_dir());
+        let boot = if r.board().is_raspberry_pi() {
+            "/boot/firmware"
+        } else {
+            "/boot/efi"
+        };
+        assert!(t.get(&p(boot)).unwrap().is_dir(), "{name}: {boot}");
+        assert!(
+            text(
+                &t,
+                "/etc/systemd/system/systemd-time-wait-sync.service.d/10-imgbuild.conf"
+            )
+            .contains("TimeoutStartSec=")
+        );
+        let ssh = text(
+            &t,
+            "/etc/systemd/system/ssh.service.d/10-imgbuild-hostkeys.conf",
+        );
+        let pre: Vec<&str> = ssh
+            .lines()
+            .filter(|l| l.starts_with("ExecStartPre="))
+            .collect();
+        assert_eq!(
+            pre,
+            [
+                "ExecStartPre=",
+                "ExecStartPre=-/usr/bin/ssh-keygen -A",
+                "ExecStartPre=/usr/sbin/sshd -t"
+            ]
+        );
         // Every entry we added carries the epoch, none the clock.
         assert!(t.iter().all(|(_, e)| e.mtime <= EPOCH));
     }

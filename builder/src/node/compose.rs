@@ -271,6 +271,16 @@ pub fn compose(
         let p = format!("{dir}/systemd-time-wait-sync.service");
         if w.exists(&p) {
             enable.push((p, "sysinit.target".into()));
+            let ctx = files::context(resolved, Target::Image(board));
+            w.file(
+                "/etc/systemd/system/systemd-time-wait-sync.service.d/10-imgbuild.conf",
+                0o644,
+                Content::bytes(
+                    templates
+                        .render("time-wait-sync.conf.j2", &ctx)?
+                        .into_bytes(),
+                ),
+            )?;
             break;
         }
     }
@@ -280,8 +290,12 @@ pub fn compose(
         enabled.push(unit.rsplit('/').next().unwrap_or(unit).to_string());
     }
 
-    // The read-only root and its data partition.
+    // The read-only root and its data partition; mount points must exist, nothing can create
+    // them at boot.
     w.dir(DATA_MOUNT, 0o755)?;
+    if board.boot_device.is_some() {
+        w.dir(&board.boot_mount, 0o755)?;
+    }
     w.dir(paths::STATE, 0o700)?;
     w.dir("/etc/imgbuild", 0o755)?;
     reset_identity(&mut w)?;
