@@ -535,7 +535,7 @@ pub fn write_file(root: &Path, rel: &str, content: &str, mode: u32) {
     fs::set_permissions(&path, fs::Permissions::from_mode(mode)).expect("chmod");
 }
 
-/// A small FAT disk the guest mounts (label `RESULTS`) and writes files to; the host reads them
+/// A small FAT disk the guest mounts (label `RESULTS`, at `/run/results`) and writes files to; the host reads them
 /// back with mtools after the guest powered off.
 pub struct ResultsDisk {
     pub image: PathBuf,
@@ -556,11 +556,12 @@ impl ResultsDisk {
         }
     }
 
-    /// The shell commands (for the guest) that mount this disk at `/results`.
+    /// The shell command (for the guest) that mounts this disk at `/run/results` (under /run so
+    /// it works with a read-only root).
     pub const GUEST_MOUNT: &'static str =
-        "mkdir -p /results && mount -t vfat /dev/disk/by-label/RESULTS /results";
+        "mkdir -p /run/results && mount -t vfat /dev/disk/by-label/RESULTS /run/results";
 
-    /// Reads a file the guest wrote at `/results/<name>`, or `None` if it is not there.
+    /// Reads a file the guest wrote at `/run/results/<name>`, or `None` if it is not there.
     pub fn read(&self, name: &str) -> Option<String> {
         let out = Command::new("mtype")
             .arg("-i")
@@ -574,10 +575,10 @@ impl ResultsDisk {
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Every `key=value` line of `/results/<name>`.
+    /// Every `key=value` line of `/run/results/<name>`.
     pub fn read_kv(&self, name: &str) -> BTreeMap<String, String> {
         self.read(name)
-            .unwrap_or_else(|| panic!("the guest did not write /results/{name}"))
+            .unwrap_or_else(|| panic!("the guest did not write /run/results/{name}"))
             .lines()
             .filter_map(|l| l.split_once('='))
             .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
