@@ -30,19 +30,8 @@ use crate::progress::Progress;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FetchError {
-    #[error(
-        "{input}: {algorithm} mismatch for {url}\n  expected: {expected} ({from})\n  actual:   {actual}\n\
-         the download was discarded and the cache is unchanged; if upstream republished the file, \
-         run `imgbuild lock --update {input}`"
-    )]
-    HashMismatch {
-        input: String,
-        url: String,
-        algorithm: &'static str,
-        expected: String,
-        actual: String,
-        from: String,
-    },
+    #[error("{0}")]
+    HashMismatch(Box<Mismatch>),
     #[error("{input}: {url} answered HTTP {status}; check the URL (or the version in the profile)")]
     Status {
         input: String,
@@ -110,6 +99,22 @@ pub enum FetchError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Downloaded bytes whose hash is not the expected one.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{input}: {algorithm} mismatch for {url}\n  expected: {expected} ({from})\n  actual:   {actual}\n\
+     the download was discarded and the cache is unchanged; if upstream republished the file, \
+     run `imgbuild lock --update {input}`"
+)]
+pub struct Mismatch {
+    pub input: String,
+    pub url: String,
+    pub algorithm: &'static str,
+    pub expected: String,
+    pub actual: String,
+    pub from: String,
 }
 
 /// Download options shared by `build`, `lock` and `userdata`.
@@ -266,14 +271,14 @@ impl Fetcher {
         {
             // A wrong file must not be resumed or reused.
             let _ = std::fs::remove_file(&got.path);
-            return Err(FetchError::HashMismatch {
+            return Err(FetchError::HashMismatch(Box::new(Mismatch {
                 input: input.to_string(),
                 url: real,
                 algorithm: exp.algorithm(),
                 expected: exp.hex().to_string(),
                 actual,
                 from: from.to_string(),
-            });
+            })));
         }
         let path = self.cache.insert(&got.path, &got.sha256)?;
         Ok((got.sha256, got.size, path))

@@ -187,7 +187,7 @@ pub fn apply(
         );
     }
 
-    for (p, _) in &modes {
+    for p in modes.keys() {
         if !placed.contains_key(p) {
             return Err(OverlayError::Entry {
                 overlay: name.to_string(),
