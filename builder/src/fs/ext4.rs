@@ -118,12 +118,29 @@ fn utf8<'a>(path: &TreePath, bytes: &'a [u8], what: &str) -> Result<&'a str, Ext
     })
 }
 
-fn meta(e: &Entry, epoch: i64) -> Result<Meta, Ext4Error> {
+fn meta(e: &Entry, epoch: i64) -> Meta {
     let t = e.mtime.min(epoch);
-    Ok(Meta::new(e.mode as u16 & 0o7777, e.uid, e.gid, (t, 0)))
+    Meta::new(e.mode as u16 & 0o7777, e.uid, e.gid, (t, 0))
 }
 
-fn declare(tree: &Tree, size: u64, params: &Ext4Params, probe: bool) -> Result<Plan, Ext4Error> {
+/// Sparse layouts of the files whose sources have holes, probed once per write.
+type SparseMap<'a> = HashMap<&'a TreePath, Vec<SparseSeg>>;
+
+fn probe_sparse(tree: &Tree) -> SparseMap<'_> {
+    tree.iter()
+        .filter_map(|(p, e)| match &e.kind {
+            Kind::File(c) => sparse_segments(c).map(|s| (p, s)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn declare(
+    tree: &Tree,
+    size: u64,
+    params: &Ext4Params,
+    sparse: &SparseMap<'_>,
+) -> Result<Plan, Ext4Error> {
     tree.validate().map_err(|e| Ext4Error::Entry {
         path: "/".into(),
         why: e.to_string(),
@@ -157,7 +174,7 @@ fn declare(tree: &Tree, size: u64, params: &Ext4Params, probe: bool) -> Result<P
             target: None,
         };
         let Some(parent) = path.parent() else {
-            b.set_meta(mkext4::ROOT, meta(e, epoch)?).map_err(mk)?;
+            b.set_meta(mkext4::ROOT, meta(e, epoch)).map_err(mk)?;
             set_xattrs(&mut b, mkext4::ROOT, path, e)?;
             dirs.insert(path, mkext4::ROOT);
             records.push(record);
@@ -190,12 +207,8 @@ fn declare(tree: &Tree, size: u64, params: &Ext4Params, probe: bool) -> Result<P
             if let Some(&h) = files.get(group) {
                 b.hardlink(dir, name, h).map_err(mk)?;
             } else {
-                let m = meta(inode_entry, epoch)?;
-                let segments = if probe {
-                    sparse_segments(content)
-                } else {
-                    None
-                };
+                let m = meta(inode_entry, epoch);
+                let segments = sparse.get(group).cloned();
                 let h = match &segments {
                     Some(segs) => b.file_sparse(dir, name, m, segs),
                     None => b.file(dir, name, m, content.len),
@@ -213,7 +226,7 @@ fn declare(tree: &Tree, size: u64, params: &Ext4Params, probe: bool) -> Result<P
             records.push(record);
             continue;
         }
-        let m = meta(e, epoch)?;
+        let m = meta(e, epoch);
         let h = match &e.kind {
             Kind::Dir => {
                 let h = b.mkdir(dir, name, m).map_err(mk)?;
@@ -278,19 +291,26 @@ fn set_xattrs(
 }
 
 /// Does the tree fit in `size` bytes? (Declares and seals; reads no content.)
-fn fits(tree: &Tree, size: u64, params: &Ext4Params) -> Result<bool, Ext4Error> {
-    let plan = declare(tree, size, params, true)?;
+fn fits(
+    tree: &Tree,
+    size: u64,
+    params: &Ext4Params,
+    sparse: &SparseMap<'_>,
+) -> Result<bool, Ext4Error> {
+    let plan = declare(tree, size, params, sparse)?;
     Ok(plan.builder.seal().is_ok())
 }
 
 /// The smallest size (a whole number of MiB, at least 8 MiB) that holds the tree.
 pub fn required_size(tree: &Tree, params: &Ext4Params) -> Result<u64, Ext4Error> {
+    let sparse = probe_sparse(tree);
+    let fits = |size| fits(tree, size, params, &sparse);
     // Lower bound: content blocks plus one inode-table slot per inode.
     let data: u64 = tree
         .iter()
-        .map(|(_, e)| match &e.kind {
-            Kind::File(c) => match sparse_segments(c) {
-                Some(segs) => data_spans(&segs).iter().map(|(s, e)| e - s).sum(),
+        .map(|(p, e)| match &e.kind {
+            Kind::File(c) => match sparse.get(p) {
+                Some(segs) => data_spans(segs).iter().map(|(s, e)| e - s).sum(),
                 None => c.len.div_ceil(BLOCK) * BLOCK,
             },
             _ => 0,
@@ -299,7 +319,7 @@ pub fn required_size(tree: &Tree, params: &Ext4Params) -> Result<u64, Ext4Error>
     let mut lo = (data + used_inodes(tree) * 256)
         .next_multiple_of(MIB)
         .max(MIN_SIZE);
-    if fits(tree, lo, params)? {
+    if fits(lo)? {
         return Ok(lo);
     }
     let mut hi = lo;
@@ -311,7 +331,7 @@ pub fn required_size(tree: &Tree, params: &Ext4Params) -> Result<u64, Ext4Error>
                 why: "the tree needs 16 TiB or more, beyond what the ext4 writer supports".into(),
             });
         }
-        if fits(tree, hi, params)? {
+        if fits(hi)? {
             break;
         }
         lo = hi;
@@ -320,7 +340,7 @@ pub fn required_size(tree: &Tree, params: &Ext4Params) -> Result<u64, Ext4Error>
     while hi - lo > MIB {
         let mid = (lo + (hi - lo) / 2).next_multiple_of(MIB);
         let mid = if mid >= hi { hi - MIB } else { mid };
-        if fits(tree, mid, params)? {
+        if fits(mid)? {
             hi = mid;
         } else {
             lo = mid;
@@ -354,7 +374,7 @@ pub fn write<S: Sink + ?Sized>(
         builder,
         mut records,
         fills,
-    } = declare(tree, size, params, true)?;
+    } = declare(tree, size, params, &probe_sparse(tree))?;
     let layout = match builder.seal() {
         Ok(l) => l,
         Err(e) => {

@@ -174,6 +174,8 @@ impl DirName {
 /// A node to lay out: a directory or a file's content.
 struct Node<'a> {
     path: &'a TreePath,
+    /// Index of the parent directory's node (the root: itself).
+    parent: usize,
     name: Option<DirName>,
     /// Directory (children indices) or file content.
     body: Body<'a>,
@@ -227,12 +229,14 @@ fn plan<'a>(tree: &'a Tree, cluster_bytes: u64, has_label: bool) -> Result<Plan<
             return Err(entry_err(path, "FAT files are limited to 4 GiB - 1 byte"));
         }
         let i = nodes.len();
+        let mut parent_index = i;
         let name = match path.parent() {
             None => None,
             Some(parent) => {
                 let pi = *index
                     .get(&parent)
                     .ok_or_else(|| entry_err(path, "parent directory missing"))?;
+                parent_index = pi;
                 let (shorts, longs) = taken.entry(pi).or_default();
                 let name = dir_name(path, shorts, longs)?;
                 if let Body::Dir(kids) = &mut nodes[pi].body {
@@ -246,6 +250,7 @@ fn plan<'a>(tree: &'a Tree, cluster_bytes: u64, has_label: bool) -> Result<Plan<
         }
         nodes.push(Node {
             path,
+            parent: parent_index,
             name,
             body,
             first_cluster: 0,
@@ -390,9 +395,6 @@ fn dir_name(
             }
         }
     };
-    if short[0] == 0xE5 {
-        unreachable!("short names are ASCII");
-    }
     Ok(DirName {
         short,
         long: if exact { None } else { Some(long) },
@@ -607,14 +609,11 @@ pub fn write<S: Sink + ?Sized>(
                 out.extend_from_slice(&short_entry(l, 0x08, 0, 0, when));
             }
         } else {
-            let parent = n.path.parent().expect("not the root");
-            let pc = plan
-                .nodes
-                .iter()
-                .find(|p| *p.path == parent)
-                .map_or(0, |p| p.first_cluster);
             // `..` of a first-level directory points at cluster 0, not the root's cluster.
-            let pc = if parent.is_root() { 0 } else { pc };
+            let pc = match n.parent {
+                0 => 0,
+                p => plan.nodes[p].first_cluster,
+            };
             out.extend_from_slice(&short_entry(b".          ", 0x10, n.first_cluster, 0, when));
             out.extend_from_slice(&short_entry(b"..         ", 0x10, pc, 0, when));
         }
