@@ -63,7 +63,7 @@ fn base() -> Tree {
         &mut t,
         "/usr/lib/systemd/system/systemd-time-wait-sync.service",
         0o644,
-        "[Unit]\n",
+        "[Unit]\n[Install]\nWantedBy=sysinit.target\n",
     );
     file(
         &mut t,
@@ -602,7 +602,7 @@ fn zerotier_uses_the_package_and_never_an_identity() {
         p("/lib/systemd/system/zerotier-one.service"),
         Entry::file(
             0o644,
-            Content::bytes(b"[Service]\nExecStart=/usr/sbin/zerotier-one\n".to_vec()),
+            Content::bytes(b"[Service]\nExecStart=/usr/sbin/zerotier-one\n[Install]\nWantedBy=multi-user.target\n".to_vec()),
         ),
     )
     .unwrap();

@@ -35,6 +35,7 @@ use super::templates::{TemplateError, Templates};
 use std::io::Read;
 
 use crate::profile::{Arch, MeshProvider, Resolved};
+use crate::source::systemd::{self, SystemdError};
 use crate::tree::{Content, Entry, Kind, Tree, TreeError, TreePath};
 
 pub use super::files::{DATA_LABEL, DATA_MOUNT, PERSISTENT_DIRS};
@@ -111,6 +112,8 @@ pub enum ComposeError {
     TarballLacks { name: String },
     #[error(transparent)]
     Label(#[from] inventory::LabelError),
+    #[error(transparent)]
+    Systemd(#[from] SystemdError),
     #[error(
         "{what} is built for {found}, but the profile's image.arch is {arch}\n  help: use the {arch} build, or set image.arch = \"{found}\""
     )]
@@ -217,7 +220,7 @@ pub fn compose(
 
     // The mesh agent's binaries.
     let provider = resolved.profile.mesh.provider;
-    let mut enable_extra: Vec<(String, String)> = Vec::new();
+    let mut enable_extra: Vec<String> = Vec::new();
     match (&artifacts.mesh, provider) {
         (MeshArtifacts::None, MeshProvider::None) => {}
         (
@@ -233,7 +236,7 @@ pub fn compose(
         (MeshArtifacts::Zerotier(deb), MeshProvider::Zerotier) => {
             let unit = w.merge(deb, "zerotier-one.service")?;
             match unit {
-                Some(u) => enable_extra.push((u, "multi-user.target".into())),
+                Some(_) => enable_extra.push("zerotier-one.service".into()),
                 None => {
                     return Err(ComposeError::BaseLacks {
                         what: "zerotier-one.service in the ZeroTier package",
@@ -270,7 +273,7 @@ pub fn compose(
     for dir in ["/usr/lib/systemd/system", "/lib/systemd/system"] {
         let p = format!("{dir}/systemd-time-wait-sync.service");
         if w.exists(&p) {
-            enable.push((p, "sysinit.target".into()));
+            enable.push("systemd-time-wait-sync.service".into());
             let ctx = files::context(resolved, Target::Image(board));
             w.file(
                 "/etc/systemd/system/systemd-time-wait-sync.service.d/10-imgbuild.conf",
@@ -284,10 +287,8 @@ pub fn compose(
             break;
         }
     }
-    let mut enabled = Vec::new();
-    for (unit, target) in &enable {
-        w.enable(unit, target)?;
-        enabled.push(unit.rsplit('/').next().unwrap_or(unit).to_string());
+    for unit in &enable {
+        systemd::enable(w.tree, unit, epoch)?;
     }
 
     // The read-only root and its data partition; mount points must exist, nothing can create
@@ -322,7 +323,7 @@ pub fn compose(
     }
     Ok(Composed {
         cmdline,
-        enabled,
+        enabled: enable,
         warnings,
     })
 }
@@ -503,15 +504,6 @@ impl Writer<'_> {
 
     fn symlink(&mut self, path: &str, target: &str) -> Result<(), TreeError> {
         self.put(path, Entry::symlink(target))
-    }
-
-    /// `systemctl enable` for a unit with a single `WantedBy=`: the symlink in `<target>.wants/`.
-    fn enable(&mut self, unit_path: &str, target: &str) -> Result<(), TreeError> {
-        let name = unit_path.rsplit('/').next().unwrap_or(unit_path);
-        self.symlink(
-            &format!("/etc/systemd/system/{target}.wants/{name}"),
-            unit_path,
-        )
     }
 
     /// Copies every entry of `other` (a package's files) into the tree, keeping existing

@@ -120,8 +120,8 @@ pub struct NodeFile {
 #[derive(Debug, Clone, Default)]
 pub struct NodeSet {
     pub files: Vec<NodeFile>,
-    /// (unit file path, target it is wanted by), in the order they are enabled.
-    pub enable: Vec<(String, String)>,
+    /// Units to enable (as `systemctl enable` would, from their `[Install]` sections), in order.
+    pub enable: Vec<String>,
 }
 
 impl NodeSet {
@@ -131,14 +131,6 @@ impl NodeSet {
             mode,
             content,
         });
-    }
-
-    /// Names of the units to enable (`k3s.service`, …).
-    pub fn unit_names(&self) -> Vec<String> {
-        self.enable
-            .iter()
-            .map(|(p, _)| p.rsplit('/').next().unwrap_or(p).to_string())
-            .collect()
     }
 }
 
@@ -333,8 +325,7 @@ pub fn node_files(
 
     set.add(unit(k3s_unit), 0o644, render("k3s.service.j2")?);
     set.add(paths::K3S_CONFIG, 0o600, k3s_config(resolved));
-    set.enable
-        .push((unit(k3s_unit), "multi-user.target".into()));
+    set.enable.push(k3s_unit.to_string());
 
     match resolved.profile.mesh.provider {
         MeshProvider::None => {}
@@ -359,12 +350,8 @@ pub fn node_files(
                 0o755,
                 render("mesh-join-tailscale.sh.j2")?,
             );
-            set.enable
-                .push((unit("tailscaled.service"), "multi-user.target".into()));
-            set.enable.push((
-                unit("imgbuild-mesh-join.service"),
-                "multi-user.target".into(),
-            ));
+            set.enable.push("tailscaled.service".to_string());
+            set.enable.push("imgbuild-mesh-join.service".to_string());
         }
         MeshProvider::Zerotier => {
             set.add(
@@ -386,8 +373,7 @@ pub fn node_files(
             render("imgbuild-nodeip.service.j2")?,
         );
         set.add(script("k3s-nodeip"), 0o755, render("k3s-nodeip.sh.j2")?);
-        set.enable
-            .push((unit("imgbuild-nodeip.service"), "multi-user.target".into()));
+        set.enable.push("imgbuild-nodeip.service".to_string());
     }
     set.add(
         unit("imgbuild-firstboot-done.service"),
@@ -399,10 +385,8 @@ pub fn node_files(
         0o755,
         render("firstboot-done.sh.j2")?,
     );
-    set.enable.push((
-        unit("imgbuild-firstboot-done.service"),
-        "cloud-init.target".into(),
-    ));
+    set.enable
+        .push("imgbuild-firstboot-done.service".to_string());
 
     match target {
         Target::Image(board) => {
@@ -413,8 +397,7 @@ pub fn node_files(
                 render("imgbuild-grow-data.service.j2")?,
             );
             set.add(script("grow-data"), 0o755, render("grow-data.sh.j2")?);
-            set.enable
-                .push((unit("imgbuild-grow-data.service"), "sysinit.target".into()));
+            set.enable.push("imgbuild-grow-data.service".to_string());
             set.add("/etc/fstab", 0o644, render("fstab.j2")?);
             set.add(
                 "/etc/cloud/cloud.cfg.d/90-imgbuild.cfg",
@@ -451,10 +434,8 @@ pub fn node_files(
                     0o755,
                     render("block-metadata.sh.j2")?,
                 );
-                set.enable.push((
-                    unit("imgbuild-block-metadata.service"),
-                    "multi-user.target".into(),
-                ));
+                set.enable
+                    .push("imgbuild-block-metadata.service".to_string());
             }
         }
     }

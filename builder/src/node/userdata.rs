@@ -240,7 +240,7 @@ pub fn render(input: &Input<'_>, templates: &Templates) -> Result<UserData, User
     let mut ctx = files::context(r, target);
     ctx["artifacts"] = json!(artifacts);
     ctx["mesh"]["file"] = json!(mesh_file);
-    ctx["enable"] = json!(set.unit_names());
+    ctx["enable"] = json!(set.enable);
     ctx["block_metadata"] = json!(input.block_metadata);
     let install = templates.render("cloud-install.sh.j2", &ctx)?;
 
