@@ -5,6 +5,7 @@
 //! Only the outermost layer ([`cmd`], [`fetch`], [`output`]) touches paths, sockets or the clock.
 
 pub mod boot;
+pub mod build;
 pub mod cli;
 pub mod cmd;
 pub mod disk;

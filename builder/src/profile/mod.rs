@@ -4,7 +4,8 @@
 //!
 //! Merge rules: tables merge key by key; arrays and scalars replace. `extends`, `abstract` and
 //! `description` belong to the file that says them and are never inherited. A profile that
-//! changes `mesh.provider` replaces the inherited `[mesh]` table instead of merging into it.
+//! changes `mesh.provider` replaces the inherited `[mesh]` table instead of merging into it, and
+//! one that sets `base.url` or `base.path` replaces the inherited `[base]` table.
 
 mod schema;
 mod validate;
@@ -350,7 +351,7 @@ impl ProfileStore {
                 }
             }
             let mut raw = raw.clone();
-            replace_mesh_on_provider_change(&mut merged, &raw);
+            replace_tables_that_start_afresh(&mut merged, &raw);
             deep_merge(&mut merged, std::mem::take(&mut raw));
         }
         let top = &chain[0];
@@ -373,7 +374,7 @@ impl ProfileStore {
                     column: 0,
                 },
             );
-            replace_mesh_on_provider_change(&mut merged, &table);
+            replace_tables_that_start_afresh(&mut merged, &table);
             deep_merge(&mut merged, table);
         }
         merged.remove("abstract");
@@ -572,9 +573,18 @@ fn leaf_keys(t: &toml::Table, prefix: &str) -> Vec<String> {
     out
 }
 
-/// A profile that switches the mesh provider starts its `[mesh]` table afresh: the parent's
-/// Tailscale tags and auth key mean nothing to ZeroTier, and TOML cannot unset inherited keys.
-fn replace_mesh_on_provider_change(merged: &mut toml::Table, over: &toml::Table) {
+/// Tables that start afresh instead of merging, because TOML cannot unset inherited keys: a
+/// profile that switches the mesh provider gets a new `[mesh]` (the parent's Tailscale tags and
+/// auth key mean nothing to ZeroTier), and one that names its own base (`url` or `path`) gets a
+/// new `[base]` (the parent's checksums and partition names belong to the parent's base).
+fn replace_tables_that_start_afresh(merged: &mut toml::Table, over: &toml::Table) {
+    if over
+        .get("base")
+        .and_then(|b| b.as_table())
+        .is_some_and(|b| b.contains_key("url") || b.contains_key("path"))
+    {
+        merged.remove("base");
+    }
     let provider = |t: &toml::Table| {
         t.get("mesh")
             .and_then(|m| m.get("provider"))

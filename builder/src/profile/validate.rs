@@ -185,6 +185,18 @@ pub(super) fn validate(resolved: &mut Resolved, top: &Origin) -> Vec<Diagnostic>
     if let Some(url) = &p.base.url {
         check_url(&mut c, "base.url", url, &["https", "http", "file"]);
     }
+    if let Some(url) = &p.base.checksums_url {
+        check_url(&mut c, "base.checksums-url", url, &["https", "http", "file"]);
+    }
+    for (key, value) in [
+        ("base.boot-partition", &p.base.boot_partition),
+        ("base.root-partition", &p.base.root_partition),
+        ("base.path", &p.base.path),
+    ] {
+        if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            c.problem(key, format!("{key} is empty"), format!("remove {key} or give it a value"));
+        }
+    }
     if let Some(sha) = &p.base.sha256
         && !is_sha256(sha)
     {

@@ -1,0 +1,334 @@
+//! The build pipeline: a resolved profile and its verified inputs → the trees of the image's
+//! filesystems → the disk layout. Reading inputs is the only I/O here (through the tree's content
+//! references); fetching, output folders and the clock stay in `cmd/build.rs`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+
+use crate::boot::efi::{self, EspSpec};
+use crate::boot::rpi::{self, PiSpec};
+use crate::disk::contents::{Ext4Content, FatContent};
+use crate::disk::layout::{Layout, PartType, Partition, Size};
+use crate::disk::manifest::InputRecord;
+use crate::fetch::FetchedInput;
+use crate::fetch::cache::Cache;
+use crate::fetch::plan::InputKind;
+use crate::ids::ImageSeed;
+use crate::node::compose::{self, Artifacts, MeshArtifacts};
+use crate::node::files::{BOOT_LABEL, BoardFacts, DATA_LABEL, ROOT_LABEL};
+use crate::node::templates::Templates;
+use crate::profile::{Arch, Board, PartitionTable, Resolved};
+use crate::source::overlay::{self, OverlaySource};
+use crate::source::{deb, raw, tar};
+use crate::tree::{Content, Entry, Tree, TreePath};
+
+/// Opened inputs: the trees read from them and the scratch files their contents point into
+/// (kept alive until the image is written).
+pub struct Opened {
+    pub root: Tree,
+    /// The base's boot partition, when the base is a disk image that has one.
+    pub boot: Option<Tree>,
+    pub artifacts: Artifacts,
+    pub records: Vec<InputRecord>,
+    _hold: Vec<Box<dyn std::any::Any>>,
+}
+
+/// Reads every fetched input into trees. `scratch` holds decompressed archives for the life of
+/// the build.
+pub fn open_inputs(
+    resolved: &Resolved,
+    inputs: &[FetchedInput],
+    cache: &Cache,
+    scratch: &Path,
+) -> Result<Opened> {
+    let mut hold: Vec<Box<dyn std::any::Any>> = Vec::new();
+    let by_kind = |k: InputKind| inputs.iter().find(|i| i.kind == k);
+    let base = by_kind(InputKind::Base).with_context(|| {
+        format!(
+            "profile {} has no base OS: set base.url (or base.path) to a raw disk image, .img.xz or rootfs tarball",
+            resolved.name
+        )
+    })?;
+
+    let (root, boot) = if is_tarball(&base.url) {
+        let mut root = Tree::new();
+        let tf = tar::read_archive_file(&base.path, scratch, &mut root)
+            .with_context(|| format!("reading the base {}", base.url))?;
+        hold.push(Box::new(tf));
+        (root, None)
+    } else {
+        let image = if is_xz(&base.path)? {
+            cache
+                .unxz(&base.sha256)
+                .with_context(|| format!("decompressing the base {}", base.url))?
+        } else {
+            base.path.clone()
+        };
+        let b = raw::read_image(
+            &image,
+            resolved.profile.base.boot_partition.as_deref(),
+            resolved.profile.base.root_partition.as_deref(),
+        )
+        .with_context(|| format!("reading the base image {}", base.url))?;
+        (b.root.1, b.boot.map(|(_, t)| t))
+    };
+
+    let k3s = by_kind(InputKind::K3s).context("the k3s binary is missing from the inputs")?;
+    let mesh = match resolved.profile.mesh.provider {
+        crate::profile::MeshProvider::None => MeshArtifacts::None,
+        crate::profile::MeshProvider::Tailscale => {
+            let i = by_kind(InputKind::Tailscale).context("the Tailscale tarball is missing")?;
+            let mut t = Tree::new();
+            let tf = tar::read_archive_file(&i.path, scratch, &mut t)
+                .with_context(|| format!("reading the Tailscale tarball {}", i.url))?;
+            hold.push(Box::new(tf));
+            MeshArtifacts::tailscale_from_tarball(&t)?
+        }
+        crate::profile::MeshProvider::Zerotier => {
+            let i = by_kind(InputKind::Zerotier).context("the ZeroTier package is missing")?;
+            let mut t = Tree::new();
+            let d = deb::read_deb(&i.path, scratch, &mut t)
+                .with_context(|| format!("reading the ZeroTier package {}", i.url))?;
+            hold.push(Box::new(d));
+            MeshArtifacts::Zerotier(t)
+        }
+    };
+    let airgap_images = by_kind(InputKind::K3sAirgapImages).map(|i| {
+        let name = crate::fetch::plan::file_name(&i.url).to_string();
+        (name, Content::host_file(&i.path, 0, i.size))
+    });
+    let records = inputs
+        .iter()
+        .map(|i| InputRecord {
+            name: i.name.clone(),
+            url: i.url.clone(),
+            sha256: i.sha256.clone(),
+        })
+        .collect();
+    Ok(Opened {
+        root,
+        boot,
+        artifacts: Artifacts {
+            k3s: Content::host_file(&k3s.path, 0, k3s.size),
+            mesh,
+            airgap_images,
+        },
+        records,
+        _hold: hold,
+    })
+}
+
+fn is_tarball(url: &str) -> bool {
+    let name = crate::fetch::plan::file_name(url);
+    [".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.zst", ".tzst"]
+        .iter()
+        .any(|s| name.ends_with(s))
+}
+
+fn is_xz(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut magic = [0u8; 6];
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let n = f.read(&mut magic)?;
+    Ok(n == 6 && magic == [0xfd, b'7', b'z', b'X', b'Z', 0])
+}
+
+/// SOURCE_DATE_EPOCH when the profile does not set one: the newest timestamp in the base's root
+/// filesystem — the moment the base was built. Derived from a pinned input, never the clock, and
+/// so nothing imgbuild adds looks newer than the OS it was added to.
+pub fn default_epoch(root: &Tree) -> i64 {
+    root.iter().map(|(_, e)| e.mtime).max().unwrap_or(0).max(0)
+}
+
+/// The seed every identifier of the image is derived from: a hash of the resolved profile and
+/// the pinned inputs (systemd-repart keys its identifiers the same way).
+pub fn image_seed(resolved: &Resolved, records: &[InputRecord]) -> Result<ImageSeed> {
+    let mut h = Sha256::new();
+    h.update(b"imgbuild image seed v1\0");
+    h.update(serde_json::to_vec(&resolved.profile)?);
+    for r in records {
+        h.update(b"\0");
+        h.update(r.name.as_bytes());
+        h.update(b"\0");
+        h.update(r.sha256.as_bytes());
+    }
+    Ok(ImageSeed::new(h.finalize().into()))
+}
+
+/// The trees of one image.
+pub struct ImageTrees {
+    pub root: Tree,
+    pub boot: Tree,
+    /// Kernel command line of the image (for reports and tests).
+    pub cmdline: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Composes the node onto the base and builds the boot partition for the board.
+pub fn compose_image(
+    resolved: &Resolved,
+    opened: &Opened,
+    seed: &ImageSeed,
+    epoch: i64,
+) -> Result<ImageTrees> {
+    let mut root = opened.root.clone();
+    let facts = BoardFacts::for_profile(resolved);
+    let templates = Templates::stock();
+    let composed = compose::compose(
+        &mut root,
+        resolved,
+        &opened.artifacts,
+        &facts,
+        &templates,
+        epoch,
+    )
+    .context("composing the node onto the base")?;
+    // The profile's overlays come last: they may replace anything, in order.
+    for (i, entry) in resolved.profile.overlays.iter().enumerate() {
+        let host;
+        let source = match entry.strip_prefix("stock:") {
+            Some(name) => OverlaySource::stock(name)?,
+            None => {
+                host = resolved.path_for(&format!("overlays[{i}]"), entry, Path::new("."));
+                OverlaySource::Host(&host)
+            }
+        };
+        overlay::apply(&mut root, source, entry, resolved, epoch)
+            .with_context(|| format!("applying overlay {entry}"))?;
+    }
+    root.clamp_mtimes(epoch);
+    let board = resolved.board();
+    let boot = match board {
+        Board::Efi | Board::Cloud => {
+            let uuid = root_partuuid(resolved, seed);
+            let cmdline: Vec<String> = composed
+                .cmdline
+                .iter()
+                .filter(|a| a.as_str() != "ro")
+                .cloned()
+                .collect();
+            efi::esp_tree(
+                &root,
+                &EspSpec {
+                    arch: resolved.arch(),
+                    title: resolved.image_name(),
+                    root_partuuid: &uuid,
+                    cmdline: &cmdline,
+                    epoch,
+                },
+            )?
+        }
+        Board::Rpi4 | Board::Rpi5 | Board::Rpi => {
+            let uuid = root_partuuid(resolved, seed);
+            rpi::boot_tree(
+                opened.boot.as_ref(),
+                &PiSpec {
+                    board,
+                    root_partuuid: &uuid,
+                    cmdline: &composed.cmdline,
+                    config_txt: &resolved.profile.pi.config_txt,
+                    epoch,
+                },
+            )?
+        }
+    };
+    Ok(ImageTrees {
+        root,
+        boot,
+        cmdline: composed.cmdline,
+        warnings: composed.warnings,
+    })
+}
+
+/// The type of the root partition on this architecture (Discoverable Partitions Specification).
+fn root_type(arch: Arch) -> PartType {
+    match arch {
+        Arch::Amd64 => PartType::RootX86_64,
+        Arch::Arm64 => PartType::RootArm64,
+    }
+}
+
+/// The PARTUUID the root partition will have: derived from the seed exactly as the disk
+/// assembly derives it (first partition of its type), so the boot entry can name it before the
+/// disk is written.
+pub fn root_partuuid(resolved: &Resolved, seed: &ImageSeed) -> String {
+    match resolved.partition_table() {
+        PartitionTable::Gpt => seed
+            .partition_guid(root_type(resolved.arch()).gpt_type(), 0)
+            .to_string(),
+        PartitionTable::Mbr => crate::disk::mbr::MbrTable::partuuid(seed.mbr_disk_signature(), 2),
+    }
+}
+
+/// The disk layout: boot (ESP / FAT32), root (ext4, sized to fit), data (ext4, grows at first
+/// boot). The image is `image.size` when set, else just large enough.
+pub fn layout(resolved: &Resolved, trees: ImageTrees, epoch: i64) -> Result<Layout> {
+    let img = &resolved.profile.image;
+    let bytes = |s: crate::profile::Size, what: &str| match s {
+        crate::profile::Size::Bytes(b) => Ok(Size::Bytes(b)),
+        crate::profile::Size::Auto => bail!("image.{what} = \"auto\" is not supported; give a size"),
+    };
+    let mut data = Tree::new();
+    data.insert(
+        TreePath::new("lost+found").expect("static path"),
+        Entry::dir(0o700).at(epoch),
+    )?;
+    data.get_mut(&TreePath::root()).expect("root").mtime = epoch;
+    let boot_type = match resolved.partition_table() {
+        PartitionTable::Gpt => PartType::Esp,
+        PartitionTable::Mbr => PartType::Fat32,
+    };
+    let partitions = vec![
+        Partition {
+            label: BOOT_LABEL.to_string(),
+            ptype: boot_type,
+            size: bytes(img.boot_size, "boot-size")?,
+            offset: None,
+            content: Box::new(FatContent {
+                tree: Arc::new(trees.boot),
+                label: BOOT_LABEL.to_string(),
+            }),
+        },
+        Partition {
+            label: ROOT_LABEL.to_string(),
+            ptype: root_type(resolved.arch()),
+            size: Size::Auto,
+            offset: None,
+            content: Box::new(Ext4Content {
+                tree: Arc::new(trees.root),
+                label: Some(ROOT_LABEL.to_string()),
+            }),
+        },
+        Partition {
+            label: DATA_LABEL.to_string(),
+            ptype: PartType::LinuxGeneric,
+            size: match img.size {
+                crate::profile::Size::Auto => bytes(img.data_size, "data-size")?,
+                crate::profile::Size::Bytes(_) => Size::Grow,
+            },
+            offset: None,
+            content: Box::new(Ext4Content {
+                tree: Arc::new(data),
+                label: Some(DATA_LABEL.to_string()),
+            }),
+        },
+    ];
+    let disk_size = match img.size {
+        crate::profile::Size::Auto => None,
+        crate::profile::Size::Bytes(b) => Some(b),
+    };
+    Ok(match resolved.partition_table() {
+        PartitionTable::Gpt => Layout {
+            disk_size,
+            ..Layout::gpt(partitions)
+        },
+        PartitionTable::Mbr => Layout {
+            disk_size,
+            ..Layout::mbr_pi(partitions)
+        },
+    })
+}
