@@ -358,3 +358,48 @@ fn secrets_init_creates_a_private_file_once() {
         "{err}"
     );
 }
+
+#[test]
+fn every_stock_profile_seeds_valid_cloud_config() {
+    let dir = workdir();
+    let d = dir.path();
+    for (profile, node) in [
+        ("amd64-server", "pc-srv-1"),
+        ("amd64-worker", "pc-1"),
+        ("droplet-server", "do-srv-1"),
+        ("droplet-worker", "do-1"),
+        ("pi-server", "k3s-1"),
+        ("pi-worker", "pi-03"),
+    ] {
+        let (code, _, err) = cmd(d, &["seed", profile, "--node", node, "-o", node]);
+        assert_eq!(code, 0, "{profile}: {err}");
+        if !have_oracles() {
+            continue;
+        }
+        let f = d.join(node).join("user-data");
+        let (code, o, e) = run(Command::new("cloud-init")
+            .args(["schema", "--config-file"])
+            .arg(&f));
+        assert_eq!(code, 0, "{profile}: {o}{e}");
+        let ud = yaml_to_json(&std::fs::read_to_string(&f).unwrap());
+        let paths: Vec<&str> = ud["write_files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["path"].as_str().unwrap())
+            .collect();
+        // Servers get the agent token to hand out; agents never see it.
+        assert_eq!(
+            paths.contains(&"/etc/rancher/k3s/agent-token"),
+            profile.ends_with("-server"),
+            "{profile}"
+        );
+        assert!(paths.contains(&"/etc/rancher/k3s/token"), "{profile}");
+        assert!(
+            paths.contains(&"/var/lib/imgbuild/mesh-authkey"),
+            "{profile}"
+        );
+        let md = yaml_to_json(&std::fs::read_to_string(d.join(node).join("meta-data")).unwrap());
+        assert_eq!(md["local-hostname"], ud["hostname"], "{profile}");
+    }
+}
