@@ -721,6 +721,25 @@ fn seed_location_and_datasources_follow_the_board() {
         );
         assert!(v.get("datasource").is_none());
     }
+    // Cloud images keep pods away from the metadata service; bare metal has none.
+    let (t, c, _) = composed("droplet-worker");
+    assert!(
+        c.enabled
+            .contains(&"imgbuild-block-metadata.service".to_string())
+    );
+    assert!(
+        t.get(&p("/usr/local/lib/imgbuild/block-metadata"))
+            .is_some()
+    );
+    let (t, c, _) = composed("pi-worker");
+    assert!(
+        !c.enabled
+            .contains(&"imgbuild-block-metadata.service".to_string())
+    );
+    assert!(
+        t.get(&p("/usr/local/lib/imgbuild/block-metadata"))
+            .is_none()
+    );
     // The firstboot cleanup removes the seed from where the board keeps it.
     let (t, _, _) = composed("amd64-worker");
     assert!(text(&t, "/usr/local/lib/imgbuild/firstboot-done").contains("/boot/efi/user-data"));

@@ -28,6 +28,10 @@
 //! partition is missing it uses tmpfs and says so on the console: the node boots, but forgets.
 //! This is the OSTree/Fedora CoreOS split (immutable `/usr`, persistent `/etc` and `/var`) without
 //! an initramfs of our own.
+//!
+//! Replacing a node under the same name: its k3s node password lives on the old node's data
+//! partition, so delete the Node object (`kubectl delete node NAME`) before the replacement joins,
+//! or k3s rejects it as a duplicate host name.
 
 use super::files::{self, BoardFacts, NodeSet, Target, paths};
 use super::inventory;

@@ -388,6 +388,26 @@ pub fn node_files(
     set.enable
         .push("imgbuild-firstboot-done.service".to_string());
 
+    // On clouds the metadata service serves the node's user-data, credentials included, to
+    // anything that asks, pods too.
+    let block_metadata = match target {
+        Target::Image(board) => !board.datasources.is_empty(),
+        Target::Cloud { block_metadata } => block_metadata,
+    };
+    if block_metadata {
+        set.add(
+            unit("imgbuild-block-metadata.service"),
+            0o644,
+            render("imgbuild-block-metadata.service.j2")?,
+        );
+        set.add(
+            script("block-metadata"),
+            0o755,
+            render("block-metadata.sh.j2")?,
+        );
+        set.enable
+            .push("imgbuild-block-metadata.service".to_string());
+    }
     match target {
         Target::Image(board) => {
             set.add(paths::PREINIT, 0o755, render("preinit.sh.j2")?);
@@ -422,22 +442,7 @@ pub fn node_files(
                 render("ssh-hostkeys.conf.j2")?,
             );
         }
-        Target::Cloud { block_metadata } => {
-            if block_metadata {
-                set.add(
-                    unit("imgbuild-block-metadata.service"),
-                    0o644,
-                    render("imgbuild-block-metadata.service.j2")?,
-                );
-                set.add(
-                    script("block-metadata"),
-                    0o755,
-                    render("block-metadata.sh.j2")?,
-                );
-                set.enable
-                    .push("imgbuild-block-metadata.service".to_string());
-            }
-        }
+        Target::Cloud { .. } => {}
     }
     Ok(set)
 }
