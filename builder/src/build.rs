@@ -123,16 +123,17 @@ pub fn open_inputs(
 
 fn is_tarball(url: &str) -> bool {
     let name = crate::fetch::plan::file_name(url);
-    [".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.zst", ".tzst"]
-        .iter()
-        .any(|s| name.ends_with(s))
+    [
+        ".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.zst", ".tzst",
+    ]
+    .iter()
+    .any(|s| name.ends_with(s))
 }
 
 fn is_xz(path: &Path) -> Result<bool> {
     use std::io::Read;
     let mut magic = [0u8; 6];
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let n = f.read(&mut magic)?;
     Ok(n == 6 && magic == [0xfd, b'7', b'z', b'X', b'Z', 0])
 }
@@ -160,6 +161,7 @@ pub fn image_seed(resolved: &Resolved, records: &[InputRecord]) -> Result<ImageS
 }
 
 /// The trees of one image.
+#[derive(Clone)]
 pub struct ImageTrees {
     pub root: Tree,
     pub boot: Tree,
@@ -172,18 +174,18 @@ pub struct ImageTrees {
 pub fn compose_image(
     resolved: &Resolved,
     opened: &Opened,
+    templates: &Templates,
     seed: &ImageSeed,
     epoch: i64,
 ) -> Result<ImageTrees> {
     let mut root = opened.root.clone();
     let facts = BoardFacts::for_profile(resolved);
-    let templates = Templates::stock();
     let composed = compose::compose(
         &mut root,
         resolved,
         &opened.artifacts,
         &facts,
-        &templates,
+        templates,
         epoch,
     )
     .context("composing the node onto the base")?;
@@ -264,13 +266,27 @@ pub fn root_partuuid(resolved: &Resolved, seed: &ImageSeed) -> String {
     }
 }
 
+/// Adds a node's seed (`user-data`, `meta-data`, `network-config`) to the root of a boot
+/// partition, where the image's NoCloud datasource reads it.
+pub fn add_seed(boot: &mut Tree, seed: &crate::node::seed::Seed, epoch: i64) -> Result<()> {
+    for (name, text) in seed.files() {
+        boot.insert(
+            TreePath::new(name)?,
+            Entry::file(0o600, Content::bytes(text.as_bytes().to_vec())).at(epoch),
+        )?;
+    }
+    Ok(())
+}
+
 /// The disk layout: boot (ESP / FAT32), root (ext4, sized to fit), data (ext4, grows at first
 /// boot). The image is `image.size` when set, else just large enough.
 pub fn layout(resolved: &Resolved, trees: ImageTrees, epoch: i64) -> Result<Layout> {
     let img = &resolved.profile.image;
     let bytes = |s: crate::profile::Size, what: &str| match s {
         crate::profile::Size::Bytes(b) => Ok(Size::Bytes(b)),
-        crate::profile::Size::Auto => bail!("image.{what} = \"auto\" is not supported; give a size"),
+        crate::profile::Size::Auto => {
+            bail!("image.{what} = \"auto\" is not supported; give a size")
+        }
     };
     let mut data = Tree::new();
     data.insert(

@@ -56,12 +56,18 @@ impl PendingFile {
     /// Flushes to disk and renames into place. With `replace = false` an existing destination is
     /// an error and is left untouched.
     pub fn commit(self, replace: bool) -> Result<PathBuf> {
+        // Readers of build outputs expect ordinary permissions, whatever the umask.
+        self.commit_with_mode(replace, 0o644)
+    }
+
+    /// [`commit`](Self::commit) with the given permissions, set before the file appears under
+    /// its final name (files holding credentials are never readable by others, not even briefly).
+    pub fn commit_with_mode(self, replace: bool, mode: u32) -> Result<PathBuf> {
         self.tmp
             .as_file()
             .sync_all()
             .with_context(|| format!("flushing {}", self.dest.display()))?;
-        // Readers of build outputs expect ordinary permissions, whatever the umask of the temp file.
-        set_mode(self.tmp.path(), 0o644)?;
+        set_mode(self.tmp.path(), mode)?;
         let dest = self.dest.clone();
         if replace {
             self.tmp

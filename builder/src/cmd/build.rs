@@ -5,10 +5,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 
 use super::Context;
+use super::seed::NodeInputs;
 use crate::build;
 use crate::disk::outputs::{self, Formats, OutputRequest};
 use crate::disk::xz::XzSettings;
 use crate::fetch::{self, FetchArgs, Fetcher, lock::Lock};
+use crate::node::templates::Templates;
 use crate::output::{OutputDir, PendingFile};
 use crate::profile::{Format, Resolved};
 use crate::progress::Progress;
@@ -28,6 +30,16 @@ pub struct Args {
     /// Build twice (other temp folder, other thread count) and compare every output byte.
     #[arg(long)]
     pub verify_repro: bool,
+    /// Also write this node's own copy of the image, with its first-boot seed (hostname, token,
+    /// mesh key) in the boot partition: nodes/<image>-<node>.img, readable by you only.
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
+    /// The inventory that lists the nodes (with --node).
+    #[arg(long, env = "IMGBUILD_INVENTORY", default_value = super::seed::DEFAULT_INVENTORY, value_name = "FILE")]
+    pub inventory: PathBuf,
+    /// The secrets file (with --node).
+    #[arg(long, env = "IMGBUILD_SECRETS", default_value = super::secrets::DEFAULT_FILE, value_name = "FILE")]
+    pub secrets: PathBuf,
     #[command(flatten)]
     pub fetch: FetchArgs,
 }
@@ -41,6 +53,21 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
             resolved.name
         );
     }
+    // A node's seed needs its inventory entry and secrets: check them before writing anything.
+    let node = match &args.node {
+        Some(name) => Some(
+            super::seed::NodeArgs {
+                profile: args.profile.clone(),
+                node: name.clone(),
+                inventory: args.inventory.clone(),
+                secrets: args.secrets.clone(),
+                set: args.set.clone(),
+            }
+            .load(ctx)?,
+        ),
+        None => None,
+    };
+    let templates = super::seed::load_templates(&resolved)?;
     let out_path = args
         .out
         .clone()
@@ -65,7 +92,16 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
 
     let out = OutputDir::prepare(&out_path)?;
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
-    let written = build_into(&resolved, &inputs, &fetcher, &out, threads, &ctx.progress)?;
+    let written = build_into(
+        &resolved,
+        &inputs,
+        &fetcher,
+        &templates,
+        node.as_ref(),
+        &out,
+        threads,
+        &ctx.progress,
+    )?;
     if ctx.verbosity >= 0 {
         for w in &written.warnings {
             eprintln!("warning: {w}");
@@ -84,7 +120,16 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
             .context("creating a folder for the second build")?;
         let second = OutputDir::prepare(again.path())?;
         let other_threads = if threads == 1 { 2 } else { 1 };
-        build_into(&resolved, &inputs, &fetcher, &second, other_threads, &Progress::quiet())?;
+        build_into(
+            &resolved,
+            &inputs,
+            &fetcher,
+            &templates,
+            None,
+            &second,
+            other_threads,
+            &Progress::quiet(),
+        )?;
         crate::disk::compare::compare_dirs(out.path(), second.path())
             .map_err(|d| super::CheckFailed(format!("the build is not reproducible: {d}")))?;
         if ctx.verbosity >= 0 {
@@ -99,10 +144,13 @@ struct Written {
     warnings: Vec<String>,
 }
 
+#[allow(clippy::too_many_arguments)] // one call site per mode; a struct would only rename them
 fn build_into(
     resolved: &Resolved,
     inputs: &[fetch::FetchedInput],
     fetcher: &Fetcher,
+    templates: &Templates,
+    node: Option<&NodeInputs>,
     out: &OutputDir,
     threads: u32,
     progress: &Progress,
@@ -118,8 +166,9 @@ fn build_into(
         .source_date_epoch
         .unwrap_or_else(|| build::default_epoch(&opened.root));
     let seed = build::image_seed(resolved, &opened.records)?;
-    let trees = build::compose_image(resolved, &opened, &seed, epoch)?;
+    let trees = build::compose_image(resolved, &opened, templates, &seed, epoch)?;
     let warnings = trees.warnings.clone();
+    let node_trees = node.map(|n| (n, trees.clone()));
     let layout = build::layout(resolved, trees, epoch)?;
     let fmts = &resolved.profile.image.formats;
     let formats = Formats {
@@ -141,8 +190,47 @@ fn build_into(
         inputs: &opened.records,
     };
     let built = outputs::build_outputs(out, &layout, &seed, &req, progress)?;
-    Ok(Written {
-        files: built.files,
-        warnings,
-    })
+    let mut files = built.files;
+    if let Some((n, trees)) = node_trees {
+        files.push(write_node_image(
+            resolved, n, trees, &seed, epoch, out, progress,
+        )?);
+    }
+    Ok(Written { files, warnings })
+}
+
+/// The node's own copy: the same trees with its seed in the boot partition. It carries the
+/// node's credentials, so it is owner-only and gets no manifest or checksum file.
+fn write_node_image(
+    resolved: &Resolved,
+    n: &NodeInputs,
+    mut trees: build::ImageTrees,
+    seed: &crate::ids::ImageSeed,
+    epoch: i64,
+    out: &OutputDir,
+    progress: &Progress,
+) -> Result<PathBuf> {
+    let node_seed = crate::node::seed::render(resolved, &n.node, &n.secrets, "", &n.templates)?;
+    build::add_seed(&mut trees.boot, &node_seed, epoch)?;
+    let layout = build::layout(resolved, trees, epoch)?;
+    let dir = out.path().join("nodes");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    set_private(&dir, 0o700)?;
+    let mut f =
+        PendingFile::create(dir.join(format!("{}-{}.img", resolved.image_name(), n.node.name)))?;
+    crate::disk::image::write_raw(&layout, seed, epoch.max(0) as u64, f.file(), progress)
+        .with_context(|| format!("assembling the image of node {}", n.node.name))?;
+    f.commit_with_mode(true, 0o600)
+}
+
+#[cfg(unix)]
+fn set_private(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", path.display()))
+}
+
+#[cfg(not(unix))]
+fn set_private(_: &Path, _: u32) -> Result<()> {
+    Ok(())
 }
