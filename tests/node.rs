@@ -1029,3 +1029,21 @@ fn tailscale_binaries_come_from_the_release_tarball() {
         "the Tailscale tarball has no tailscale_*/tailscaled"
     );
 }
+
+#[test]
+fn image_only_files_snapshot() {
+    for name in ["amd64-worker", "pi-server", "droplet-worker"] {
+        let (t, c, _) = composed(name);
+        let mut out = format!("cmdline: {}\n", c.cmdline.join(" "));
+        for f in [
+            "/etc/fstab",
+            "/etc/cloud/cloud.cfg.d/90-imgbuild.cfg",
+            "/etc/rancher/k3s/config.yaml",
+            "/usr/local/lib/imgbuild/preinit",
+            "/usr/local/lib/imgbuild/grow-data",
+        ] {
+            out.push_str(&format!("\n===== {f}\n{}", text(&t, f)));
+        }
+        insta::assert_snapshot!(format!("image_{name}"), out);
+    }
+}
