@@ -347,6 +347,25 @@ impl Inventory {
     }
 }
 
+impl Inventory {
+    /// The node with this MAC address (any case, `:` or `-` separated), for netboot matching.
+    pub fn by_mac(&self, mac: &str) -> Option<&Node> {
+        let want = normalize_mac(mac)?;
+        self.nodes
+            .iter()
+            .find(|n| n.mac.as_deref().and_then(normalize_mac).as_deref() == Some(want.as_str()))
+    }
+
+    /// The node with this board serial or SMBIOS UUID (case-insensitive).
+    pub fn by_serial(&self, serial: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| {
+            n.serial
+                .as_deref()
+                .is_some_and(|s| s.eq_ignore_ascii_case(serial))
+        })
+    }
+}
+
 /// `aa:bb:cc:dd:ee:ff` in lower case, from `:` or `-` separated input.
 pub fn normalize_mac(mac: &str) -> Option<String> {
     let parts: Vec<&str> = mac.split([':', '-']).collect();
@@ -424,6 +443,7 @@ mod tests {
 name = "pi-03"
 profile = "pi-worker"
 mac = "DC-A6-32-01-02-03"
+serial = "10000000abcdef01"
 labels = ["topology.kubernetes.io/zone=shelf-1"]
 mesh-tags = ["tag:k3s"]
 
