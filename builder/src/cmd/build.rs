@@ -191,12 +191,55 @@ fn build_into(
     };
     let built = outputs::build_outputs(out, &layout, &seed, &req, progress)?;
     let mut files = built.files;
+    if resolved.board().is_raspberry_pi() && formats.xz {
+        files.push(write_imager_list(
+            resolved,
+            &built.image_sha256,
+            built.report.size,
+            epoch,
+            out,
+        )?);
+    }
     if let Some((n, trees)) = node_trees {
         files.push(write_node_image(
             resolved, n, trees, &seed, epoch, out, progress,
         )?);
     }
     Ok(Written { files, warnings })
+}
+
+/// `<name>.rpi-imager.json`: a Raspberry Pi Imager repository (`rpi-imager --repo FILE`) that
+/// lists the `.img.xz`, so the image can be flashed from Imager with its own customisation.
+fn write_imager_list(
+    resolved: &Resolved,
+    image_sha256: &str,
+    image_size: u64,
+    epoch: i64,
+    out: &OutputDir,
+) -> Result<PathBuf> {
+    use crate::boot::rpi::{ImagerFacts, imager_os_list, utc_date};
+    let xz_name = format!("{}.img.xz", resolved.image_name());
+    let xz_path = out.path().join(&xz_name);
+    let download_sha256 = crate::fetch::cache::sha256_file(&xz_path)?;
+    let download_size = std::fs::metadata(&xz_path)
+        .with_context(|| format!("reading {}", xz_path.display()))?
+        .len();
+    let list = imager_os_list(&ImagerFacts {
+        name: resolved.image_name(),
+        description: resolved.profile.description.as_deref().unwrap_or(""),
+        board: resolved.board(),
+        url: &xz_name,
+        extract_size: image_size,
+        extract_sha256: image_sha256,
+        download_size,
+        download_sha256: &download_sha256,
+        release_date: utc_date(epoch),
+    });
+    let mut f = out.create(&format!("{}.rpi-imager.json", resolved.image_name()))?;
+    let mut text = serde_json::to_string_pretty(&list)?;
+    text.push('\n');
+    std::io::Write::write_all(f.file(), text.as_bytes()).context("writing the Imager list")?;
+    f.commit(true)
 }
 
 /// The node's own copy: the same trees with its seed in the boot partition. It carries the
