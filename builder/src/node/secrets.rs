@@ -280,10 +280,12 @@ pub fn init_text(random: &mut dyn FnMut(&mut [u8])) -> String {
         "# imgbuild secrets. Never commit this file; keep it mode 0600.\n\
          # Every value can also come from the environment: IMGBUILD_SECRET_<NAME> (upper case, - → _).\n\
          \n\
-         # The cluster (server) token: full admin, and the key of the cluster's bootstrap data.\n\
-         # Only server seeds carry it; back it up with the etcd snapshots.\n\
+         # The cluster (server) token: full admin, and the key of the cluster's bootstrap data;\n\
+         # back it up with the etcd snapshots. Profiles read it as k3s.token. Agents should not\n\
+         # carry it: give each agent a bootstrap token (`k3s token create --ttl 2h`, run on a\n\
+         # server) as k3s-token under [node.<name>] below, or the agent token.\n\
          k3s-token = \"{server}\"\n\
-         # The token agents join with (servers set it as agent-token; agent profiles use it as their token).\n\
+         # The token agents may join with; servers get it as agent-token.\n\
          k3s-agent-token = \"{agent}\"\n\
          \n\
          # A one-off, pre-approved, tagged Tailscale auth key with a short expiry (tskey-auth-…),\n\
@@ -292,6 +294,7 @@ pub fn init_text(random: &mut dyn FnMut(&mut [u8])) -> String {
          \n\
          # Per-node values override the ones above:\n\
          # [node.pi-03]\n\
+         # k3s-token = \"K10…::….…\"\n\
          # tailscale-authkey = \"tskey-auth-…\"\n"
     )
 }
