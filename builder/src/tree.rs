@@ -486,7 +486,10 @@ impl Tree {
     }
 
     /// The direct children of a directory, in byte order of their names.
-    pub fn children<'a>(&'a self, dir: &'a TreePath) -> impl Iterator<Item = (&'a TreePath, &'a Entry)> + 'a {
+    pub fn children<'a>(
+        &'a self,
+        dir: &'a TreePath,
+    ) -> impl Iterator<Item = (&'a TreePath, &'a Entry)> + 'a {
         self.entries
             .range(dir.clone()..)
             .skip(1)
@@ -495,7 +498,10 @@ impl Tree {
     }
 
     /// The subtree below `dir` (excluded), depth-first.
-    pub fn descendants<'a>(&'a self, dir: &'a TreePath) -> impl Iterator<Item = (&'a TreePath, &'a Entry)> + 'a {
+    pub fn descendants<'a>(
+        &'a self,
+        dir: &'a TreePath,
+    ) -> impl Iterator<Item = (&'a TreePath, &'a Entry)> + 'a {
         self.entries
             .range(dir.clone()..)
             .skip(1)
@@ -514,7 +520,10 @@ impl Tree {
     pub fn validate(&self) -> Result<(), TreeError> {
         for (path, e) in &self.entries {
             if let Kind::Hardlink(target) = &e.kind
-                && !matches!(self.entries.get(target).map(|t| &t.kind), Some(Kind::File(_)))
+                && !matches!(
+                    self.entries.get(target).map(|t| &t.kind),
+                    Some(Kind::File(_))
+                )
             {
                 return Err(TreeError::BadHardlink {
                     path: path.clone(),
@@ -523,6 +532,50 @@ impl Tree {
             }
         }
         Ok(())
+    }
+
+    /// Resolves `path` inside the tree component by component, following symlinks in every
+    /// component (at most 40, like Linux) and `..` lexically; never touches the host. `None` if a
+    /// component is missing or the path does not resolve.
+    pub fn resolve(&self, path: &[u8]) -> Option<TreePath> {
+        let mut pending: Vec<Vec<u8>> = path
+            .split(|&b| b == b'/')
+            .filter(|c| !c.is_empty())
+            .map(<[u8]>::to_vec)
+            .rev()
+            .collect();
+        let mut cur: Vec<Vec<u8>> = Vec::new();
+        let mut hops = 0;
+        while let Some(c) = pending.pop() {
+            match c.as_slice() {
+                b"." => continue,
+                b".." => {
+                    cur.pop();
+                    continue;
+                }
+                _ => {}
+            }
+            cur.push(c);
+            let here = TreePath::new(cur.join(&b'/')).ok()?;
+            if let Kind::Symlink(target) = &self.get(&here)?.kind {
+                hops += 1;
+                if hops > 40 {
+                    return None;
+                }
+                cur.pop();
+                if target.starts_with(b"/") {
+                    cur.clear();
+                }
+                pending.extend(
+                    target
+                        .split(|&b| b == b'/')
+                        .filter(|c| !c.is_empty())
+                        .map(<[u8]>::to_vec)
+                        .rev(),
+                );
+            }
+        }
+        TreePath::new(cur.join(&b'/')).ok()
     }
 
     /// Total bytes of regular-file content (hard links counted once).
@@ -577,7 +630,8 @@ mod tests {
         let mut t = Tree::new();
         let err = t.insert(p("/etc/x"), Entry::dir(0o755)).unwrap_err();
         assert!(matches!(err, TreeError::ParentMissing { .. }));
-        t.insert(p("/f"), Entry::file(0o644, Content::bytes("x"))).unwrap();
+        t.insert(p("/f"), Entry::file(0o644, Content::bytes("x")))
+            .unwrap();
         let err = t.insert(p("/f/x"), Entry::dir(0o755)).unwrap_err();
         assert!(matches!(err, TreeError::ParentNotDir { .. }));
         let err = t
@@ -591,7 +645,8 @@ mod tests {
         let mut t = Tree::new();
         let d = Entry::dir(0o755);
         t.insert_with_parents(p("/a/b/c"), d.clone(), &d).unwrap();
-        t.insert(p("/a"), Entry::file(0o644, Content::bytes("x"))).unwrap();
+        t.insert(p("/a"), Entry::file(0o644, Content::bytes("x")))
+            .unwrap();
         assert_eq!(t.len(), 2);
         t.insert_with_parents(p("/x/y"), d.clone(), &d).unwrap();
         t.insert(p("/x"), Entry::dir(0o700)).unwrap();
@@ -625,6 +680,22 @@ mod tests {
         t.insert(p("/missing"), Entry::file(0o644, Content::bytes("")))
             .unwrap();
         t.validate().unwrap();
+    }
+
+    #[test]
+    fn resolve_follows_symlinks_in_every_component() {
+        let mut t = Tree::new();
+        let d = Entry::dir(0o755);
+        t.insert_with_parents(p("/usr/lib/x"), d.clone(), &d)
+            .unwrap();
+        t.insert(p("/lib"), Entry::symlink("usr/lib")).unwrap();
+        t.insert(p("/usr/lib/x/up"), Entry::symlink("../../lib/x"))
+            .unwrap();
+        t.insert(p("/loop"), Entry::symlink("loop")).unwrap();
+        assert_eq!(t.resolve(b"/lib/x"), Some(p("/usr/lib/x")));
+        assert_eq!(t.resolve(b"/lib/x/up/up/up"), Some(p("/usr/lib/x")));
+        assert_eq!(t.resolve(b"/loop"), None);
+        assert_eq!(t.resolve(b"/missing/x"), None);
     }
 
     #[test]

@@ -83,7 +83,7 @@ pub fn find_kernel(root: &Tree, arch: Arch) -> Result<Kernel, EfiError> {
 /// The content of a regular file, following symlinks inside the tree — in the last component
 /// and in intermediate ones (`/lib` → `usr/lib` on merged-/usr systems) — never on the host.
 pub fn file_content(root: &Tree, path: &str) -> Option<Content> {
-    let p = resolve(root, path.as_bytes())?;
+    let p = root.resolve(path.as_bytes())?;
     match &root.get(&p)?.kind {
         Kind::File(c) => Some(c.clone()),
         Kind::Hardlink(target) => match &root.get(target)?.kind {
@@ -92,48 +92,6 @@ pub fn file_content(root: &Tree, path: &str) -> Option<Content> {
         },
         _ => None,
     }
-}
-
-/// Resolves `path` component by component, following symlinks (at most 40, like Linux).
-fn resolve(root: &Tree, path: &[u8]) -> Option<TreePath> {
-    let mut pending: Vec<Vec<u8>> = path
-        .split(|&b| b == b'/')
-        .filter(|c| !c.is_empty())
-        .map(<[u8]>::to_vec)
-        .rev()
-        .collect();
-    let mut cur: Vec<Vec<u8>> = Vec::new();
-    let mut hops = 0;
-    while let Some(c) = pending.pop() {
-        match c.as_slice() {
-            b"." => continue,
-            b".." => {
-                cur.pop();
-                continue;
-            }
-            _ => {}
-        }
-        cur.push(c);
-        let here = TreePath::new(cur.join(&b'/')).ok()?;
-        if let Kind::Symlink(target) = &root.get(&here)?.kind {
-            hops += 1;
-            if hops > 40 {
-                return None;
-            }
-            cur.pop();
-            if target.starts_with(b"/") {
-                cur.clear();
-            }
-            pending.extend(
-                target
-                    .split(|&b| b == b'/')
-                    .filter(|c| !c.is_empty())
-                    .map(<[u8]>::to_vec)
-                    .rev(),
-            );
-        }
-    }
-    TreePath::new(cur.join(&b'/')).ok()
 }
 
 /// Compares kernel version strings the way `sort -V` does for the cases that matter: runs of
