@@ -17,6 +17,7 @@ const CASES: &[(&str, &str)] = &[
     ("pi-server", "k3s-1"),
     ("pi-worker", "pi-03"),
     ("lab-worker", "lab-1"),
+    ("lab-zt", "zt-1"),
 ];
 
 /// Where each fake secret may appear: (value, path it is written to).
@@ -187,15 +188,40 @@ fn stock_profiles_snapshot_and_pass_cloud_init_schema() {
         } else {
             "k3s-agent.service"
         };
-        for want in [
+        let mesh_files: &[&str] = if *profile == "lab-zt" {
+            &["/etc/systemd/system/zerotier-one.service.d/10-imgbuild.conf"]
+        } else {
+            &[
+                "/etc/systemd/system/tailscaled.service",
+                "/var/lib/imgbuild/mesh-authkey",
+            ]
+        };
+        let common = [
             format!("/etc/systemd/system/{unit}"),
             "/etc/rancher/k3s/config.yaml".into(),
             "/etc/rancher/k3s/config.yaml.d/20-node.yaml".into(),
-            "/etc/systemd/system/tailscaled.service".into(),
             "/usr/local/lib/imgbuild/cloud-install".into(),
-            "/var/lib/imgbuild/mesh-authkey".into(),
-        ] {
-            assert!(files.contains(&want.as_str()), "{profile}: {want} missing");
+            "/usr/local/lib/imgbuild/mesh-join".into(),
+            "/usr/local/lib/imgbuild/k3s-nodeip".into(),
+        ];
+        for want in common
+            .iter()
+            .map(String::as_str)
+            .chain(mesh_files.iter().copied())
+        {
+            assert!(files.contains(&want), "{profile}: {want} missing");
+        }
+        if *profile == "lab-zt" {
+            // The network is joined (and its interface pinned) before the package starts the
+            // service; no identity is shipped, and no Tailscale key is needed.
+            assert!(
+                text.contains("/usr/local/lib/imgbuild/mesh-join\n      DEBIAN_FRONTEND=noninteractive dpkg -i"),
+                "{profile}"
+            );
+            assert!(!text.contains("identity.secret"), "{profile}");
+            assert!(!files.contains(&"/var/lib/imgbuild/mesh-authkey"));
+            assert!(text.contains("nwid=8056c2e21c000001"));
+            assert!(text.contains("FAKE-k3s-agent-token-0002"));
         }
         // Servers get the agent token, agents never do.
         assert_eq!(
