@@ -700,3 +700,97 @@ fn overlay_order_is_independent_of_creation_order() {
     }
     assert_eq!(listings[0], listings[1]);
 }
+
+/// The fuzz targets' properties (see fuzz/), run on every `cargo test` with random damage to
+/// real images: never a panic, partitions always inside the disk.
+mod smoke {
+    use super::*;
+    use proptest::prelude::*;
+    use std::io::Cursor;
+    use std::sync::OnceLock;
+
+    /// One GPT and one MBR image, made once.
+    fn images() -> Option<&'static [(Vec<u8>, tempfile::TempDir); 2]> {
+        static IMAGES: OnceLock<Option<[(Vec<u8>, tempfile::TempDir); 2]>> = OnceLock::new();
+        IMAGES
+            .get_or_init(|| {
+                if !tools() {
+                    return None;
+                }
+                let mk = |t: &str| {
+                    let (d, out) = make(t, &[]);
+                    (fs::read(out.join("disk.img")).unwrap(), d)
+                };
+                Some([mk("gpt"), mk("mbr")])
+            })
+            .as_ref()
+    }
+
+    fn damage(img: &[u8], flips: &[(u32, u8)], region: usize) -> Vec<u8> {
+        let mut v = img.to_vec();
+        for &(at, b) in flips {
+            let i = at as usize % region.min(v.len());
+            v[i] ^= b | 1;
+        }
+        v
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        #[test]
+        fn partition_tables_never_panic(which in 0usize..2, flips in prop::collection::vec((any::<u32>(), any::<u8>()), 1..8)) {
+            let Some(imgs) = images() else { return Ok(()) };
+            // The tables live in the first and last 17 KiB.
+            let mut v = damage(&imgs[which].0, &flips, 34 * 512);
+            let n = v.len();
+            v[n - 512..].copy_from_slice(&damage(&imgs[which].0[n - 512..], &flips, 512));
+            let len = v.len() as u64;
+            if let Ok((_, parts)) = raw::read_partitions(&mut Cursor::new(&v), len, "smoke") {
+                for p in &parts {
+                    prop_assert!(p.offset + p.size <= len);
+                }
+                let _ = raw::select(&parts, None, None, "smoke");
+            }
+        }
+
+        #[test]
+        fn tar_reader_never_panics(data in prop::collection::vec(any::<u8>(), 0..4096), header in any::<bool>()) {
+            let mut bytes = data;
+            if header && bytes.len() > 262 {
+                bytes[257..262].copy_from_slice(b"ustar");
+            }
+            let mut tree = Tree::new();
+            let src = |o| imgbuild::tree::Source::HostFile { path: "/nonexistent".into(), offset: o };
+            let _ = imgbuild::source::tar::read_into(&bytes[..], &mut tree, &src);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+        /// Damage inside the root filesystem's metadata (superblock, group descriptors, inode
+        /// tables, directories) of the MBR image, then read everything.
+        #[test]
+        fn base_image_reader_never_panics(flips in prop::collection::vec((any::<u32>(), any::<u8>()), 1..16)) {
+            let Some(imgs) = images() else { return Ok(()) };
+            let mut v = imgs[1].0.clone();
+            let root = 83968 * 512;
+            let meta = damage(&v[root..root + (2 << 20)], &flips, 2 << 20);
+            v[root..root + (2 << 20)].copy_from_slice(&meta);
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("damaged.img");
+            fs::write(&p, &v).unwrap();
+            if let Ok(img) = raw::read_image(&p, None, None) {
+                for (_, e) in img.root.1.iter() {
+                    if let Kind::File(c) = &e.kind {
+                        if let Ok(mut r) = c.open() {
+                            let mut sink = Vec::new();
+                            let _ = r.read_to_end(&mut sink);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
