@@ -622,6 +622,20 @@ mod tests {
     }
 
     #[test]
+    fn streams_refuse_truncation_too() {
+        let mut v = raw_member(b"a", b'0', 3000, b"");
+        v.extend(raw_member(b"b", b'0', 10, b""));
+        v.truncate(2000);
+        let mut t = Tree::new();
+        let err = read_into(&v[..], &mut t, &|o| Source::HostFile {
+            path: "s.tar".into(),
+            offset: o,
+        })
+        .unwrap_err();
+        assert!(matches!(err, TarError::Io { .. }), "{err}");
+    }
+
+    #[test]
     fn duplicates_last_wins() {
         let mut v = raw_member(b"a", b'0', 1, b"");
         v[512] = b'1';
