@@ -513,8 +513,19 @@ fn cli_lock_locked_and_cache_commands() {
                 .args(args),
         )
     };
-    let (code, _, err) = run(&["lock", "lab"]);
+    let (code, _, err) = run(&["--progress=json", "lock", "lab"]);
     assert_eq!(code, 0, "{err}");
+    // One JSON line per progress event; the last one for the k3s download says it finished.
+    let k3s_events: Vec<serde_json::Value> = err
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["step"] == "fetch k3s/v1.0.0+k3s1/amd64")
+        .collect();
+    let last = k3s_events
+        .last()
+        .expect("progress events for the k3s download");
+    assert_eq!(last["finished"], true, "{err}");
+    assert_eq!(last["done"], k3s.len() as u64, "{err}");
     let text = fs::read_to_string(dir.path().join("imgbuild.lock")).unwrap();
     assert!(
         text.contains("name = \"base/base.img\"") && text.contains(&sha(&base)),
