@@ -112,6 +112,11 @@ pub enum ComposeError {
         profile: &'static str,
         given: &'static str,
     },
+    #[error("the {package} package has no {file}; is it the right package?")]
+    PackageLacks {
+        package: &'static str,
+        file: &'static str,
+    },
     #[error("the Tailscale tarball has no tailscale_*/{name}")]
     TarballLacks { name: String },
     #[error(transparent)]
@@ -238,16 +243,13 @@ pub fn compose(
             w.file("/usr/sbin/tailscaled", 0o755, tailscaled.clone())?;
         }
         (MeshArtifacts::Zerotier(deb), MeshProvider::Zerotier) => {
-            let unit = w.merge(deb, "zerotier-one.service")?;
-            match unit {
-                Some(_) => enable_extra.push("zerotier-one.service".into()),
-                None => {
-                    return Err(ComposeError::BaseLacks {
-                        what: "zerotier-one.service in the ZeroTier package",
-                        looked: vec!["lib/systemd/system".into(), "usr/lib/systemd/system".into()],
-                    });
-                }
+            if !w.merge(deb, "zerotier-one.service")? {
+                return Err(ComposeError::PackageLacks {
+                    package: "zerotier-one",
+                    file: "zerotier-one.service",
+                });
             }
+            enable_extra.push("zerotier-one.service".into());
         }
         (given, _) => {
             return Err(ComposeError::MeshMismatch {
@@ -511,9 +513,9 @@ impl Writer<'_> {
     }
 
     /// Copies every entry of `other` (a package's files) into the tree, keeping existing
-    /// directories; returns the path of the unit named `unit` if the package has one.
-    fn merge(&mut self, other: &Tree, unit: &str) -> Result<Option<String>, TreeError> {
-        let mut found = None;
+    /// directories; says whether the package has a systemd unit named `unit`.
+    fn merge(&mut self, other: &Tree, unit: &str) -> Result<bool, TreeError> {
+        let mut found = false;
         for (p, e) in other.iter() {
             if p.is_root() {
                 continue;
@@ -526,7 +528,7 @@ impl Writer<'_> {
                 }
             }
             if p.file_name() == unit.as_bytes() && display.contains("/systemd/system/") {
-                found = Some(display.clone());
+                found = true;
             }
             let mut e = e.clone();
             e.mtime = e.mtime.min(self.epoch);
