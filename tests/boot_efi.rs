@@ -212,6 +212,7 @@ fn ovmf_boots_systemd_boot_then_debian_from_our_gpt_disk() {
             "You are in emergency mode",
             "Failed to boot",
         ],
+        qemu::BOOT_TIMEOUT,
     );
     eprintln!("firmware to poweroff: {:.1?}", vm.elapsed());
     let serial = vm.serial();

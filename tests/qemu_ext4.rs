@@ -160,6 +160,7 @@ fn kernel_boots_and_writes_to_an_ext4_root_made_by_imgbuild() {
             "EXT4-fs error",
             "You are in emergency mode",
         ],
+        qemu::BOOT_TIMEOUT,
     );
     eprintln!(
         "guest: {line}; boot + workload + poweroff: {:.1?}",

@@ -15,7 +15,7 @@ mod support;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use support::qemu::{self, Arch, GuestFwd, LoopbackHttp, ResultsDisk, VmBuilder};
@@ -25,6 +25,9 @@ use support::{find_tool, imgbuild, require_tool, run, tests_dir};
 const MIRROR_ADDR: &str = "10.0.2.100";
 const K3S_URL: &str = "https://github.com/k3s-io/k3s/releases/download/v1.36.2%2Bk3s1/";
 const TAILSCALE_URL: &str = "https://pkgs.tailscale.com/stable/";
+/// Boot, cloud-init (downloads, installs, a mesh join, k3s) and the observer's wait: about four
+/// minutes under TCG on 2 idle cores.
+const USERDATA_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// Runs in the guest after cloud-init: waits for the node to settle, then copies what the host
 /// checks to the results disk and powers off (through its unit).
@@ -225,6 +228,7 @@ fn boot_with_userdata(work: &Path, wrong_tailscale_hash: bool) -> Option<Outcome
     vm.wait_for_poweroff(
         "IMGBUILD-USERDATA-OBSERVE-DONE",
         &["IMGBUILD-USERDATA-OBSERVE-FAILED", "Kernel panic"],
+        USERDATA_TIMEOUT,
     );
     eprintln!("boot, cloud-init, observe, poweroff: {:.1?}", vm.elapsed());
     drop(vm);

@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 
 use super::{find_tool, repo_root, require_tool, run};
 
-/// A generous bound for one TCG boot of a Debian system to a marker (typical: about a minute).
-pub const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+/// A generous bound for one TCG boot of a Debian system to a marker (typically one to two
+/// minutes on 2 cores; several times that when the machine is busy).
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Guest architecture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -373,9 +374,15 @@ impl Vm {
         }
     }
 
-    /// Waits for `marker`, then for the guest to power off cleanly; returns the marker line.
-    pub fn wait_for_poweroff(&mut self, marker: &str, failures: &[&str]) -> String {
-        let line = self.wait_for(marker, failures, BOOT_TIMEOUT);
+    /// Waits (at most `timeout`) for `marker`, then for the guest to power off cleanly; returns
+    /// the marker line.
+    pub fn wait_for_poweroff(
+        &mut self,
+        marker: &str,
+        failures: &[&str],
+        timeout: Duration,
+    ) -> String {
+        let line = self.wait_for(marker, failures, timeout);
         let status = self.wait_exit(Duration::from_secs(120));
         if !status.success() {
             self.fail(&format!("QEMU exited with {status} after {marker:?}"));
