@@ -268,6 +268,8 @@ fn not_found_and_not_listed() {
         "{err}"
     );
     assert!(err.to_string().contains("/missing"), "{err}");
+    let partials = fs::read_dir(dir.path().join("tmp")).unwrap().count();
+    assert_eq!(partials, 0, "no empty partial left");
     let mut lock = Lock::default();
     let p = [planned(
         "k3s/v1/amd64",

@@ -222,6 +222,10 @@ impl Transport {
         let mut last = String::new();
         loop {
             if failures >= self.attempts {
+                if have == 0 {
+                    drop(file);
+                    let _ = fs::remove_file(partial);
+                }
                 return Err(FetchError::Network {
                     input: input.to_string(),
                     url: url.to_string(),
@@ -235,7 +239,14 @@ impl Transport {
             let before = have;
             match self.attempt(input, url, &mut file, &mut have, &mut hashers, &mut step) {
                 Ok(()) => break,
-                Err(Attempt::Fatal(e)) => return Err(e),
+                Err(Attempt::Fatal(e)) => {
+                    // Keep a resumable partial, but not an empty file for a URL that failed.
+                    if have == 0 {
+                        drop(file);
+                        let _ = fs::remove_file(partial);
+                    }
+                    return Err(e);
+                }
                 Err(Attempt::Retry(why)) => {
                     tracing::info!("{input}: {why}; retrying");
                     last = why;
