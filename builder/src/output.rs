@@ -137,6 +137,9 @@ impl OutputDir {
                 .with_context(|| format!("creating output folder {}", path.display()))?;
         }
         let marker = path.join(MARKER);
+        if marker.exists() {
+            remove_stale_partials(&path)?;
+        }
         if !marker.exists() {
             fs::write(&marker, "This folder holds imgbuild build outputs.\n")
                 .with_context(|| format!("writing {}", marker.display()))?;
@@ -152,6 +155,21 @@ impl OutputDir {
     pub fn create(&self, name: &str) -> Result<PendingFile> {
         PendingFile::create(self.path.join(name))
     }
+}
+
+/// Temporary files a killed build left behind (`.<name>.<random>.partial`, only ever created by
+/// [`PendingFile`]) in a folder that is ours.
+fn remove_stale_partials(dir: &Path) -> Result<()> {
+    let entries = fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.ends_with(".partial") && e.path().is_file() {
+            fs::remove_file(e.path())
+                .with_context(|| format!("removing the stale {}", e.path().display()))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -192,5 +210,19 @@ mod tests {
         OutputDir::prepare(&fresh).unwrap();
         fs::write(fresh.join("a.img"), "x").unwrap();
         OutputDir::prepare(&fresh).expect("marked folder is ours");
+    }
+
+    #[test]
+    fn stale_partials_of_a_killed_build_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = OutputDir::prepare(dir.path().join("o")).unwrap();
+        let p = out.create("x.img").unwrap();
+        let tmp = p.tmp_path().to_path_buf();
+        std::mem::forget(p); // as if the process had been killed
+        fs::write(out.path().join("keep.partial"), "not ours: no leading dot").unwrap();
+        assert!(tmp.exists());
+        OutputDir::prepare(out.path()).unwrap();
+        assert!(!tmp.exists());
+        assert!(out.path().join("keep.partial").exists());
     }
 }
