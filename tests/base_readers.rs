@@ -794,3 +794,63 @@ mod smoke {
         }
     }
 }
+
+/// Hostile rootfs tarballs made by GNU tar itself: `..` is refused, absolute paths become
+/// relative, symlinks stay symlinks, the last of duplicate members wins; nothing is written
+/// outside the cache.
+#[test]
+fn hostile_tarball_bases() {
+    if !support::require_tool("tar") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    sh(
+        "mkdir -p w/in && cd w/in
+         printf one > dup && tar -cf ../../dup.tar dup
+         printf two > dup && tar -rf ../../dup.tar dup
+         ln -s ../../../../etc/shadow esc && tar -rf ../../dup.tar esc
+         printf x > ../outside && tar -P -cf ../../dotdot.tar ../outside
+         tar -P -cf ../../abs.tar \"$PWD/dup\"",
+        dir.path(),
+    );
+    let cache = imgbuild::fetch::Cache::open(dir.path().join("cache")).unwrap();
+    let before: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+
+    let (sha, blob) = cache_blob(&cache, &dir.path().join("dup.tar"));
+    let raw::Base::Tarball { tree, .. } = raw::read_base(&blob, &sha, &cache, None, None).unwrap()
+    else {
+        panic!("a tarball")
+    };
+    assert_eq!(
+        read_content(&tree, &TreePath::new("/dup").unwrap()),
+        b"two",
+        "last wins"
+    );
+    let esc = tree.get(&TreePath::new("/esc").unwrap()).unwrap();
+    assert!(matches!(&esc.kind, Kind::Symlink(t) if t == b"../../../../etc/shadow"));
+
+    let (sha, blob) = cache_blob(&cache, &dir.path().join("dotdot.tar"));
+    let err = raw::read_base(&blob, &sha, &cache, None, None).unwrap_err();
+    assert!(err.to_string().contains(".."), "{err}");
+
+    let (sha, blob) = cache_blob(&cache, &dir.path().join("abs.tar"));
+    let raw::Base::Tarball { tree, .. } = raw::read_base(&blob, &sha, &cache, None, None).unwrap()
+    else {
+        panic!("a tarball")
+    };
+    let abs = dir.path().join("w/in/dup");
+    let inside = TreePath::new(abs.as_os_str().as_encoded_bytes()).unwrap();
+    assert!(
+        tree.get(&inside).is_some(),
+        "an absolute member lands inside the tree"
+    );
+
+    let after: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(before, after, "nothing written beside the inputs");
+}
