@@ -256,6 +256,17 @@ fn stock_profiles_snapshot_and_pass_cloud_init_schema() {
                     .unwrap()
                     .contains("{{ not a template")
             );
+            // Overlay templates are rendered as for an image.
+            let release = doc["write_files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|f| f["path"] == "/etc/imgbuild-release")
+                .unwrap();
+            assert_eq!(
+                release["content"],
+                "Built from profile lab-worker for k3s v1.36.2+k3s1.\n"
+            );
         }
         let warned = err.contains("WAN");
         assert_eq!(warned, *profile == "droplet-server", "{profile}: {err}");

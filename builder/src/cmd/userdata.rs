@@ -10,6 +10,8 @@ use super::seed::NodeArgs;
 use crate::fetch::{Lock, Mirrors};
 use crate::node::userdata::{self, CloudTarget, ExtraFile, Pin, Pins};
 use crate::profile::{MeshProvider, Resolved};
+use crate::source::overlay::{self, OverlaySource};
+use crate::tree::{Kind, Tree};
 
 #[derive(clap::Args, Debug, Clone)]
 #[command(after_long_help = USAGE)]
@@ -156,78 +158,42 @@ fn pins_from_lock(path: &Path, resolved: &Resolved) -> Result<Pins> {
     })
 }
 
-/// The files of the profile's overlays, for `write_files`. Later overlays win.
+/// The files of the profile's overlays, for `write_files`: the overlays are applied exactly as
+/// for an image (templates rendered, `.imgbuild-modes` honoured, later overlays win).
 fn overlay_files(resolved: &Resolved) -> Result<Vec<ExtraFile>> {
-    let mut files: Vec<ExtraFile> = Vec::new();
+    let mut tree = Tree::new();
     for (i, o) in resolved.profile.overlays.iter().enumerate() {
-        let mut found = Vec::new();
-        if let Some(name) = o.strip_prefix("stock:") {
-            let dir = crate::stock::overlay(name).with_context(|| {
-                format!("overlays[{i}]: imgbuild has no stock overlay {name:?}")
-            })?;
-            collect_stock(dir, dir.path(), &mut found);
-        } else {
-            let root = resolved.path_for(&format!("overlays[{i}]"), o, Path::new("."));
-            collect_dir(&root, &root, &mut found)
-                .with_context(|| format!("reading overlay {}", root.display()))?;
-        }
-        for f in found {
-            if f.path.ends_with(".j2") {
-                bail!(
-                    "overlay file {} is a template: `imgbuild userdata` copies overlay files as they are and cannot render it\n  help: render it into a plain file, or build an image instead",
-                    f.path
-                );
+        let host;
+        let source = match o.strip_prefix("stock:") {
+            Some(name) => OverlaySource::stock(name)?,
+            None => {
+                host = resolved.path_for(&format!("overlays[{i}]"), o, Path::new("."));
+                OverlaySource::Host(&host)
             }
-            files.retain(|g| g.path != f.path);
-            files.push(f);
+        };
+        overlay::apply(&mut tree, source, o, resolved, 0)?;
+    }
+    let mut files = Vec::new();
+    for (path, e) in tree.iter() {
+        match &e.kind {
+            Kind::Dir => {}
+            Kind::File(c) if e.uid == 0 && e.gid == 0 => files.push(ExtraFile {
+                path: path.display(),
+                mode: e.mode,
+                data: c
+                    .read_all()
+                    .with_context(|| format!("reading overlay file {path}"))?,
+            }),
+            Kind::File(_) => bail!(
+                "overlay file {path} is owned by {}:{}; user-data writes files as root:root (cloud-init takes owner names, not numbers)\n  help: leave its owner to root in .imgbuild-modes, or build an image instead",
+                e.uid,
+                e.gid
+            ),
+            k => bail!(
+                "overlay entry {path} is a {}; user-data can only carry regular files\n  help: replace it with a file, or build an image instead",
+                k.name()
+            ),
         }
     }
-    files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(files)
-}
-
-fn collect_stock(dir: &include_dir::Dir<'static>, root: &Path, out: &mut Vec<ExtraFile>) {
-    for f in dir.files() {
-        let rel = f.path().strip_prefix(root).unwrap_or(f.path());
-        out.push(ExtraFile {
-            path: format!("/{}", rel.display()),
-            mode: 0o644,
-            data: f.contents().to_vec(),
-        });
-    }
-    for d in dir.dirs() {
-        collect_stock(d, root, out);
-    }
-}
-
-fn collect_dir(dir: &Path, root: &Path, out: &mut Vec<ExtraFile>) -> Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let path = e.path();
-        let meta = std::fs::symlink_metadata(&path)?;
-        if meta.is_dir() {
-            collect_dir(&path, root, out)?;
-        } else if meta.is_file() {
-            #[cfg(unix)]
-            let mode = {
-                use std::os::unix::fs::PermissionsExt;
-                meta.permissions().mode() & 0o7777
-            };
-            #[cfg(not(unix))]
-            let mode = 0o644;
-            let rel = path.strip_prefix(root).unwrap_or(&path);
-            out.push(ExtraFile {
-                path: format!("/{}", rel.display()),
-                mode,
-                data: std::fs::read(&path)?,
-            });
-        } else {
-            bail!(
-                "{} is not a regular file or folder; user-data can only carry files",
-                path.display()
-            );
-        }
-    }
-    Ok(())
 }
