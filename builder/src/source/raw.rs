@@ -612,7 +612,17 @@ fn load_ext4(image: &Path, offset: u64, len: u64) -> Result<ext4_view::Ext4, Str
 thread_local! {
     /// Loaded filesystems, per thread (`Ext4` is not `Send`): opening a file's content must not
     /// re-read the superblock and group descriptors for every file.
-    static EXT4: RefCell<HashMap<(PathBuf, u64), ext4_view::Ext4>> = RefCell::new(HashMap::new());
+    /// Keyed by the image's identity as well as its path, so a file replaced on disk is loaded
+    /// afresh.
+    static EXT4: RefCell<HashMap<Ext4Key, ext4_view::Ext4>> = RefCell::new(HashMap::new());
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Ext4Key {
+    image: PathBuf,
+    offset: u64,
+    size: u64,
+    modified: Option<std::time::SystemTime>,
 }
 
 /// The content of a file in an ext4 partition of an image.
@@ -626,7 +636,13 @@ struct Ext4Content {
 
 impl ContentReader for Ext4Content {
     fn open(&self) -> io::Result<Box<dyn Read + '_>> {
-        let key = (self.image.clone(), self.offset);
+        let meta = std::fs::metadata(&self.image)?;
+        let key = Ext4Key {
+            image: self.image.clone(),
+            offset: self.offset,
+            size: meta.len(),
+            modified: meta.modified().ok(),
+        };
         let fs = EXT4.with(|c| -> io::Result<ext4_view::Ext4> {
             if let Some(fs) = c.borrow().get(&key) {
                 return Ok(fs.clone());
