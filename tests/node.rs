@@ -1047,3 +1047,21 @@ fn image_only_files_snapshot() {
         insta::assert_snapshot!(format!("image_{name}"), out);
     }
 }
+
+#[test]
+fn nocloud_before_configdrive_is_flagged() {
+    let r = resolve("droplet-worker", &[]);
+    let mut board = BoardFacts::for_profile(&r);
+    board.datasources = vec!["NoCloud".into(), "ConfigDrive".into()];
+    let mut t = base();
+    let c = compose::compose(&mut t, &r, &artifacts(), &board, &Templates::stock(), EPOCH).unwrap();
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.contains("NoCloud before ConfigDrive")),
+        "{:?}",
+        c.warnings
+    );
+    let (_, c, _) = composed("droplet-worker");
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
