@@ -401,5 +401,14 @@ fn every_stock_profile_seeds_valid_cloud_config() {
         );
         let md = yaml_to_json(&std::fs::read_to_string(d.join(node).join("meta-data")).unwrap());
         assert_eq!(md["local-hostname"], ud["hostname"], "{profile}");
+        // cloud-init's parser takes the network-config, with or without a MAC to match.
+        let parsed = py(
+            "import sys, yaml\n\
+             from cloudinit.net import network_state\n\
+             ns = network_state.parse_net_config_data(yaml.safe_load(sys.stdin)['network'])\n\
+             for i in ns.iter_interfaces(): print(i.get('mac_address'), [s['type'] for s in i['subnets']])",
+            &std::fs::read_to_string(d.join(node).join("network-config")).unwrap(),
+        );
+        assert!(parsed.contains("['dhcp4', 'dhcp6']"), "{profile}: {parsed}");
     }
 }
