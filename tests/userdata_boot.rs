@@ -73,6 +73,7 @@ echo "IMGBUILD-USERDATA-OBSERVE-DONE" > /dev/console
 
 const UNIT: &str = "[Unit]
 Description=Observe the node set up by cloud-init (imgbuild test)
+# cloud-final is ordered after multi-user.target: hang off cloud-init.target, not multi-user.
 After=cloud-final.service
 SuccessAction=poweroff
 FailureAction=poweroff
@@ -85,7 +86,7 @@ StandardError=journal+console
 TimeoutStartSec=600
 
 [Install]
-WantedBy=multi-user.target
+WantedBy=cloud-init.target
 ";
 
 fn tools_present() -> bool {
@@ -190,7 +191,7 @@ fn boot_with_userdata(work: &Path, wrong_tailscale_hash: bool) -> Option<Outcome
         UNIT,
         0o644,
     );
-    let wants = extra.join("etc/systemd/system/multi-user.target.wants");
+    let wants = extra.join("etc/systemd/system/cloud-init.target.wants");
     fs::create_dir_all(&wants).expect("mkdir");
     std::os::unix::fs::symlink(
         "/etc/systemd/system/imgbuild-observe.service",

@@ -269,9 +269,16 @@ impl VmBuilder {
         let qemu = find_tool(self.arch.qemu())
             .unwrap_or_else(|| panic!("{} is not installed", self.arch.qemu()));
         let log = fs::File::create(&qemu_log).expect("creating qemu.log");
-        let child = Command::new(&qemu)
+        // QEMU runs under a small shell that kills it when our end of its stdin pipe closes:
+        // on drop, and also when the test process itself is killed (a harness timeout), so no
+        // emulator is left running.
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(GUARD)
+            .arg("qemu-guard")
+            .arg(&qemu)
             .args(&args)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(log.try_clone().expect("dup qemu.log"))
             .stderr(log)
             .spawn()
@@ -285,6 +292,18 @@ impl VmBuilder {
         }
     }
 }
+
+/// Runs `"$@"` (QEMU) and kills it once stdin reaches EOF; exits with QEMU's status.
+/// (Background jobs of a non-interactive shell read /dev/null unless redirected: hence fd 3.)
+const GUARD: &str = r#"exec 3<&0
+"$@" </dev/null &
+q=$!
+{ read -r _ <&3; kill "$q" 2>/dev/null; } &
+w=$!
+wait "$q"
+s=$?
+kill "$w" 2>/dev/null
+exit "$s""#;
 
 /// QEMU's option parser treats `,` as a separator; a literal comma is written `,,`.
 fn qemu_escape(s: &str) -> String {
@@ -394,9 +413,8 @@ impl Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
+        // Closing the guard's stdin makes it kill QEMU and exit with QEMU's status.
+        drop(self.child.stdin.take());
         let _ = self.child.wait();
     }
 }
