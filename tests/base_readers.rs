@@ -854,3 +854,65 @@ fn hostile_tarball_bases() {
         .collect();
     assert_eq!(before, after, "nothing written beside the inputs");
 }
+
+/// Benchmark (run with `--ignored --nocapture`): read every file of an ext4 image of
+/// /usr/share through the tree, against `debugfs -R 'rdump / DIR'` (e2fsprogs' extractor)
+/// on the same image. Prints both times and the ratio; asserts nothing about speed.
+#[test]
+#[ignore = "benchmark"]
+fn bench_ext4_read_vs_debugfs_rdump() {
+    if !support::require_tool("mkfs.ext4") || !support::require_tool("debugfs") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("share.ext4");
+    let (code, _, err) = support::run(
+        Command::new(support::find_tool("mkfs.ext4").unwrap())
+            .args(["-q", "-F", "-d", "/usr/share"])
+            .arg(&img)
+            .arg("3G"),
+    );
+    assert_eq!(code, 0, "{err}");
+    let part = raw::Partition {
+        number: 1,
+        offset: 0,
+        size: fs::metadata(&img).unwrap().len(),
+        type_id: raw::PartTypeId::Mbr(0x83),
+        name: String::new(),
+        fs: FsKind::Ext4,
+        label: String::new(),
+    };
+    let t0 = std::time::Instant::now();
+    let tree = raw::read_ext4(&img, &part).unwrap();
+    let mut bytes = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    for (_, e) in tree.iter() {
+        if let Kind::File(c) = &e.kind {
+            let mut r = c.open().unwrap();
+            loop {
+                let n = r.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                bytes += n as u64;
+            }
+        }
+    }
+    let ours = t0.elapsed();
+    let out = dir.path().join("rdump");
+    fs::create_dir(&out).unwrap();
+    let t1 = std::time::Instant::now();
+    let (code, _, err) = support::run(
+        Command::new(support::find_tool("debugfs").unwrap())
+            .arg("-R")
+            .arg(format!("rdump / {}", out.display()))
+            .arg(&img),
+    );
+    let theirs = t1.elapsed();
+    assert_eq!(code, 0, "{err}");
+    eprintln!(
+        "ext4 read of /usr/share ({} entries, {bytes} bytes): imgbuild {ours:.2?}, debugfs rdump {theirs:.2?}, ratio {:.2}",
+        tree.len(),
+        ours.as_secs_f64() / theirs.as_secs_f64()
+    );
+}

@@ -437,3 +437,55 @@ fn parse_modes(text: &str, name: &str) -> Result<Modes, OverlayError> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mode_file_syntax() {
+        let m = parse_modes("# c\n0600 0:0 /etc/a\n\n4755 /usr/bin/b # suid\n", "o").unwrap();
+        assert_eq!(m[&TreePath::new("/etc/a").unwrap()], (0o600, Some((0, 0))));
+        assert_eq!(m[&TreePath::new("/usr/bin/b").unwrap()], (0o4755, None));
+        for bad in [
+            "644x /a",
+            "0600 root:root /a",
+            "0600",
+            "0600 /a\n0644 /a",
+            "0600 /../x",
+        ] {
+            let e = parse_modes(bad, "o").unwrap_err();
+            assert!(e.to_string().contains(MODE_FILE), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn stock_overlay_paths_are_relative_to_the_overlay() {
+        let Some(dir) = crate::stock::overlays().dirs().next() else {
+            return;
+        };
+        let mut items = BTreeMap::new();
+        let mut modes = None;
+        collect_stock(dir, dir, &mut items, &mut modes);
+        assert!(!items.is_empty());
+        let prefix = dir.path().as_os_str().as_encoded_bytes();
+        for p in items.keys() {
+            assert!(
+                !p.as_bytes().starts_with(prefix),
+                "{p} keeps the overlay's own name"
+            );
+        }
+    }
+
+    #[test]
+    fn single_file_with_mode_and_parents() {
+        let mut t = Tree::new();
+        let dest = TreePath::new("/usr/local/bin/k3s").unwrap();
+        add_host_file(&mut t, &dest, Path::new("/cache/sha256/x"), 42, 0o755, 9).unwrap();
+        let e = t.get(&dest).unwrap();
+        assert_eq!((e.mode, e.uid, e.mtime), (0o755, 0, 9));
+        assert!(matches!(&e.kind, crate::tree::Kind::File(c) if c.len == 42));
+        let d = t.get(&TreePath::new("/usr/local").unwrap()).unwrap();
+        assert_eq!((d.mode, d.mtime), (0o755, 9));
+    }
+}
