@@ -76,7 +76,7 @@ fn show_resolves_extends_chain() {
     assert_eq!(v["profile"]["image"]["board"], "rpi");
     assert_eq!(v["profile"]["image"]["arch"], "arm64", "arch filled in from the board");
     assert_eq!(v["profile"]["k3s"]["role"], "agent");
-    assert_eq!(v["profile"]["k3s"]["token"]["secret"], "k3s-token");
+    assert_eq!(v["profile"]["k3s"]["token"]["secret"], "k3s-agent-token");
     assert_eq!(v["chain"].as_array().unwrap().len(), 3);
 }
 
@@ -119,4 +119,24 @@ fn profiles_dir_from_environment() {
     // Broken profiles make listing fail only for those that do not parse.
     assert_eq!(code, 2, "{out}");
     let _ = Path::new("");
+}
+
+/// A profile that names its own base (a local file instead of the parent's URL) starts `[base]`
+/// afresh: the parent's checksum URL and partition names must not be inherited.
+#[test]
+fn own_base_path_replaces_the_inherited_base_table() {
+    let work = tempfile::tempdir().unwrap();
+    let profiles = work.path().join("profiles");
+    std::fs::create_dir(&profiles).unwrap();
+    std::fs::write(
+        profiles.join("pi-local.toml"),
+        "description = \"local base\"\nextends = \"pi-worker\"\n[base]\npath = \"base.img\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(imgbuild()
+        .current_dir(work.path())
+        .args(["profiles", "show", "pi-local", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["profile"]["base"], serde_json::json!({ "path": "base.img" }));
 }
