@@ -17,7 +17,12 @@ fn top_level_help() {
 
 #[test]
 fn subcommand_help() {
-    for cmd in [&["build"][..], &["profiles"], &["profiles", "show"], &["profiles", "list"]] {
+    for cmd in [
+        &["build"][..],
+        &["profiles"],
+        &["profiles", "show"],
+        &["profiles", "list"],
+    ] {
         let name = cmd.join("_");
         insta::assert_snapshot!(format!("help_{name}"), help_of(cmd));
     }
@@ -31,7 +36,10 @@ fn bare_profile_name_means_build() {
     assert_ne!(code, 0);
     let (code, _, err) = run(imgbuild().arg("no-such-profile"));
     assert_eq!(code, 2);
-    assert!(err.contains("no profile named \"no-such-profile\""), "{err}");
+    assert!(
+        err.contains("no profile named \"no-such-profile\""),
+        "{err}"
+    );
     assert!(err.contains("imgbuild profiles list"), "{err}");
 }
 
@@ -57,7 +65,10 @@ fn version_and_generated_docs() {
 
 #[test]
 fn unbuilt_commands_say_so_and_exit_2() {
-    for cmd in [&["netboot", "serve"][..], &["flash", "pi-worker", "/dev/null"]] {
+    for cmd in [
+        &["netboot", "serve"][..],
+        &["flash", "pi-worker", "/dev/null"],
+    ] {
         let (code, _, err) = run(imgbuild().args(cmd));
         assert_eq!(code, 2, "{cmd:?}");
         assert!(err.contains("not implemented yet"), "{cmd:?}: {err}");

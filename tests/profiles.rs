@@ -32,7 +32,10 @@ fn broken_profiles_get_precise_errors() {
         assert_eq!(code, 2, "{name}: {err}");
         assert!(!err.contains("panicked"), "{name}: {err}");
         let file = format!("{}/", dir.display());
-        assert!(err.contains(&file), "{name}: error does not name the file: {err}");
+        assert!(
+            err.contains(&file),
+            "{name}: error does not name the file: {err}"
+        );
         assert!(
             err.lines().any(|l| l.trim_start().starts_with("help:")),
             "{name}: no help line: {err}"
@@ -46,7 +49,14 @@ fn broken_profiles_get_precise_errors() {
 fn stock_profiles_all_pass_check() {
     let (code, out, err) = run(imgbuild().args(["profiles", "check"]));
     assert_eq!(code, 0, "{out}{err}");
-    for name in ["pi-worker", "pi-server", "amd64-worker", "amd64-server", "droplet-worker", "droplet-server"] {
+    for name in [
+        "pi-worker",
+        "pi-server",
+        "amd64-worker",
+        "amd64-server",
+        "droplet-worker",
+        "droplet-server",
+    ] {
         assert!(out.contains(&format!("ok      {name}")), "{out}");
     }
 }
@@ -59,8 +69,16 @@ fn list_shows_buildable_profiles_and_json() {
     let (code, out, _) = run(imgbuild().args(["profiles", "list", "--json", "--all"]));
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let names: Vec<&str> = v.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
-    assert!(names.contains(&"base") && names.contains(&"pi-worker"), "{names:?}");
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"base") && names.contains(&"pi-worker"),
+        "{names:?}"
+    );
 }
 
 #[test]
@@ -74,7 +92,10 @@ fn show_resolves_extends_chain() {
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["profile"]["image"]["board"], "rpi");
-    assert_eq!(v["profile"]["image"]["arch"], "arm64", "arch filled in from the board");
+    assert_eq!(
+        v["profile"]["image"]["arch"], "arm64",
+        "arch filled in from the board"
+    );
     assert_eq!(v["profile"]["k3s"]["role"], "agent");
     assert_eq!(v["profile"]["k3s"]["token"]["secret"], "k3s-agent-token");
     assert_eq!(v["chain"].as_array().unwrap().len(), 3);
@@ -92,15 +113,25 @@ fn user_profile_overrides_stock_and_set_overrides_both() {
         "description = \"Mine\"\nextends = \"pi-worker\"\n[k3s]\nserver = \"https://cp.example.ts.net:6443\"\n",
     )
     .unwrap();
-    let (code, out, err) = run(imgbuild()
-        .current_dir(work.path())
-        .args(["profiles", "show", "pi-worker", "--json", "--set", "image.size=8GiB"]));
+    let (code, out, err) = run(imgbuild().current_dir(work.path()).args([
+        "profiles",
+        "show",
+        "pi-worker",
+        "--json",
+        "--set",
+        "image.size=8GiB",
+    ]));
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["profile"]["k3s"]["server"], "https://cp.example.ts.net:6443");
+    assert_eq!(
+        v["profile"]["k3s"]["server"],
+        "https://cp.example.ts.net:6443"
+    );
     assert_eq!(v["profile"]["image"]["size"], "8GiB");
     assert_eq!(v["profile"]["description"], "Mine");
-    let (_, list, _) = run(imgbuild().current_dir(work.path()).args(["profiles", "list"]));
+    let (_, list, _) = run(imgbuild()
+        .current_dir(work.path())
+        .args(["profiles", "list"]));
     assert!(list.contains("replaces stock"), "{list}");
 }
 
@@ -138,5 +169,8 @@ fn own_base_path_replaces_the_inherited_base_table() {
         .args(["profiles", "show", "pi-local", "--json"]));
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["profile"]["base"], serde_json::json!({ "path": "base.img" }));
+    assert_eq!(
+        v["profile"]["base"],
+        serde_json::json!({ "path": "base.img" })
+    );
 }

@@ -307,10 +307,7 @@ impl ProfileStore {
                     return Err(err(d));
                 }
             };
-            if chain
-                .iter()
-                .any(|(s, _, _)| s.origin == src.origin)
-            {
+            if chain.iter().any(|(s, _, _)| s.origin == src.origin) {
                 let path: Vec<String> = chain
                     .iter()
                     .map(|(s, _, _)| s.name.clone())
@@ -411,7 +408,7 @@ impl ProfileStore {
 impl Profile {
     fn deserialize_table(t: toml::Table) -> Result<Profile, toml::de::Error> {
         use serde::Deserialize;
-        Profile::deserialize(toml::Value::Table(t)).map_err(Into::into)
+        Profile::deserialize(toml::Value::Table(t))
     }
 }
 
@@ -420,8 +417,7 @@ pub fn is_profile_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
@@ -454,7 +450,9 @@ fn help_for_toml_error(message: &str) -> Option<String> {
         Some("reference the secret by name, e.g. `token = { secret = \"k3s-token\" }`, and put its value in the secrets file (`imgbuild secrets init`) or the environment".into())
     } else if message.starts_with("invalid size") {
         Some("e.g. size = \"4GiB\", or size = \"auto\" to fit the content".into())
-    } else if message.starts_with("invalid secret name") || message.starts_with("expected a secret reference") {
+    } else if message.starts_with("invalid secret name")
+        || message.starts_with("expected a secret reference")
+    {
         Some("e.g. `auth-key = { secret = \"tailscale-authkey\" }`".into())
     } else if message.contains("expected") || message.contains("invalid") {
         Some("fix the TOML at this position; `imgbuild profiles show pi-worker` is a complete, valid example".into())

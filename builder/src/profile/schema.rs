@@ -299,6 +299,8 @@ keyword_enum!(
     }
 );
 
+// Not derived: the variants come from `keyword_enum!`, which cannot carry `#[default]`.
+#[allow(clippy::derivable_impls)]
 impl Default for MeshProvider {
     fn default() -> Self {
         MeshProvider::None
@@ -359,9 +361,7 @@ impl FromStr for Size {
         if t.eq_ignore_ascii_case("auto") {
             return Ok(Size::Auto);
         }
-        let split = t
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(t.len());
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
         let num: u64 = num.parse().map_err(|_| SizeError(s.to_string()))?;
         let mult: u64 = match unit.trim() {
@@ -376,7 +376,9 @@ impl FromStr for Size {
             "TB" => 1000_u64.pow(4),
             _ => return Err(SizeError(s.to_string())),
         };
-        let bytes = num.checked_mul(mult).ok_or_else(|| SizeError(s.to_string()))?;
+        let bytes = num
+            .checked_mul(mult)
+            .ok_or_else(|| SizeError(s.to_string()))?;
         if bytes == 0 {
             return Err(SizeError(s.to_string()));
         }
@@ -437,9 +439,7 @@ impl<'de> Deserialize<'de> for SecretRef {
         #[serde(untagged)]
         #[allow(dead_code)] // the payloads only select the variant
         enum Raw {
-            Ref {
-                secret: String,
-            },
+            Ref { secret: String },
             Literal(String),
             Other(toml::Value),
         }
@@ -477,7 +477,15 @@ mod tests {
         assert_eq!("512M".parse(), Ok(Size::Bytes(512 << 20)));
         assert_eq!("1GB".parse(), Ok(Size::Bytes(1_000_000_000)));
         assert_eq!("4096".parse(), Ok(Size::Bytes(4096)));
-        for bad in ["", "0", "4XB", "-1G", "GiB", "99999999999999999999T", "1.5G"] {
+        for bad in [
+            "",
+            "0",
+            "4XB",
+            "-1G",
+            "GiB",
+            "99999999999999999999T",
+            "1.5G",
+        ] {
             assert!(bad.parse::<Size>().is_err(), "{bad} should be refused");
         }
         assert_eq!(Size::Bytes(4 << 30).to_string(), "4GiB");

@@ -16,7 +16,11 @@ fn every_stock_profile_resolves() {
         let r = store
             .resolve(&l.name, &[])
             .unwrap_or_else(|e| panic!("{e}"));
-        assert!(r.profile.description.is_some(), "{} has no description", l.name);
+        assert!(
+            r.profile.description.is_some(),
+            "{} has no description",
+            l.name
+        );
     }
 }
 
@@ -30,8 +34,14 @@ fn user_profile_extends_stock_profile_of_same_name() {
     assert_eq!(r.profile.k3s.labels, ["site=home"], "lists replace");
     assert_eq!(r.profile.k3s.role, Some(Role::Agent), "tables merge");
     assert_eq!(r.chain.len(), 4);
-    assert!(matches!(r.locations["k3s.labels"].origin, Origin::User { .. }));
-    assert!(matches!(r.locations["k3s.role"].origin, Origin::Stock { .. }));
+    assert!(matches!(
+        r.locations["k3s.labels"].origin,
+        Origin::User { .. }
+    ));
+    assert!(matches!(
+        r.locations["k3s.role"].origin,
+        Origin::Stock { .. }
+    ));
 }
 
 #[test]
@@ -48,13 +58,18 @@ fn set_overrides_win_and_parse_toml_values() {
         .unwrap();
     assert_eq!(r.profile.k3s.version.as_deref(), Some("v1.35.0+k3s2"));
     assert_eq!(r.profile.k3s.labels, ["a=b", "c=d"]);
-    let err = store.resolve("pi-worker", &["nonsense".into()]).unwrap_err();
+    let err = store
+        .resolve("pi-worker", &["nonsense".into()])
+        .unwrap_err();
     assert!(err.to_string().contains("--set"), "{err}");
 }
 
 #[test]
 fn errors_point_at_file_line_and_column() {
-    let (d, store) = store_with(&[("bad", "extends = \"pi-worker\"\n\n[k3s]\nrole = \"agent\"\nserver = \"http://x:6443\"\n")]);
+    let (d, store) = store_with(&[(
+        "bad",
+        "extends = \"pi-worker\"\n\n[k3s]\nrole = \"agent\"\nserver = \"http://x:6443\"\n",
+    )]);
     let err = store.resolve("bad", &[]).unwrap_err();
     let text = err.to_string();
     let file = d.path().join("bad.toml");

@@ -1,8 +1,8 @@
 //! Semantic checks on a merged profile, and filling of board-derived defaults. Each problem names
 //! the key and where it was set, and says how to fix it.
 
-use super::{Diagnostic, Location, Origin, Resolved};
 use super::schema::*;
+use super::{Diagnostic, Location, Origin, Resolved};
 
 struct Checker<'a> {
     resolved: &'a Resolved,
@@ -39,15 +39,20 @@ impl Checker<'_> {
     fn nearest<'k>(&self, keys: &[&'k str]) -> &'k str {
         let rank = |k: &str| match self.resolved.locations.get(k).map(|l| &l.origin) {
             Some(Origin::CommandLine) => 0,
-            Some(o) => 1 + self
-                .resolved
-                .chain
-                .iter()
-                .position(|c| c == o)
-                .unwrap_or(usize::MAX - 1),
+            Some(o) => {
+                1 + self
+                    .resolved
+                    .chain
+                    .iter()
+                    .position(|c| c == o)
+                    .unwrap_or(usize::MAX - 1)
+            }
             None => usize::MAX,
         };
-        keys.iter().copied().min_by_key(|k| rank(k)).unwrap_or(keys[0])
+        keys.iter()
+            .copied()
+            .min_by_key(|k| rank(k))
+            .unwrap_or(keys[0])
     }
 
     fn problem(&mut self, key: &str, message: impl Into<String>, help: impl Into<String>) {
@@ -186,7 +191,12 @@ pub(super) fn validate(resolved: &mut Resolved, top: &Origin) -> Vec<Diagnostic>
         check_url(&mut c, "base.url", url, &["https", "http", "file"]);
     }
     if let Some(url) = &p.base.checksums_url {
-        check_url(&mut c, "base.checksums-url", url, &["https", "http", "file"]);
+        check_url(
+            &mut c,
+            "base.checksums-url",
+            url,
+            &["https", "http", "file"],
+        );
     }
     for (key, value) in [
         ("base.boot-partition", &p.base.boot_partition),
@@ -194,7 +204,11 @@ pub(super) fn validate(resolved: &mut Resolved, top: &Origin) -> Vec<Diagnostic>
         ("base.path", &p.base.path),
     ] {
         if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
-            c.problem(key, format!("{key} is empty"), format!("remove {key} or give it a value"));
+            c.problem(
+                key,
+                format!("{key} is empty"),
+                format!("remove {key} or give it a value"),
+            );
         }
     }
     if let Some(sha) = &p.base.sha256
@@ -321,14 +335,16 @@ pub(super) fn validate(resolved: &mut Resolved, top: &Origin) -> Vec<Diagnostic>
     }
     for key in k.config.keys() {
         let owned = match key.as_str() {
-            "token" | "token-file" | "agent-token" | "agent-token-file" => Some("k3s.token / k3s.agent-token (as secret references)"),
+            "token" | "token-file" | "agent-token" | "agent-token-file" => {
+                Some("k3s.token / k3s.agent-token (as secret references)")
+            }
             "server" => Some("k3s.server"),
             "cluster-init" => Some("k3s.cluster-init"),
             "node-label" => Some("k3s.labels"),
             "node-taint" => Some("k3s.taints"),
-            "node-ip" | "flannel-iface" | "node-name" => {
-                Some("nothing instead: imgbuild sets it for each node from its mesh address and name")
-            }
+            "node-ip" | "flannel-iface" | "node-name" => Some(
+                "nothing instead: imgbuild sets it for each node from its mesh address and name",
+            ),
             _ => None,
         };
         if let Some(instead) = owned {
@@ -385,13 +401,11 @@ pub(super) fn validate(resolved: &mut Resolved, top: &Origin) -> Vec<Diagnostic>
                     "mesh.network is missing: ZeroTier needs the network id to join",
                     "set mesh.network to the 16-hex-digit network id",
                 ),
-                Some(n) if n.len() != 16 || !n.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                    c.problem(
-                        "mesh.network",
-                        format!("ZeroTier network id {n:?} is not 16 hexadecimal digits"),
-                        "copy the network id from ZeroTier Central",
-                    )
-                }
+                Some(n) if n.len() != 16 || !n.bytes().all(|b| b.is_ascii_hexdigit()) => c.problem(
+                    "mesh.network",
+                    format!("ZeroTier network id {n:?} is not 16 hexadecimal digits"),
+                    "copy the network id from ZeroTier Central",
+                ),
                 _ => {}
             }
             if concrete && m.version.is_none() {
@@ -557,8 +571,7 @@ fn is_label(l: &str) -> bool {
             && k.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
             && v.len() <= 63
-            && v
-                .bytes()
+            && v.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
     })
 }
@@ -578,9 +591,10 @@ fn is_taint(t: &str) -> bool {
 fn is_user_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 32
-        && n.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
-        && n
-            .bytes()
+        && n.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && n.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
@@ -628,7 +642,9 @@ mod tests {
 
     #[test]
     fn ssh_keys() {
-        assert!(is_ssh_public_key("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx me@host"));
+        assert!(is_ssh_public_key(
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx me@host"
+        ));
         assert!(!is_ssh_public_key("-----BEGIN OPENSSH PRIVATE KEY-----"));
         assert!(!is_ssh_public_key("ssh-ed25519"));
     }
