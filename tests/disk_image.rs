@@ -7,6 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use imgbuild::disk::compare::compare_dirs;
 use imgbuild::disk::layout::{
     ContentError, ContentInfo, EmptyContent, Layout, MIB, PartType, Partition, PartitionContent,
     RawContent, Size, WriteParams,
@@ -539,6 +540,12 @@ fn reproducible_under_other_environments() {
     let fc = folder_bytes(&c);
     let img = |f: &[(String, Vec<u8>)]| f.iter().find(|x| x.0 == "node.img").unwrap().1.clone();
     assert!(img(&fa) != img(&fc), "the epoch does not reach the image");
+    // --verify-repro's comparison: silent on identical builds, names partition and file otherwise.
+    assert_eq!(compare_dirs(&a, &b).unwrap(), None);
+    let d = compare_dirs(&a, &c).unwrap().expect("builds differ");
+    assert_eq!(d.file, "node.img", "{d}");
+    assert!(d.detail.contains("in partition 1 (\"esp\")"), "{d}");
+    assert!(d.detail.contains("SOURCE_DATE_EPOCH differs"), "{d}");
     // Another seed changes them too.
     let d = dir.path().join("d");
     let built = build(
@@ -672,4 +679,100 @@ fn filesystems_inside_images_pass_fsck_and_carry_derived_ids() {
             assert!(b.contains(&format!("UUID={want}")), "{want} not in {b}");
         }
     }
+}
+
+/// Benchmark (not a timed test): assembles an image of `$IMGBUILD_BENCH_ROOT` (ext4 root) and
+/// `$IMGBUILD_BENCH_ESP` (FAT32 ESP) into `$IMGBUILD_BENCH_OUT` and prints the time of each
+/// step as `bench <step> <seconds>`. `scripts/bench-image` runs it in release mode and times the
+/// standard shell pipeline on the same trees.
+#[test]
+#[ignore = "benchmark: run by scripts/bench-image"]
+fn bench_assemble() {
+    use imgbuild::disk::contents::{Ext4Content, FatContent};
+    use imgbuild::disk::image;
+    use imgbuild::disk::outputs::write_outputs;
+    use imgbuild::source::dir::{DirOptions, read_dir_into};
+    use imgbuild::tree::Tree;
+    use std::time::Instant;
+
+    let var = |k: &str| std::env::var_os(k).unwrap_or_else(|| panic!("set {k}"));
+    let read = |dir: std::ffi::OsString| {
+        let mut t = Tree::new();
+        read_dir_into(Path::new(&dir), &mut t, &DirOptions::default()).unwrap();
+        std::sync::Arc::new(t)
+    };
+    let (root, esp) = (
+        read(var("IMGBUILD_BENCH_ROOT")),
+        read(var("IMGBUILD_BENCH_ESP")),
+    );
+    let block: u64 = std::env::var("IMGBUILD_BENCH_XZ_BLOCK")
+        .map(|s| s.parse().unwrap())
+        .unwrap_or(imgbuild::disk::xz::DEFAULT_BLOCK_SIZE);
+    let layout = Layout::gpt(vec![
+        Partition {
+            label: "esp".into(),
+            ptype: PartType::Esp,
+            size: Size::Auto,
+            offset: None,
+            content: Box::new(FatContent {
+                tree: esp,
+                label: "ESP".into(),
+            }),
+        },
+        Partition {
+            label: "root".into(),
+            ptype: PartType::RootX86_64,
+            size: Size::Auto,
+            offset: None,
+            content: Box::new(Ext4Content {
+                tree: root,
+                label: Some("root".into()),
+            }),
+        },
+    ]);
+    let out = OutputDir::prepare(PathBuf::from(var("IMGBUILD_BENCH_OUT"))).unwrap();
+    let t = Instant::now();
+    let plan = layout.plan().unwrap();
+    println!("bench plan {:.3}", t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    let mut raw = out.create("bench.img").unwrap();
+    raw.file().set_len(plan.disk_size).unwrap();
+    let report = {
+        let mut sink = imgbuild::disk::region::SeekSink::new(&mut *raw.file());
+        image::assemble(
+            &layout,
+            &plan,
+            &seed(1),
+            1_700_000_000,
+            &mut sink,
+            &Progress::quiet(),
+        )
+        .unwrap()
+    };
+    raw.file().sync_all().unwrap();
+    println!("bench assemble {:.3}", t.elapsed().as_secs_f64());
+    for p in &report.partitions {
+        println!("bench partition {} {} {}", p.label, p.offset, p.size);
+    }
+    println!("bench disk_size {}", report.size);
+    let profile = serde_json::json!({});
+    let req = OutputRequest {
+        name: "bench",
+        formats: Formats {
+            raw: true,
+            xz: true,
+            bmap: true,
+            qcow2: false,
+        },
+        xz: XzSettings {
+            block_size: block,
+            ..XzSettings::default()
+        },
+        epoch: 1_700_000_000,
+        profile: &profile,
+        inputs: &[],
+    };
+    let t = Instant::now();
+    write_outputs(&out, raw, report, &req, &Progress::quiet()).unwrap();
+    println!("bench outputs {:.3}", t.elapsed().as_secs_f64());
 }

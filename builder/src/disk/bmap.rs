@@ -26,13 +26,16 @@ pub fn mapped_blocks(written: &Ranges, block_size: u64) -> Vec<(u64, u64)> {
     out
 }
 
+/// A mapped range: first block, last block (inclusive), SHA-256 hex of its bytes.
+pub type MappedRange = (u64, u64, String);
+
 /// A finished block map: image size and the mapped ranges with their SHA-256.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockMap {
     pub image_size: u64,
     pub block_size: u64,
     /// `(first block, last block, sha256 hex of those bytes)`.
-    pub ranges: Vec<(u64, u64, String)>,
+    pub ranges: Vec<MappedRange>,
 }
 
 impl BlockMap {

@@ -93,6 +93,12 @@ fn partition_at(m: &Manifest, offset: u64) -> Option<&ManifestPartition> {
 
 /// The first partition (and file in it) whose manifest entries differ.
 fn manifest_difference(a: &Manifest, b: &Manifest) -> Option<String> {
+    if a.source_date_epoch != b.source_date_epoch {
+        return Some(format!(
+            "SOURCE_DATE_EPOCH differs ({} vs {})",
+            a.source_date_epoch, b.source_date_epoch
+        ));
+    }
     if a.table != b.table || a.disk_guid != b.disk_guid || a.disk_signature != b.disk_signature {
         return Some("the partition table differs (type or disk identifier)".into());
     }
@@ -209,6 +215,43 @@ pub fn compare_dirs(a: &Path, b: &Path) -> io::Result<Option<Difference>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn manifest(motd_sha: &str) -> Manifest {
+        serde_json::from_value(serde_json::json!({
+            "format": 1,
+            "image": {"file": "n.img", "size": 1, "sha256": "00"},
+            "source_date_epoch": 1,
+            "profile": {},
+            "inputs": [],
+            "table": "gpt",
+            "disk_guid": "55032aa1-72fe-49b9-8291-8fd49a28763e",
+            "partitions": [{
+                "number": 2, "label": "root", "type": "root-arm64",
+                "type_id": "b921b045-1df0-41c3-af44-4c6f280d3fae",
+                "offset": 1048576, "size": 1048576,
+                "partuuid": "51efb6dd-cbc0-46f5-b988-5a59c86e7640",
+                "fs": {"kind": "ext4"},
+                "files": [
+                    {"path": "/etc/hostname", "kind": "file", "mode": "0644", "uid": 0, "gid": 0,
+                     "size": 3, "sha256": "aa"},
+                    {"path": "/etc/motd", "kind": "file", "mode": "0644", "uid": 0, "gid": 0,
+                     "size": 3, "sha256": motd_sha},
+                ],
+            }],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn names_the_partition_and_file_that_differ() {
+        assert_eq!(manifest_difference(&manifest("bb"), &manifest("bb")), None);
+        let d = manifest_difference(&manifest("bb"), &manifest("cc")).unwrap();
+        assert!(
+            d.starts_with("partition 2 (\"root\"): file /etc/motd differs"),
+            "{d}"
+        );
+        assert!(d.contains("sha256 bb vs cc"), "{d}");
+    }
 
     #[test]
     fn finds_the_first_differing_range() {

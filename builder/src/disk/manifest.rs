@@ -100,10 +100,8 @@ fn secret_key(name: &str) -> bool {
     let mut words: Vec<String> = Vec::new();
     let mut cur = String::new();
     for c in name.chars() {
-        if !c.is_ascii_alphanumeric() || (c.is_ascii_uppercase() && !cur.is_empty()) {
-            if !cur.is_empty() {
-                words.push(std::mem::take(&mut cur));
-            }
+        if (!c.is_ascii_alphanumeric() || c.is_ascii_uppercase()) && !cur.is_empty() {
+            words.push(std::mem::take(&mut cur));
         }
         if c.is_ascii_alphanumeric() {
             cur.push(c.to_ascii_lowercase());

@@ -205,7 +205,7 @@ pub fn scan<R: Read + Seek, W: Write>(
     xz_out: Option<W>,
     xz: &XzSettings,
     progress: &Progress,
-) -> io::Result<(String, Vec<(u64, u64, String)>)> {
+) -> io::Result<(String, Vec<bmap::MappedRange>)> {
     const CHUNK: usize = 1 << 20;
     let bs = bmap::BLOCK_SIZE;
     let mapped = bmap::mapped_blocks(written, bs);
