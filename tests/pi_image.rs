@@ -11,9 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use imgbuild::boot::rpi::{self, ImagerFacts};
 use imgbuild::node::files::{BOOT_LABEL, ROOT_LABEL};
-use imgbuild::profile::Board;
 use support::{find_tool, require_tool, run};
 
 const MIB: u64 = 1 << 20;
@@ -281,12 +279,6 @@ fn check_image(b: &Built, board: &str, base: &Path, extra: &[(&str, &[&str])]) {
     let bootp = extract(img, 1, work.path());
     let (code, out, err) = run(Command::new("fsck.fat").arg("-n").arg(&bootp));
     assert_eq!(code, 0, "fsck.fat -n: {out}{err}");
-    for n in [2, 3] {
-        let p = extract(img, n, work.path());
-        let (code, out, err) = run(Command::new("e2fsck").arg("-fn").arg(&p));
-        assert_eq!(code, 0, "e2fsck -fn partition {n}: {out}{err}");
-        std::fs::remove_file(p).unwrap();
-    }
     // blkid sees the labels.
     let probe = |args: &[&str], p: &Path| {
         let out = sh(Command::new("blkid")
@@ -389,6 +381,13 @@ fn check_image(b: &Built, board: &str, base: &Path, extra: &[(&str, &[&str])]) {
             .1;
         assert_eq!(got, lines, "[{name}] in {config}");
     }
+    // Last, so every check above has run when this one fails.
+    for n in [2, 3] {
+        let p = extract(img, n, work.path());
+        let (code, out, err) = run(Command::new("e2fsck").arg("-fn").arg(&p));
+        assert_eq!(code, 0, "e2fsck -fn partition {n}: {out}{err}");
+        std::fs::remove_file(p).unwrap();
+    }
 }
 
 /// The node's files in the root filesystem, read with debugfs.
@@ -430,7 +429,6 @@ fn pi_worker_for_pi4_and_pi5_passes_the_oracles() {
         &base,
     )
     .unwrap_or_else(|(_, msg, _)| panic!("{msg}"));
-    check_image(&b, "rpi", &base, &[("pi5", &["dtparam=pciex1_gen=3"])]);
     let k3s = root_file(&b.image, "/usr/local/bin/k3s").expect("k3s in the root");
     let standin = std::fs::read_to_string(shared().standins.join("k3s-arm64")).unwrap();
     assert_eq!(k3s, standin, "the pinned k3s binary is in the root");
@@ -444,6 +442,7 @@ fn pi_worker_for_pi4_and_pi5_passes_the_oracles() {
     for opt in ["fmask=0077", "dmask=0077"] {
         assert!(boot.contains(opt), "{opt} on /boot/firmware: {boot}");
     }
+    check_image(&b, "rpi", &base, &[("pi5", &["dtparam=pciex1_gen=3"])]);
 }
 
 #[test]
@@ -517,12 +516,19 @@ fn config_txt_additions_that_conflict_are_refused_by_key() {
 #[test]
 fn an_image_size_below_the_content_is_refused() {
     let Some(base) = pi_base(None) else { return };
-    // The message names the size asked for and what the contents need.
+    // Caught by the profile check: no room next to the boot partition.
     refused(
         "pi-worker",
         &["image.size=\"64MiB\""],
         &base,
-        &["67108864", "need"],
+        &["image.size", "64MiB"],
+    );
+    // Caught when the root filesystem is measured: the base does not fit in 768 MiB.
+    refused(
+        "pi-worker",
+        &["image.size=\"768MiB\""],
+        &base,
+        &["805306368", "need"],
     );
 }
 
@@ -543,25 +549,31 @@ fn imager_os_list_validates_and_matches_the_files() {
         return;
     }
     let Some(base) = pi_base(None) else { return };
-    let b = build("pi-worker", &["image.formats=[\"img\", \"img.xz\"]"], &base)
-        .unwrap_or_else(|(_, msg, _)| panic!("{msg}"));
-    let xz = b.out.join("pi-worker.img.xz");
-    let (img_sha, xz_sha) = (sha256_file(&b.image), sha256_file(&xz));
-    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
-    let doc = rpi::imager_os_list(&ImagerFacts {
-        name: "pi-worker",
-        description: "Raspberry Pi 4/5 k3s agent",
-        board: Board::Rpi,
-        url: "pi-worker.img.xz",
-        extract_size: size(&b.image),
-        extract_sha256: &img_sha,
-        download_size: size(&xz),
-        download_sha256: &xz_sha,
-        release_date: rpi::utc_date(0),
-    });
-    let json = b.image.with_extension("rpi-imager.json");
-    std::fs::write(&json, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    let b = build(
+        "pi-worker",
+        &["image.formats=[\"img\", \"img.xz\", \"bmap\"]"],
+        &base,
+    )
+    .unwrap_or_else(|(_, msg, _)| panic!("{msg}"));
+    let json = b.out.join("pi-worker.rpi-imager.json");
+    assert!(
+        json.is_file(),
+        "{} is written next to the image",
+        json.display()
+    );
     validate_imager_json(&python, &json);
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let entry = &doc["os_list"][0];
+    assert_eq!(entry["init_format"], "cloudinit");
+    assert_eq!(entry["url"], "pi-worker.img.xz");
+    let mut devices: Vec<&str> = entry["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    devices.sort();
+    assert_eq!(devices, ["pi4-64bit", "pi5-64bit"], "board rpi boots both");
 }
 
 /// Validates an Imager repository file with python3-jsonschema and checks each entry's sizes and
@@ -587,7 +599,7 @@ for e in doc['os_list']:
     assert os.path.getsize(dl) == e['image_download_size'], 'image_download_size'
     assert sha(dl) == e['image_download_sha256'], 'image_download_sha256'
     h = hashlib.sha256(); n = 0
-    with lzma.open(dl) as f:
+    with (lzma.open(dl) if dl.endswith('.xz') else open(dl, 'rb')) as f:
         for b in iter(lambda: f.read(1 << 20), b''):
             h.update(b); n += len(b)
     assert n == e['extract_size'], 'extract_size'
@@ -599,4 +611,43 @@ print('ok', len(doc['os_list']))
         .arg(&schema)
         .arg(json));
     assert_eq!(out.trim(), "ok 1");
+}
+
+/// `partition-table = "gpt"` (SSDs over 2 TiB): sgdisk finds the table sound, and cmdline.txt
+/// names the root partition by its GPT unique GUID.
+#[test]
+fn gpt_layout_names_root_by_its_guid() {
+    if !have_oracles() || !require_tool("sgdisk") {
+        return;
+    }
+    let Some(base) = pi_base(None) else { return };
+    let b = build("pi-worker", &["image.partition-table=gpt"], &base)
+        .unwrap_or_else(|(_, msg, _)| panic!("{msg}"));
+    let (code, out, err) = run(Command::new("sgdisk").arg("-v").arg(&b.image));
+    assert!(
+        code == 0 && out.contains("No problems found"),
+        "sgdisk -v: {out}{err}"
+    );
+    let j: serde_json::Value =
+        serde_json::from_str(&sh(Command::new("sfdisk").arg("-J").arg(&b.image))).unwrap();
+    let parts = j["partitiontable"]["partitions"].as_array().unwrap();
+    assert_eq!(j["partitiontable"]["label"], "gpt");
+    let root_guid = parts[1]["uuid"].as_str().unwrap().to_ascii_lowercase();
+    let img = format!(
+        "{}@@{}",
+        b.image.display(),
+        parts[0]["start"].as_u64().unwrap() * 512
+    );
+    let cmdline = sh(Command::new("mtype").args(["-i", &img, "::cmdline.txt"]));
+    assert!(
+        cmdline
+            .split_whitespace()
+            .any(|a| a.eq_ignore_ascii_case(&format!("root=PARTUUID={root_guid}"))),
+        "root=PARTUUID={root_guid} in {cmdline:?}"
+    );
+    let (code, out, err) =
+        run(Command::new("fsck.fat")
+            .arg("-n")
+            .arg(extract(&b.image, 1, b.out.parent().unwrap())));
+    assert_eq!(code, 0, "fsck.fat -n: {out}{err}");
 }
