@@ -292,6 +292,9 @@ fn mbr_image_for_the_pi_is_valid_with_known_partuuid() {
     assert_tables_clean(&img, false);
     let sig = format!("{:08x}", seed(2).mbr_disk_signature());
     assert_eq!(built.report.partuuid("root"), Some(&*format!("{sig}-02")));
+    // Known before assembly, for cmdline.txt inside the boot partition.
+    let ids = imgbuild::disk::image::partition_ids(&mbr_layout(), &seed(2));
+    assert_eq!(ids[1].partuuid, format!("{sig}-02"));
     if !require_tool("sfdisk") {
         return;
     }

@@ -17,7 +17,7 @@ use crate::disk::layout::{
 use crate::disk::mbr::{MbrEntry, MbrTable};
 use crate::disk::region::{Ranges, SeekSink, Sink, Window};
 use crate::fs::FileRecord;
-use crate::ids::{Guid, ImageSeed};
+use crate::ids::{FsIds, Guid, ImageSeed};
 use crate::progress::Progress;
 
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +122,37 @@ fn partition_guids(layout: &Layout, seed: &ImageSeed) -> Vec<Guid> {
             let n = seen.iter().filter(|t| **t == p.ptype).count() as u64;
             seen.push(p.ptype);
             seed.partition_guid(p.ptype.gpt_type(), n)
+        })
+        .collect()
+}
+
+/// The identifiers of one partition, known before anything is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionIds {
+    pub label: String,
+    /// What `root=PARTUUID=` takes: the GPT partition GUID, or `<disk signature>-<nn>` on MBR.
+    pub partuuid: String,
+    /// The filesystem's UUID, hash seed and FAT volume id.
+    pub fs: FsIds,
+}
+
+/// Every partition's identifiers for `layout` and `seed`, in layout order, so boot
+/// configuration (`cmdline.txt`, `/etc/fstab`) written *into* the image can name them.
+pub fn partition_ids(layout: &Layout, seed: &ImageSeed) -> Vec<PartitionIds> {
+    let guids = partition_guids(layout, seed);
+    let signature = seed.mbr_disk_signature();
+    layout
+        .partitions
+        .iter()
+        .zip(&guids)
+        .enumerate()
+        .map(|(i, (p, g))| PartitionIds {
+            label: p.label.clone(),
+            partuuid: match layout.table {
+                TableKind::Gpt => g.to_string(),
+                TableKind::Mbr => MbrTable::partuuid(signature, i + 1),
+            },
+            fs: seed.fs_ids(*g),
         })
         .collect()
 }
@@ -295,6 +326,9 @@ mod tests {
             t.entries[0].unique_guid.to_string(),
             r.partitions[0].partuuid
         );
+        let ids = partition_ids(&layout, &seed);
+        assert_eq!(ids[1].partuuid, r.partitions[1].partuuid);
+        assert_eq!(ids[0].fs, seed.fs_ids(t.entries[0].unique_guid));
         assert_eq!(&sink.buf[MIB as usize..MIB as usize + 5], b"hello");
         // Table regions + 5 bytes of content: everything else is a hole.
         assert_eq!(r.written.len_bytes(), 512 + 512 + 2 * 16384 + 512 + 5);
