@@ -12,6 +12,8 @@
 //! mesh-tags = ["tag:k3s", "tag:home"]
 //! ```
 
+use crate::profile::line_col;
+use crate::profile::validate::{is_label, is_taint};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
@@ -296,16 +298,7 @@ impl Inventory {
                 }
             }
             for (j, t) in n.taints.iter().enumerate() {
-                let ok = t.rsplit_once(':').is_some_and(|(kv, effect)| {
-                    let kv = if kv.contains('=') {
-                        kv.to_string()
-                    } else {
-                        format!("{kv}=")
-                    };
-                    is_label(&kv)
-                        && matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute")
-                });
-                if !ok {
+                if !is_taint(t) {
                     problem(
                         i,
                         &format!("taints[{j}]"),
@@ -383,25 +376,6 @@ fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-}
-
-fn is_label(l: &str) -> bool {
-    l.split_once('=').is_some_and(|(k, v)| {
-        !k.is_empty()
-            && k.len() <= 317
-            && k.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
-            && v.len() <= 63
-            && v.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-    })
-}
-
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
 }
 
 /// Spans of `[[node]]` tables and their keys: (index, key) → span; key "" is the table itself.

@@ -8,7 +8,7 @@
 //! one that sets `base.url` or `base.path` replaces the inherited `[base]` table.
 
 mod schema;
-mod validate;
+pub(crate) mod validate;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -461,10 +461,16 @@ fn help_for_toml_error(message: &str) -> Option<String> {
     }
 }
 
-fn location(origin: &Origin, text: &str, offset: usize) -> Location {
+/// 1-based line and column (in characters) of a byte offset.
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+fn location(origin: &Origin, text: &str, offset: usize) -> Location {
+    let (line, column) = line_col(text, offset);
     Location {
         origin: origin.clone(),
         line,

@@ -564,7 +564,8 @@ fn is_k3s_version(v: &str) -> bool {
         && build.len() > 3
 }
 
-fn is_label(l: &str) -> bool {
+/// A Kubernetes node label `key=value` (shared with the inventory's checks).
+pub(crate) fn is_label(l: &str) -> bool {
     l.split_once('=').is_some_and(|(k, v)| {
         !k.is_empty()
             && k.len() <= 317
@@ -576,7 +577,8 @@ fn is_label(l: &str) -> bool {
     })
 }
 
-fn is_taint(t: &str) -> bool {
+/// A Kubernetes taint `key[=value]:Effect`.
+pub(crate) fn is_taint(t: &str) -> bool {
     let Some((kv, effect)) = t.rsplit_once(':') else {
         return false;
     };
