@@ -460,3 +460,26 @@ fn records_hash_every_file() {
     assert_eq!(by["/hostfile"].uid, 1000);
     assert_eq!(by["/link-fast"].target.as_deref(), Some("a/b/4096"));
 }
+
+/// Every base image read from an ext4 has a `/lost+found`; the writer makes its own. Writing both
+/// gave a root directory with two `lost+found` entries that e2fsck rejects.
+#[test]
+fn a_trees_lost_and_found_does_not_duplicate_the_writers() {
+    if !support::require_tool("e2fsck") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Tree::new();
+    t.insert(p("/lost+found"), Entry::dir(0o700)).unwrap();
+    t.insert(
+        p("/lost+found/#1234"),
+        Entry::file(0o644, Content::bytes("debris")),
+    )
+    .unwrap();
+    t.insert(p("/etc"), Entry::dir(0o755)).unwrap();
+    let img = build(&t, dir.path(), None);
+    e2fsck_clean(&img);
+    let listing = debugfs(&img, "ls -l /");
+    assert_eq!(listing.matches("lost+found").count(), 1, "{listing}");
+    assert!(!debugfs(&img, "ls -l /lost+found").contains("#1234"));
+}

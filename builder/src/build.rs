@@ -288,11 +288,8 @@ pub fn layout(resolved: &Resolved, trees: ImageTrees, epoch: i64) -> Result<Layo
             bail!("image.{what} = \"auto\" is not supported; give a size")
         }
     };
+    // An empty filesystem (the ext4 writer adds lost+found itself).
     let mut data = Tree::new();
-    data.insert(
-        TreePath::new("lost+found").expect("static path"),
-        Entry::dir(0o700).at(epoch),
-    )?;
     data.get_mut(&TreePath::root()).expect("root").mtime = epoch;
     let boot_type = match resolved.partition_table() {
         PartitionTable::Gpt => PartType::Esp,

@@ -271,6 +271,10 @@ pub fn imager_os_list(f: &ImagerFacts<'_>) -> serde_json::Value {
         "imager": {
             "devices": devices.iter().map(|d| json!({
                 "name": match *d { "pi4-64bit" => "Raspberry Pi 4", _ => "Raspberry Pi 5" },
+                "description": match *d {
+                    "pi4-64bit" => "Raspberry Pi 4, 400 and Compute Module 4",
+                    _ => "Raspberry Pi 5, 500 and Compute Module 5",
+                },
                 "tags": [d],
                 "default": false,
                 "matching_type": "exclusive",
@@ -279,6 +283,8 @@ pub fn imager_os_list(f: &ImagerFacts<'_>) -> serde_json::Value {
         "os_list": [{
             "name": f.name,
             "description": f.description,
+            // Imager requires the key; with no icon of our own it shows its generic one.
+            "icon": "",
             "url": f.url,
             "extract_size": f.extract_size,
             "extract_sha256": f.extract_sha256,

@@ -84,10 +84,21 @@ struct Fill {
     segments: Option<Vec<SparseSeg>>,
 }
 
+/// mkext4 always creates `/lost+found` (inode 11, as e2fsck expects it). A tree read from an
+/// existing ext4 (every base image) has one too; writing both would give a directory with two
+/// `lost+found` entries, which e2fsck rejects. Whatever a base kept in its `lost+found` is fsck
+/// debris, not part of the OS, so the tree's copy and anything below it is left out.
+fn is_lost_found(path: &TreePath) -> bool {
+    let b = path.as_bytes();
+    b == b"lost+found" || b.starts_with(b"lost+found/")
+}
+
 /// Number of inodes the tree uses (hard links share one), besides the reserved ones.
 fn used_inodes(tree: &Tree) -> u64 {
     tree.iter()
-        .filter(|(p, e)| !p.is_root() && !matches!(e.kind, Kind::Hardlink(_)))
+        .filter(|(p, e)| {
+            !p.is_root() && !is_lost_found(p) && !matches!(e.kind, Kind::Hardlink(_))
+        })
         .count() as u64
 }
 
@@ -158,6 +169,9 @@ fn declare(
     let mut fills = Vec::new();
     let epoch = params.epoch;
     for (path, e) in tree.iter() {
+        if is_lost_found(path) {
+            continue;
+        }
         let err = |why: String| Ext4Error::Entry {
             path: path.display(),
             why,
