@@ -96,9 +96,7 @@ fn is_lost_found(path: &TreePath) -> bool {
 /// Number of inodes the tree uses (hard links share one), besides the reserved ones.
 fn used_inodes(tree: &Tree) -> u64 {
     tree.iter()
-        .filter(|(p, e)| {
-            !p.is_root() && !is_lost_found(p) && !matches!(e.kind, Kind::Hardlink(_))
-        })
+        .filter(|(p, e)| !p.is_root() && !is_lost_found(p) && !matches!(e.kind, Kind::Hardlink(_)))
         .count() as u64
 }
 
