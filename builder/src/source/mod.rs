@@ -1,9 +1,9 @@
 //! Readers that turn inputs (host folders, tarballs, base images, `.deb`s, overlays) into tree
 //! entries without unpacking anything onto the host filesystem.
 
-pub mod dir;
-pub mod tar;
-pub mod raw;
 pub mod deb;
+pub mod dir;
 pub mod overlay;
+pub mod raw;
 pub mod systemd;
+pub mod tar;
