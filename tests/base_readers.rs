@@ -709,9 +709,12 @@ mod smoke {
     use std::io::Cursor;
     use std::sync::OnceLock;
 
+    /// An image's bytes and the folder its fixture was made in.
+    type Image = (Vec<u8>, tempfile::TempDir);
+
     /// One GPT and one MBR image, made once.
-    fn images() -> Option<&'static [(Vec<u8>, tempfile::TempDir); 2]> {
-        static IMAGES: OnceLock<Option<[(Vec<u8>, tempfile::TempDir); 2]>> = OnceLock::new();
+    fn images() -> Option<&'static [Image; 2]> {
+        static IMAGES: OnceLock<Option<[Image; 2]>> = OnceLock::new();
         IMAGES
             .get_or_init(|| {
                 if !tools() {
