@@ -158,7 +158,8 @@ fn seed_files_pass_cloud_init() {
     };
     assert_eq!(
         by_path("/etc/rancher/k3s/token")["content"],
-        "FAKE-k3s-server-token-0001\n"
+        "FAKE-k3s-agent-token-0002\n",
+        "agents join with the agent token"
     );
     assert_eq!(by_path("/etc/rancher/k3s/token")["permissions"], "0600");
     assert_eq!(
@@ -179,8 +180,8 @@ fn seed_files_pass_cloud_init() {
         node["node-label+"],
         serde_json::json!(["topology.kubernetes.io/zone=lab"])
     );
-    // An agent's seed never holds the agent token of the servers.
-    assert!(!user_data.contains("FAKE-k3s-agent-token"));
+    // An agent joins with the agent token; its seed never holds the server token.
+    assert!(!user_data.contains("FAKE-k3s-server-token"));
 
     let md = yaml_to_json(&meta_data);
     let iid = md["instance-id"].as_str().unwrap();
@@ -291,7 +292,7 @@ fn seed_refuses_bad_input_before_writing() {
     let (code, _, err) = cmd(d, &["seed", "amd64-worker", "--node", "pc-1", "-o", "out"]);
     assert_eq!(code, 2);
     assert!(
-        err.contains("secret \"k3s-token\" (needed by k3s.token) is missing"),
+        err.contains("secret \"k3s-agent-token\" (needed by k3s.token) is missing"),
         "{err}"
     );
     assert!(
@@ -300,13 +301,13 @@ fn seed_refuses_bad_input_before_writing() {
         ),
         "{err}"
     );
-    assert!(err.contains("IMGBUILD_SECRET_K3S_TOKEN"), "{err}");
+    assert!(err.contains("IMGBUILD_SECRET_K3S_AGENT_TOKEN"), "{err}");
     assert!(!d.join("out").exists());
     // ... which the environment can provide.
     let (code, _, err) = run(imgbuild()
         .current_dir(d)
         .args(["seed", "amd64-worker", "--node", "pc-1", "-o", "out"])
-        .env("IMGBUILD_SECRET_K3S_TOKEN", "FAKE-env-token")
+        .env("IMGBUILD_SECRET_K3S_AGENT_TOKEN", "FAKE-env-token")
         .env("IMGBUILD_SECRET_TAILSCALE_AUTHKEY", "FAKE-env-key"));
     assert_eq!(code, 0, "{err}");
     let ud = std::fs::read_to_string(d.join("out/user-data")).unwrap();
