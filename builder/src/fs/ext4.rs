@@ -328,37 +328,13 @@ pub fn required_size(tree: &Tree, params: &Ext4Params) -> Result<u64, Ext4Error>
             _ => 0,
         })
         .sum();
-    let mut lo = (data + used_inodes(tree) * 256)
-        .next_multiple_of(MIB)
-        .max(MIN_SIZE);
-    if fits(lo)? {
-        return Ok(lo);
-    }
-    let mut hi = lo;
-    loop {
-        hi = (hi + hi / 4).next_multiple_of(MIB);
-        if hi >= (16 << 40) {
-            return Err(Ext4Error::BadSize {
-                size: hi,
-                why: "the tree needs 16 TiB or more, beyond what the ext4 writer supports".into(),
-            });
+    let start = (data + used_inodes(tree) * 256).max(MIN_SIZE);
+    super::smallest_fitting(start, 16 << 40, |s| s + s / 4, fits)?.map_err(|size| {
+        Ext4Error::BadSize {
+            size,
+            why: "the tree needs 16 TiB or more, beyond what the ext4 writer supports".into(),
         }
-        if fits(hi)? {
-            break;
-        }
-        lo = hi;
-    }
-    // `lo` does not fit, `hi` does: bisect in MiB.
-    while hi - lo > MIB {
-        let mid = (lo + (hi - lo) / 2).next_multiple_of(MIB);
-        let mid = if mid >= hi { hi - MIB } else { mid };
-        if fits(mid)? {
-            hi = mid;
-        } else {
-            lo = mid;
-        }
-    }
-    Ok(hi)
+    })
 }
 
 /// The size `size = auto` gives: the minimum plus room to boot and work (10 % + 64 MiB), so a

@@ -513,33 +513,12 @@ pub fn required_size(tree: &Tree, params: &FatParams) -> Result<u64, FatError> {
         let g = Geometry::new(size)?;
         Ok(plan(tree, g.cluster_bytes(), has_label)?.clusters_used <= g.clusters)
     };
-    let mut lo = Geometry::min_size().next_multiple_of(MIB);
-    if fits(lo)? {
-        return Ok(lo);
-    }
-    let mut hi = lo;
-    loop {
-        hi = (hi + hi / 2).next_multiple_of(MIB);
-        if hi >= 2 << 40 {
-            return Err(FatError::BadSize {
-                size: hi,
-                why: "the contents need 2 TiB or more".into(),
-            });
+    super::smallest_fitting(Geometry::min_size(), 2 << 40, |s| s + s / 2, fits)?.map_err(|size| {
+        FatError::BadSize {
+            size,
+            why: "the contents need 2 TiB or more".into(),
         }
-        if fits(hi)? {
-            break;
-        }
-        lo = hi;
-    }
-    while hi - lo > MIB {
-        let mid = (lo + (hi - lo) / 2).next_multiple_of(MIB).min(hi - MIB);
-        if fits(mid)? {
-            hi = mid;
-        } else {
-            lo = mid;
-        }
-    }
-    Ok(hi)
+    })
 }
 
 /// The size `size = auto` gives: the minimum plus 10 % and 16 MiB for firmware and kernel

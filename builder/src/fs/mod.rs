@@ -27,3 +27,64 @@ pub struct FileRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
 }
+
+const MIB: u64 = 1 << 20;
+
+/// The smallest size, in whole MiB, for which `fits` holds: `start` if it fits; otherwise grow
+/// with `grow` until a size fits, then bisect between the last size that did not and the first
+/// that did. `Err(size)` once a size reaches `limit`. Both filesystem writers size `auto`
+/// partitions with it (fitting is assumed to stay true as the size grows).
+pub(crate) fn smallest_fitting<E>(
+    start: u64,
+    limit: u64,
+    grow: impl Fn(u64) -> u64,
+    fits: impl Fn(u64) -> Result<bool, E>,
+) -> Result<Result<u64, u64>, E> {
+    let mut lo = start.next_multiple_of(MIB);
+    if fits(lo)? {
+        return Ok(Ok(lo));
+    }
+    let mut hi = lo;
+    loop {
+        hi = grow(hi).next_multiple_of(MIB);
+        if hi >= limit {
+            return Ok(Err(hi));
+        }
+        if fits(hi)? {
+            break;
+        }
+        lo = hi;
+    }
+    while hi - lo > MIB {
+        let mid = (lo + (hi - lo) / 2).next_multiple_of(MIB).min(hi - MIB);
+        if fits(mid)? {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    Ok(Ok(hi))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smallest_fitting_finds_the_first_whole_mib_that_fits() {
+        let need = 37 * MIB + 5;
+        let fits = |s: u64| Ok::<_, ()>(s >= need);
+        assert_eq!(
+            smallest_fitting(MIB, 1 << 40, |s| s * 2, fits),
+            Ok(Ok(38 * MIB))
+        );
+        assert_eq!(
+            smallest_fitting(64 * MIB, 1 << 40, |s| s * 2, fits),
+            Ok(Ok(64 * MIB))
+        );
+        assert_eq!(
+            smallest_fitting(MIB, 16 * MIB, |s| s * 2, fits),
+            Ok(Err(16 * MIB))
+        );
+    }
+}
