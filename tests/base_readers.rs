@@ -709,20 +709,18 @@ mod smoke {
     use std::io::Cursor;
     use std::sync::OnceLock;
 
-    /// An image's bytes and the folder its fixture was made in.
-    type Image = (Vec<u8>, tempfile::TempDir);
-
-    /// One GPT and one MBR image, made once.
-    fn images() -> Option<&'static [Image; 2]> {
-        static IMAGES: OnceLock<Option<[Image; 2]>> = OnceLock::new();
+    /// One GPT and one MBR image, made once and held in memory: a static is never dropped, so
+    /// the folder they were made in is removed at once.
+    fn images() -> Option<&'static [Vec<u8>; 2]> {
+        static IMAGES: OnceLock<Option<[Vec<u8>; 2]>> = OnceLock::new();
         IMAGES
             .get_or_init(|| {
                 if !tools() {
                     return None;
                 }
                 let mk = |t: &str| {
-                    let (d, out) = make(t, &[]);
-                    (fs::read(out.join("disk.img")).unwrap(), d)
+                    let (_dir, out) = make(t, &[]);
+                    fs::read(out.join("disk.img")).unwrap()
                 };
                 Some([mk("gpt"), mk("mbr")])
             })
@@ -745,9 +743,9 @@ mod smoke {
         fn partition_tables_never_panic(which in 0usize..2, flips in prop::collection::vec((any::<u32>(), any::<u8>()), 1..8)) {
             let Some(imgs) = images() else { return Ok(()) };
             // The tables live in the first and last 17 KiB.
-            let mut v = damage(&imgs[which].0, &flips, 34 * 512);
+            let mut v = damage(&imgs[which], &flips, 34 * 512);
             let n = v.len();
-            v[n - 512..].copy_from_slice(&damage(&imgs[which].0[n - 512..], &flips, 512));
+            v[n - 512..].copy_from_slice(&damage(&imgs[which][n - 512..], &flips, 512));
             let len = v.len() as u64;
             if let Ok((_, parts)) = raw::read_partitions(&mut Cursor::new(&v), len, "smoke") {
                 for p in &parts {
@@ -777,7 +775,7 @@ mod smoke {
         #[test]
         fn base_image_reader_never_panics(flips in prop::collection::vec((any::<u32>(), any::<u8>()), 1..16)) {
             let Some(imgs) = images() else { return Ok(()) };
-            let mut v = imgs[1].0.clone();
+            let mut v = imgs[1].clone();
             let root = 83968 * 512;
             let meta = damage(&v[root..root + (2 << 20)], &flips, 2 << 20);
             v[root..root + (2 << 20)].copy_from_slice(&meta);
