@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the boot tests need on Debian 12: QEMU (x86_64 and aarch64 system emulators),
-# firmware (OVMF, AAVMF, iPXE ROMs), mmdebstrap for the Debian test base, and the tools the tests
-# use to make and read seed/results images. Idempotent and non-interactive; safe to run twice.
+# firmware (OVMF, AAVMF, iPXE ROMs), mmdebstrap for the Debian test bases (with qemu-user-static
+# and binfmt_misc for the arm64 one), and the tools the tests use to make and read seed/results
+# images. Idempotent and non-interactive; safe to run twice.
 #
 # qemu-utils may be a backport (10.x) whose package Breaks the bookworm qemu-system-common (7.2),
 # so installing qemu-system-* would silently remove qemu-img. Install qemu-utils and
@@ -11,7 +12,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 packages=(
     qemu-system-x86 qemu-system-arm ovmf qemu-efi-aarch64 ipxe-qemu
-    mmdebstrap debian-archive-keyring
+    mmdebstrap debian-archive-keyring qemu-user-static binfmt-support arch-test
     e2fsprogs dosfstools mtools gdisk fdisk xz-utils socat
 )
 
@@ -23,8 +24,22 @@ have_all() {
     command -v qemu-img >/dev/null && command -v qemu-system-x86_64 >/dev/null
 }
 
+# mmdebstrap --arch=arm64 runs the packages' maintainer scripts under qemu-user: binfmt_misc must
+# be mounted and qemu-aarch64 registered. The package registers it only where binfmt_misc was
+# already mounted at install time, and a registration does not survive a reboot.
+enable_arm64_binfmt() {
+    if [[ ! -e /proc/sys/fs/binfmt_misc/register ]]; then
+        mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+    fi
+    if [[ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]]; then
+        update-binfmts --enable qemu-aarch64
+    fi
+    arch-test arm64
+}
+
 if have_all; then
     echo "install-qemu: everything already installed"
+    enable_arm64_binfmt
     exit 0
 fi
 
@@ -52,3 +67,4 @@ qemu-img --version | head -n1
 qemu-system-x86_64 --version | head -n1
 qemu-system-aarch64 --version | head -n1
 mmdebstrap --version
+enable_arm64_binfmt
