@@ -9,53 +9,24 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 use imgbuild::node::files::{BOOT_LABEL, ROOT_LABEL};
+use support::pi::pi_base;
 use support::{find_tool, require_tool, run};
 
 const MIB: u64 = 1 << 20;
 
-/// Runs the fixture script and returns the base image it built (cached across runs). `None` (a
-/// skip) when the tools are missing; under CI a failure is fatal.
-fn pi_base(variant: Option<&str>) -> Option<PathBuf> {
-    for t in [
-        "apt-get",
-        "dpkg-deb",
-        "sfdisk",
-        "mkfs.vfat",
-        "mcopy",
-        "mkfs.ext4",
-    ] {
-        if !require_tool(t) {
-            return None;
-        }
-    }
-    let mut cmd = Command::new(support::tests_dir().join("fixtures/pi/make-pi-base"));
-    cmd.args(variant);
-    let (code, out, err) = run(&mut cmd);
-    if code != 0 {
-        let msg = format!("make-pi-base {variant:?} failed ({code}):\n{err}");
-        if std::env::var_os("CI").is_some() {
-            panic!("{msg}");
-        }
-        eprintln!("skipping: {msg}");
-        return None;
-    }
-    Some(PathBuf::from(out.trim()))
-}
-
 /// What every build shares: the stand-ins laid out like the upstream arm64 release assets, and
 /// one download cache (a base is copied into it once, then found by its SHA-256).
+/// Owned by the test (a static would never be dropped, and its folder would outlive the run).
 struct Shared {
     standins: PathBuf,
     cache: PathBuf,
     _dir: tempfile::TempDir,
 }
 
-fn shared() -> &'static Shared {
-    static SHARED: OnceLock<Shared> = OnceLock::new();
-    SHARED.get_or_init(|| {
+impl Shared {
+    fn new() -> Shared {
         let dir = tempfile::tempdir().unwrap();
         let standins = dir.path().join("standins");
         let (code, _, err) = run(Command::new("sh")
@@ -69,7 +40,7 @@ fn shared() -> &'static Shared {
             cache: dir.path().join("cache"),
             _dir: dir,
         }
-    })
+    }
 }
 
 fn sha256_file(p: &Path) -> String {
@@ -86,8 +57,12 @@ struct Built {
 /// Runs `imgbuild build PROFILE` from `base` with the stand-ins, a private lockfile and the
 /// shared cache; only the raw image is written unless `sets` asks for more formats.
 /// `Err((exit code, stderr, output folder))` when the build fails.
-fn build(profile: &str, sets: &[&str], base: &Path) -> Result<Built, (i32, String, PathBuf)> {
-    let sh = shared();
+fn build(
+    sh: &Shared,
+    profile: &str,
+    sets: &[&str],
+    base: &Path,
+) -> Result<Built, (i32, String, PathBuf)> {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let mut cmd = support::imgbuild();
@@ -141,8 +116,8 @@ fn build(profile: &str, sets: &[&str], base: &Path) -> Result<Built, (i32, Strin
 }
 
 /// A build that must fail: exit 2, a message containing each of `want`, and no output left.
-fn refused(profile: &str, sets: &[&str], base: &Path, want: &[&str]) -> String {
-    let Err((code, msg, out)) = build(profile, sets, base) else {
+fn refused(sh: &Shared, profile: &str, sets: &[&str], base: &Path, want: &[&str]) -> String {
+    let Err((code, msg, out)) = build(sh, profile, sets, base) else {
         panic!("{profile} {sets:?} built, but should have been refused");
     };
     assert_eq!(code, 2, "exit code of a refused build: {msg}");
@@ -423,14 +398,16 @@ fn pi_worker_for_pi4_and_pi5_passes_the_oracles() {
         return;
     }
     let Some(base) = pi_base(None) else { return };
+    let shared = Shared::new();
     let b = build(
+        &shared,
         "pi-worker",
         &["pi.config-txt.pi5=[\"dtparam=pciex1_gen=3\"]"],
         &base,
     )
     .unwrap_or_else(|(_, msg, _)| panic!("{msg}"));
     let k3s = root_file(&b.image, "/usr/local/bin/k3s").expect("k3s in the root");
-    let standin = std::fs::read_to_string(shared().standins.join("k3s-arm64")).unwrap();
+    let standin = std::fs::read_to_string(shared.standins.join("k3s-arm64")).unwrap();
     assert_eq!(k3s, standin, "the pinned k3s binary is in the root");
     // The boot partition holds the seed at flash time, and FAT has no modes: it is mounted
     // readable by root only.
@@ -451,7 +428,8 @@ fn pi_server_passes_the_oracles() {
         return;
     }
     let Some(base) = pi_base(None) else { return };
-    let b = build("pi-server", &[], &base).unwrap_or_else(|(_, msg, _)| panic!("{msg}"));
+    let shared = Shared::new();
+    let b = build(&shared, "pi-server", &[], &base).unwrap_or_else(|(_, msg, _)| panic!("{msg}"));
     check_image(&b, "rpi", &base, &[]);
 }
 
@@ -461,8 +439,10 @@ fn single_board_images_carry_what_that_board_needs() {
         return;
     }
     let Some(base) = pi_base(None) else { return };
+    let shared = Shared::new();
     for board in ["rpi4", "rpi5"] {
         let b = build(
+            &shared,
             "pi-worker",
             &[
                 &format!("image.board={board}"),
@@ -480,11 +460,19 @@ fn bases_without_what_the_board_needs_are_refused_by_name() {
     let Some(no_fw) = pi_base(Some("--no-firmware")) else {
         return;
     };
-    refused("pi-worker", &[], &no_fw, &["start4.elf", "Raspberry Pi 4"]);
+    let shared = Shared::new();
+    refused(
+        &shared,
+        "pi-worker",
+        &[],
+        &no_fw,
+        &["start4.elf", "Raspberry Pi 4"],
+    );
     let Some(no_2712) = pi_base(Some("--no-pi5-kernel")) else {
         return;
     };
     refused(
+        &shared,
         "pi-worker",
         &["image.board=rpi5"],
         &no_2712,
@@ -495,6 +483,7 @@ fn bases_without_what_the_board_needs_are_refused_by_name() {
 #[test]
 fn config_txt_additions_that_conflict_are_refused_by_key() {
     let Some(base) = pi_base(None) else { return };
+    let shared = Shared::new();
     for (set, section, key) in [
         ("pi.config-txt.pi4=[\"kernel=my.img\"]", "pi4", "kernel"),
         (
@@ -505,6 +494,7 @@ fn config_txt_additions_that_conflict_are_refused_by_key() {
         ("pi.config-txt.pi5=[\"arm_64bit=0\"]", "pi5", "arm_64bit"),
     ] {
         refused(
+            &shared,
             "pi-worker",
             &[set],
             &base,
@@ -516,8 +506,10 @@ fn config_txt_additions_that_conflict_are_refused_by_key() {
 #[test]
 fn an_image_size_below_the_content_is_refused() {
     let Some(base) = pi_base(None) else { return };
+    let shared = Shared::new();
     // Caught by the profile check: no room next to the boot partition.
     refused(
+        &shared,
         "pi-worker",
         &["image.size=\"64MiB\""],
         &base,
@@ -525,6 +517,7 @@ fn an_image_size_below_the_content_is_refused() {
     );
     // Caught when the root filesystem is measured: the base does not fit in 768 MiB.
     refused(
+        &shared,
         "pi-worker",
         &["image.size=\"768MiB\""],
         &base,
@@ -555,7 +548,9 @@ fn imager_os_list_validates_and_matches_the_files() {
         return;
     }
     let Some(base) = pi_base(None) else { return };
+    let shared = Shared::new();
     let b = build(
+        &shared,
         "pi-worker",
         &["image.formats=[\"img\", \"img.xz\", \"bmap\"]"],
         &base,
@@ -627,7 +622,8 @@ fn gpt_layout_names_root_by_its_guid() {
         return;
     }
     let Some(base) = pi_base(None) else { return };
-    let b = build("pi-worker", &["image.partition-table=gpt"], &base)
+    let shared = Shared::new();
+    let b = build(&shared, "pi-worker", &["image.partition-table=gpt"], &base)
         .unwrap_or_else(|(_, msg, _)| panic!("{msg}"));
     let (code, out, err) = run(Command::new("sgdisk").arg("-v").arg(&b.image));
     assert!(

@@ -2,6 +2,8 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod http;
+pub mod node;
+pub mod pi;
 pub mod qemu;
 
 use std::path::{Path, PathBuf};
@@ -61,4 +63,15 @@ pub fn run(cmd: &mut Command) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A scratch folder for a test, removed when dropped — unless `IMGBUILD_TEST_KEEP` is set, so a
+/// failed boot test leaves its disks, serial logs and results for a look.
+pub fn scratch() -> tempfile::TempDir {
+    let mut dir = tempfile::tempdir().expect("creating a scratch folder");
+    if std::env::var_os("IMGBUILD_TEST_KEEP").is_some() {
+        eprintln!("keeping {}", dir.path().display());
+        dir.disable_cleanup(true);
+    }
+    dir
 }
