@@ -1,6 +1,7 @@
 //! `imgbuild inspect`: what a disk image holds, and whether it still matches its manifest.
 
 use std::fs::File;
+use std::io::{Read as _, Seek as _, SeekFrom};
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
@@ -8,16 +9,19 @@ use anyhow::{Context as _, Result};
 use super::{CheckFailed, Context};
 use crate::disk::manifest::{self, Manifest};
 use crate::disk::probe::{self, ProbedImage, Verification};
+use crate::disk::xz;
 
 /// Show a raw disk image's partition table, partitions and filesystems; when a `manifest.json`
 /// sits beside it, check the image against it (exit 1 on a mismatch).
 #[derive(clap::Args, Debug, Clone)]
 #[command(
     after_help = "Examples:\n  imgbuild inspect images/pi-worker/pi-worker.img\n  \
+                        imgbuild inspect images/pi-worker/pi-worker.img.xz\n  \
                         imgbuild inspect --json node.img | jq .partitions"
 )]
 pub struct Args {
-    /// The raw disk image (`.img`).
+    /// The disk image: raw (`.img`) or xz-compressed (`.img.xz`, decompressed to a temporary
+    /// file first).
     pub image: PathBuf,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -94,13 +98,33 @@ fn print_text(args: &Args, img: &ProbedImage, check: Option<(&PathBuf, &Verifica
     }
 }
 
+/// The raw image behind `file`: itself, or an `.xz` decompressed into an anonymous temporary
+/// file (holes kept, gone when closed).
+fn raw_image(mut file: File, args: &Args) -> Result<(File, u64, bool)> {
+    let what = || format!("reading {}", args.image.display());
+    let mut magic = [0u8; 6];
+    let n = file.read(&mut magic).with_context(what)?;
+    file.seek(SeekFrom::Start(0)).with_context(what)?;
+    if n < magic.len() || magic != xz::MAGIC {
+        let size = file.metadata().with_context(what)?.len();
+        return Ok((file, size, false));
+    }
+    let mut raw = tempfile::tempfile().context(
+        "creating a temporary file to decompress into (set TMPDIR to a folder with room)",
+    )?;
+    let size = xz::decompress_sparse(&file, &mut raw).with_context(|| {
+        format!(
+            "decompressing {} (a damaged or truncated .xz; check it with `xz -t`)",
+            args.image.display()
+        )
+    })?;
+    Ok((raw, size, true))
+}
+
 pub fn run(args: &Args, ctx: &Context) -> Result<()> {
-    let mut file =
+    let file =
         File::open(&args.image).with_context(|| format!("opening {}", args.image.display()))?;
-    let size = file
-        .metadata()
-        .with_context(|| format!("reading {}", args.image.display()))?
-        .len();
+    let (mut file, size, decompressed) = raw_image(file, args)?;
     let img = probe::probe(&mut file, size)
         .with_context(|| format!("reading {}", args.image.display()))?;
 
@@ -119,10 +143,14 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
                 path.display()
             )
         })?;
-        let name = args
-            .image
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned());
+        // An .img.xz is checked as the .img it decompresses to.
+        let name = args.image.file_name().map(|n| {
+            let n = n.to_string_lossy();
+            match n.strip_suffix(".xz") {
+                Some(raw) if decompressed => raw.to_string(),
+                _ => n.into_owned(),
+            }
+        });
         if args.manifest.is_none() && name.as_deref() != Some(m.image.file.as_str()) {
             // A manifest of another image (say the .img.xz's) is not this image's.
             eprintln!(

@@ -18,10 +18,6 @@ use crate::progress::Progress;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProbeError {
-    #[error(
-        "this is an xz-compressed file, not a raw disk image; decompress it first (xz -dk FILE) and inspect the .img"
-    )]
-    Compressed,
     #[error("not a disk image: {0}")]
     NotAnImage(String),
     #[error("damaged GPT: {0}")]
@@ -72,9 +68,6 @@ pub fn probe<R: Read + Seek>(r: &mut R, size: u64) -> Result<ProbedImage, ProbeE
         )));
     }
     read_at(r, 0, &mut first)?;
-    if first.starts_with(&[0xFD, b'7', b'z', b'X', b'Z', 0]) {
-        return Err(ProbeError::Compressed);
-    }
     let mbr = MbrTable::parse(&first).map_err(|e| match e {
         MbrError::NoSignature => ProbeError::NotAnImage(
             "the first sector has no partition table (no 0x55AA boot signature)".into(),

@@ -6,7 +6,7 @@
 //! count only changes the speed. The `static` feature of `liblzma` pins the library version,
 //! which also changes the bytes.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 
 use liblzma::stream::{Check, MtStreamBuilder};
 use liblzma::write::XzEncoder;
@@ -49,6 +49,46 @@ pub fn encoder<W: Write>(out: W, s: &XzSettings) -> io::Result<XzEncoder<W>> {
     Ok(XzEncoder::new_stream(out, stream))
 }
 
+/// The magic bytes every `.xz` stream starts with.
+pub const MAGIC: [u8; 6] = [0xFD, b'7', b'z', b'X', b'Z', 0];
+
+/// Decompresses an `.xz` stream (one or more) into `out`, seeking over all-zero blocks so that a
+/// disk image's unused space stays a hole. Returns the decompressed length.
+pub fn decompress_sparse<R: Read, W: Write + Seek>(input: R, out: &mut W) -> io::Result<u64> {
+    const BLOCK: usize = 64 << 10;
+    let mut dec = liblzma::read::XzDecoder::new_multi_decoder(io::BufReader::new(input));
+    let mut buf = vec![0u8; BLOCK];
+    let mut len = 0u64;
+    let mut hole_at_end = false;
+    loop {
+        // Fill a whole block (the decoder may return less) so holes are block-aligned.
+        let mut n = 0;
+        while n < BLOCK {
+            match dec.read(&mut buf[n..])? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().all(|&b| b == 0) {
+            out.seek(SeekFrom::Current(n as i64))?;
+            hole_at_end = true;
+        } else {
+            out.write_all(&buf[..n])?;
+            hole_at_end = false;
+        }
+        len += n as u64;
+    }
+    if hole_at_end {
+        // A seek alone does not extend the file: write its last byte.
+        out.seek(SeekFrom::Start(len - 1))?;
+        out.write_all(&[0])?;
+    }
+    Ok(len)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,5 +115,26 @@ mod tests {
             .read_to_end(&mut back)
             .unwrap();
         assert_eq!(back, data);
+    }
+
+    #[test]
+    fn sparse_decompression_restores_every_byte_and_the_length() {
+        // Data, a long zero run, data, and a zero tail (which must still count in the length).
+        let mut data: Vec<u8> = (0..100_000u32).map(|i| (i % 13) as u8 + 1).collect();
+        data.extend(std::iter::repeat_n(0u8, 300_000));
+        data.extend((0..5_000u32).map(|i| (i % 7) as u8 + 1));
+        data.extend(std::iter::repeat_n(0u8, 200_000));
+        let packed = [compress(&data, 1), compress(b"second stream", 1)].concat();
+        assert!(packed.starts_with(&MAGIC));
+        let mut out = io::Cursor::new(Vec::new());
+        let n = decompress_sparse(&packed[..], &mut out).unwrap();
+        let want = [data.as_slice(), b"second stream"].concat();
+        assert_eq!(n, want.len() as u64);
+        assert_eq!(out.into_inner(), want);
+        // Damage is an error, not a short image.
+        let mut bad = compress(&data, 1);
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0xff;
+        assert!(decompress_sparse(&bad[..], &mut io::Cursor::new(Vec::new())).is_err());
     }
 }
