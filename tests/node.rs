@@ -145,7 +145,12 @@ fn resolve(name: &str, set: &[&str]) -> Resolved {
 }
 
 fn composed(name: &str) -> (Tree, compose::Composed, Resolved) {
-    let r = resolve(name, &[]);
+    composed_with(name, &[])
+}
+
+/// The stock profile `name` with `--set` overrides, composed onto the fixture base.
+fn composed_with(name: &str, set: &[&str]) -> (Tree, compose::Composed, Resolved) {
+    let r = resolve(name, set);
     let mut t = base();
     let c = compose::compose(
         &mut t,
@@ -368,7 +373,7 @@ fn k3s_config_reads_back_with_the_right_types() {
         }
     }
     // YAML 1.1 traps in the profile's extra keys stay strings.
-    let r = resolve(
+    let (t, _, _) = composed_with(
         "amd64-worker",
         &[
             "k3s.config.node-external-ip=\"on\"",
@@ -377,16 +382,6 @@ fn k3s_config_reads_back_with_the_right_types() {
             "k3s.config.protect-kernel-defaults=true",
         ],
     );
-    let mut t = base();
-    compose::compose(
-        &mut t,
-        &r,
-        &artifacts(),
-        &BoardFacts::for_profile(&r),
-        &Templates::stock(),
-        EPOCH,
-    )
-    .unwrap();
     let Some(v) = yaml_to_json(&text(&t, "/etc/rancher/k3s/config.yaml")) else {
         return;
     };
@@ -743,6 +738,28 @@ fn seed_location_and_datasources_follow_the_board() {
     // The firstboot cleanup removes the seed from where the board keeps it.
     let (t, _, _) = composed("amd64-worker");
     assert!(text(&t, "/usr/local/lib/imgbuild/firstboot-done").contains("/boot/efi/user-data"));
+}
+
+/// The kernel command line names the NoCloud seed where the board keeps it; cloud boards (their
+/// datasources come from the provider) and a profile's own `ds=` get no second one.
+#[test]
+fn kernel_cmdline_names_the_seed_once() {
+    let ds = |c: &compose::Composed| -> Vec<String> {
+        c.cmdline
+            .iter()
+            .filter(|a| a.starts_with("ds="))
+            .cloned()
+            .collect()
+    };
+    let (_, c, _) = composed("pi-worker");
+    assert_eq!(ds(&c), ["ds=nocloud;s=file:///boot/firmware/"]);
+    let (_, c, _) = composed("amd64-worker");
+    assert_eq!(ds(&c), ["ds=nocloud;s=file:///boot/efi/"]);
+    let (_, c, _) = composed("droplet-worker");
+    assert!(ds(&c).is_empty(), "{:?}", c.cmdline);
+    let own = "ds=nocloud;s=http://10.0.0.2/seeds/pi-1/";
+    let (_, c, _) = composed_with("pi-worker", &[&format!("kernel.cmdline=[\"{own}\"]")]);
+    assert_eq!(ds(&c), [own]);
 }
 
 /// Runs the first boot's scripts for real, in order, against the stand-ins: in a private mount,

@@ -295,6 +295,7 @@ fn check_image(b: &Built, board: &str, base: &Path, extra: &[(&str, &[&str])]) {
         "cgroup_enable=memory".into(),
         "cgroup_memory=1".into(),
         "console=serial0,115200".into(),
+        "ds=nocloud;s=file:///boot/firmware/".into(),
     ] {
         assert!(args.contains(&want.as_str()), "{want} in {cmdline:?}");
     }

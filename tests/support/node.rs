@@ -55,7 +55,6 @@ disk=$(lsblk -no PKNAME "$(findfs LABEL=imgbuild-data)")
     echo "host_key=$(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub 2>/dev/null | awk '{print $2}')"
     echo "user_ops=$(id -nG ops 2>/dev/null)"
     echo "authorized_keys=$(cat ~ops/.ssh/authorized_keys 2>/dev/null | head -n 1)"
-    echo "cloud_init_datasource=$(cloud-init query platform 2>/dev/null)"
     for u in k3s-agent tailscaled imgbuild-mesh-join imgbuild-nodeip imgbuild-firstboot-done; do
         echo "active.$u=$(systemctl is-active "$u.service")"
     done
@@ -65,6 +64,7 @@ disk=$(lsblk -no PKNAME "$(findfs LABEL=imgbuild-data)")
     done
 } > "$r/status.txt"
 cp /var/log/imgbuild-standin.log "$r/standin.log" 2>/dev/null
+cp /run/cloud-init/status.json "$r/cloud-init-status.json" 2>/dev/null
 journalctl -b --no-pager -o short-monotonic > "$r/journal.txt" 2>/dev/null
 umount "$r" || fail "cannot unmount the results disk"
 echo "IMGBUILD-NODE-OBSERVE-DONE" > /dev/console
@@ -245,6 +245,8 @@ pub struct Seen {
     pub status: BTreeMap<String, String>,
     pub standin: String,
     pub journal: String,
+    /// cloud-init's `/run/cloud-init/status.json` (written once each stage ran).
+    pub cloud_init: String,
 }
 
 impl Seen {
@@ -254,6 +256,7 @@ impl Seen {
             status: results.read_kv("status.txt"),
             standin: results.read("standin.log").unwrap_or_default(),
             journal: results.read("journal.txt").unwrap_or_default(),
+            cloud_init: results.read("cloud-init-status.json").unwrap_or_default(),
         }
     }
 
@@ -292,8 +295,15 @@ impl Seen {
                 "{boot_mount} is mounted without {opt}: {show}"
             );
         }
-        // cloud-init read the seed from NoCloud.
-        assert_eq!(self.get("cloud_init_datasource"), "nocloud", "{show}");
+        // cloud-init read the seed with NoCloud from the boot partition
+        // (`DataSourceNoCloud [seed=…file:///boot/firmware/][dsmode=local]`).
+        let status: serde_json::Value = serde_json::from_str(&self.cloud_init)
+            .unwrap_or_else(|e| panic!("cloud-init's status.json: {e}: {show}"));
+        let ds = status["v1"]["datasource"].as_str().unwrap_or_default();
+        assert!(
+            ds.starts_with("DataSourceNoCloud") && ds.contains(boot_mount),
+            "datasource {ds:?}: {show}"
+        );
         // The data partition grew to the end of the disk, and its filesystem with it.
         let num = |k: &str| self.get(k).parse::<u64>().unwrap_or(0);
         assert_eq!(num("disk_size"), DISK_SIZE, "{show}");

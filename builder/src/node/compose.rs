@@ -317,6 +317,17 @@ pub fn compose(
             cmdline.push(a.clone());
         }
     }
+    if let Some(dir) = board.seed_dir()
+        && !cmdline.iter().any(|a| a.starts_with("ds="))
+    {
+        // The seed's place on the kernel command line as well as in cloud.cfg.d: ds-identify
+        // then settles on NoCloud from the command line alone, and anyone reading cmdline.txt
+        // or the loader entry sees where the node's identity comes from.
+        cmdline.push(format!(
+            "ds=nocloud;s=file://{}/",
+            dir.trim_end_matches('/')
+        ));
+    }
     let pos = |name: &str| board.datasources.iter().position(|d| d == name);
     if let (Some(nocloud), Some(configdrive)) = (pos("NoCloud"), pos("ConfigDrive"))
         && nocloud < configdrive
