@@ -64,7 +64,7 @@ disk=$(lsblk -no PKNAME "$(findfs LABEL=imgbuild-data)")
     done
 } > "$r/status.txt"
 cp /var/log/imgbuild-standin.log "$r/standin.log" 2>/dev/null
-cp /run/cloud-init/status.json "$r/cloud-init-status.json" 2>/dev/null
+cp /var/log/cloud-init.log "$r/cloud-init.log" 2>/dev/null
 journalctl -b --no-pager -o short-monotonic > "$r/journal.txt" 2>/dev/null
 umount "$r" || fail "cannot unmount the results disk"
 echo "IMGBUILD-NODE-OBSERVE-DONE" > /dev/console
@@ -245,7 +245,7 @@ pub struct Seen {
     pub status: BTreeMap<String, String>,
     pub standin: String,
     pub journal: String,
-    /// cloud-init's `/run/cloud-init/status.json` (written once each stage ran).
+    /// `/var/log/cloud-init.log` (kept: it is on the data partition).
     pub cloud_init: String,
 }
 
@@ -256,7 +256,7 @@ impl Seen {
             status: results.read_kv("status.txt"),
             standin: results.read("standin.log").unwrap_or_default(),
             journal: results.read("journal.txt").unwrap_or_default(),
-            cloud_init: results.read("cloud-init-status.json").unwrap_or_default(),
+            cloud_init: results.read("cloud-init.log").unwrap_or_default(),
         }
     }
 
@@ -295,14 +295,15 @@ impl Seen {
                 "{boot_mount} is mounted without {opt}: {show}"
             );
         }
-        // cloud-init read the seed with NoCloud from the boot partition
-        // (`DataSourceNoCloud [seed=…file:///boot/firmware/][dsmode=local]`).
-        let status: serde_json::Value = serde_json::from_str(&self.cloud_init)
-            .unwrap_or_else(|e| panic!("cloud-init's status.json: {e}: {show}"));
-        let ds = status["v1"]["datasource"].as_str().unwrap_or_default();
+        // cloud-init found the seed with NoCloud in its local stage, on the boot partition.
+        let ci_log = &self.cloud_init;
         assert!(
-            ds.starts_with("DataSourceNoCloud") && ds.contains(boot_mount),
-            "datasource {ds:?}: {show}"
+            ci_log.contains("found local data from DataSourceNoCloud"),
+            "cloud-init.log does not show NoCloud finding the seed: {show}"
+        );
+        assert!(
+            ci_log.contains(&format!("{boot_mount}/meta-data")),
+            "cloud-init.log does not show {boot_mount}/meta-data read: {show}"
         );
         // The data partition grew to the end of the disk, and its filesystem with it.
         let num = |k: &str| self.get(k).parse::<u64>().unwrap_or(0);
@@ -370,6 +371,10 @@ impl Seen {
             assert!(
                 !log.contains(value) && !self.journal.contains(value),
                 "secret {name} was logged"
+            );
+            assert!(
+                !self.cloud_init.contains(value),
+                "secret {name} is in /var/log/cloud-init.log"
             );
         }
     }
