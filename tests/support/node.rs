@@ -301,9 +301,10 @@ impl Seen {
             ci_log.contains("found local data from DataSourceNoCloud"),
             "cloud-init.log does not show NoCloud finding the seed: {show}"
         );
+        // (`Using seeded cache data from file:///boot/efi/`, `[seed=…file:///boot/efi/]`)
         assert!(
-            ci_log.contains(&format!("{boot_mount}/meta-data")),
-            "cloud-init.log does not show {boot_mount}/meta-data read: {show}"
+            ci_log.contains(&format!("file://{boot_mount}/")),
+            "cloud-init.log does not name the seed at {boot_mount}: {show}"
         );
         // The data partition grew to the end of the disk, and its filesystem with it.
         let num = |k: &str| self.get(k).parse::<u64>().unwrap_or(0);
