@@ -86,6 +86,17 @@ fn build(dir: &Path) -> std::path::PathBuf {
     dir.join("node.img")
 }
 
+/// The image's bytes with one byte of `/etc/motd`'s content flipped.
+fn with_motd_changed(img: &Path) -> Vec<u8> {
+    let mut bytes = fs::read(img).unwrap();
+    let at = bytes
+        .windows(MARK.len())
+        .position(|w| w == MARK)
+        .expect("file content in the image");
+    bytes[at] ^= 0x20;
+    bytes
+}
+
 #[test]
 fn shows_partitions_and_matches_its_manifest() {
     let dir = tempfile::tempdir().unwrap();
@@ -138,12 +149,7 @@ fn an_img_xz_is_inspected_as_its_raw_image() {
     // A changed .img.xz (here: another image's) fails the check with exit 1.
     let other = dir.path().join("other");
     fs::create_dir(&other).unwrap();
-    let mut bytes = fs::read(&img).unwrap();
-    let at = bytes
-        .windows(MARK.len())
-        .position(|w| w == MARK)
-        .expect("file content in the image");
-    bytes[at] ^= 0x20;
+    let bytes = with_motd_changed(&img);
     let mut e = liblzma::write::XzEncoder::new(Vec::new(), 1);
     std::io::Write::write_all(&mut e, &bytes).unwrap();
     fs::write(other.join("node.img.xz"), e.finish().unwrap()).unwrap();
@@ -161,12 +167,7 @@ fn an_img_xz_is_inspected_as_its_raw_image() {
 fn a_changed_file_is_named_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     let img = build(&dir.path().join("out"));
-    let mut bytes = fs::read(&img).unwrap();
-    let at = bytes
-        .windows(MARK.len())
-        .position(|w| w == MARK)
-        .expect("file content in the image");
-    bytes[at] ^= 0x20;
+    let bytes = with_motd_changed(&img);
     fs::write(&img, &bytes).unwrap();
     let (code, out, err) = run(imgbuild().arg("inspect").arg(&img));
     assert_eq!(code, 1, "{out}{err}");
