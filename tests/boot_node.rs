@@ -53,7 +53,6 @@ fn node_image_boots_joins_the_mesh_starts_k3s_and_keeps_its_state() {
         base: &base,
         arch: "amd64",
         boot_mount: BOOT_MOUNT,
-        extra: "",
     };
     let setup = Setup::new(work, &profile, "pc");
     let img1 = setup.build_node("pc-1");

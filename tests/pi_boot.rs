@@ -140,7 +140,6 @@ fn pi_image_boots_under_qemu_joins_the_mesh_starts_k3s_and_keeps_its_state() {
         base: &base,
         arch: "arm64",
         boot_mount: BOOT_MOUNT,
-        extra: "",
     };
     let setup = Setup::new(work, &profile, "pi");
     let img = setup.build_node("pi-1");

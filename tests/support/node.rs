@@ -99,8 +99,6 @@ pub struct NodeProfile<'a> {
     pub base: &'a Path,
     pub arch: &'a str,
     pub boot_mount: &'a str,
-    /// Further TOML appended to the profile (e.g. an `[image]` board).
-    pub extra: &'a str,
 }
 
 /// A workspace with profiles, inventory, secrets, stand-ins and the observer overlay.
@@ -108,7 +106,6 @@ pub struct Setup {
     pub dir: PathBuf,
     pub out: PathBuf,
     pub profile: String,
-    pub boot_mount: String,
 }
 
 impl Setup {
@@ -169,12 +166,11 @@ url = "file://{art}/tailscale_{{version}}_{{arch}}.tgz"
 name = "ops"
 groups = ["sudo"]
 ssh-keys = ["{SSH_KEY}"]
-{extra}"#,
+"#,
                 arch = p.arch,
                 extends = p.extends,
                 base = p.base.display(),
                 art = art.display(),
-                extra = p.extra,
             ),
         )
         .unwrap();
@@ -201,7 +197,6 @@ ssh-keys = ["{SSH_KEY}"]
             dir: work.to_path_buf(),
             out: work.join("images"),
             profile: p.name.to_string(),
-            boot_mount: p.boot_mount.to_string(),
         }
     }
 
