@@ -1,19 +1,82 @@
-//! Netboot server for imgbuild nodes.
+//! Netboot protocols for imgbuild nodes: TFTP ([`tftp`]), the boot HTTP routes ([`http`]), iPXE
+//! scripts ([`ipxe`]), one-shot seed tokens ([`tokens`]) and the dnsmasq snippet that makes a
+//! Pi-hole's DHCP send PXE clients here ([`dnsmasq`]).
 //!
-//! The server (proxyDHCP, TFTP, HTTP, iPXE scripts, inventory matching) is not built yet; the
-//! `imgbuild netboot` command says so. This crate holds the pieces as they land.
+//! It knows nothing of profiles, trees or inventories: the builder answers the questions of the
+//! [`Catalog`] trait (which file is this, which node has this MAC, what is its seed).
 
-/// The boot clients the server is designed to answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Client {
-    /// Legacy BIOS PXE, chainloading iPXE.
-    Bios,
-    /// UEFI PXE on x86-64, chainloading `snponly.efi`.
-    UefiX64,
-    /// UEFI PXE on arm64.
-    UefiArm64,
-    /// UEFI HTTP Boot.
-    UefiHttp,
-    /// The Raspberry Pi 4/5 bootloader (option 43 "Raspberry Pi Boot").
-    RaspberryPi,
+use std::path::PathBuf;
+
+pub mod dnsmasq;
+pub mod http;
+pub mod ipxe;
+pub mod mac;
+pub mod tftp;
+pub mod tokens;
+
+pub use mac::Mac;
+
+/// A file the server may send: checked when the catalog was made (a regular file inside its
+/// artifact folder, of this size), never looked up by a client's raw name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Artifact {
+    /// Where it is on disk (canonical, no symlinks).
+    pub path: PathBuf,
+    pub size: u64,
+    /// SHA-256, lower-case hex: the HTTP ETag.
+    pub sha256: String,
+}
+
+/// How a node boots: the artifact names (as [`Catalog::artifact`] knows them) and the kernel
+/// command line, in which `${base}` stands for the artifact folder's URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeBoot {
+    pub node: String,
+    pub profile: String,
+    /// `<profile>/<file>` names.
+    pub kernel: String,
+    pub initrds: Vec<String>,
+    pub cmdline: String,
+}
+
+/// The files of a cloud-init NoCloud seed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SeedFile {
+    MetaData,
+    UserData,
+    NetworkConfig,
+    VendorData,
+}
+
+impl SeedFile {
+    pub const ALL: [SeedFile; 4] = [
+        SeedFile::MetaData,
+        SeedFile::UserData,
+        SeedFile::NetworkConfig,
+        SeedFile::VendorData,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SeedFile::MetaData => "meta-data",
+            SeedFile::UserData => "user-data",
+            SeedFile::NetworkConfig => "network-config",
+            SeedFile::VendorData => "vendor-data",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<SeedFile> {
+        SeedFile::ALL.into_iter().find(|f| f.name() == name)
+    }
+}
+
+/// What the server asks the builder.
+pub trait Catalog: Send + Sync + 'static {
+    /// The file served as `name` (TFTP) and `/a/<name>` (HTTP), e.g. `pc-node/vmlinuz` or
+    /// `bios/undionly.kpxe`; None for anything not listed.
+    fn artifact(&self, name: &str) -> Option<&Artifact>;
+    /// The boot of the node with this MAC; None for a MAC not in the inventory.
+    fn node_boot(&self, mac: Mac) -> Option<NodeBoot>;
+    /// The content of one seed file of `node` (may hold secrets: never log it).
+    fn seed(&self, node: &str, file: SeedFile) -> Option<String>;
 }

@@ -1,0 +1,153 @@
+//! iPXE scripts: a node's boot (kernel, initrds, command line with its seed URL), the chain that
+//! adds the MAC to a request that came without one, and the answer for a MAC we do not know.
+//!
+//! `;` in `ds=nocloud;s=URL` needs no quoting: iPXE splits a line into words at white space and
+//! only a word that *is* `||`, `&&` or `;` separates commands. `$` would be expanded by iPXE, so a
+//! command line may hold no `$` other than the `${base}` the server replaces.
+
+use crate::{Mac, NodeBoot};
+
+/// What `/boot.ipxe` answers for a MAC that is not in the inventory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Unknown {
+    /// `exit`: the firmware goes on to its next boot device (never a bogus file).
+    #[default]
+    Ignore,
+    /// Drop to the iPXE shell on the machine's console (for debugging).
+    Shell,
+}
+
+/// A command line the script cannot carry as is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadCmdline {
+    #[error(
+        "it holds {0:?}, which iPXE would expand or treat as script syntax; only `${{base}}` may appear"
+    )]
+    Char(char),
+    #[error("it holds `{0}`, an iPXE command separator, as a word")]
+    Separator(String),
+}
+
+/// Checks a command line from an artifact set for what the iPXE `kernel` line cannot carry.
+pub fn check_cmdline(cmdline: &str) -> Result<(), BadCmdline> {
+    let rest = cmdline.replace("${base}", "");
+    if let Some(c) = rest
+        .chars()
+        .find(|c| matches!(c, '$' | '"' | '\'' | '\\' | '#') || c.is_control())
+    {
+        return Err(BadCmdline::Char(c));
+    }
+    if let Some(w) = rest
+        .split_whitespace()
+        .find(|w| matches!(*w, "||" | "&&" | ";"))
+    {
+        return Err(BadCmdline::Separator(w.to_string()));
+    }
+    Ok(())
+}
+
+/// The last path component: the name iPXE gives the image, and the UEFI stub's `initrd=`.
+fn base_name(name: &str) -> &str {
+    name.rsplit('/').next().unwrap_or(name)
+}
+
+/// The boot script of a node. `http` is the server's base URL (`http://ADDR:PORT`), `token` the
+/// one-shot seed token minted for this boot.
+pub fn node_script(http: &str, boot: &NodeBoot, token: &str) -> String {
+    let base = format!("{http}/a/{}", boot.profile);
+    let mut cmdline = boot.cmdline.replace("${base}", &base);
+    cmdline.push_str(&format!(" ds=nocloud;s={http}/seed/{token}/"));
+    // The UEFI stub finds initrds by these names (older kernels, and iPXE builds without
+    // LoadFile2); on BIOS the kernel ignores them.
+    for i in &boot.initrds {
+        cmdline.push_str(&format!(" initrd={}", base_name(i)));
+    }
+    let mut s = format!(
+        "#!ipxe\n# imgbuild: node {node}, profile {profile}\necho imgbuild: booting node {node} (profile {profile})\n",
+        node = boot.node,
+        profile = boot.profile
+    );
+    s.push_str(&format!(
+        "kernel {http}/a/{} {cmdline} || goto failed\n",
+        boot.kernel
+    ));
+    for i in &boot.initrds {
+        s.push_str(&format!(
+            "initrd --name {} {http}/a/{i} || goto failed\n",
+            base_name(i)
+        ));
+    }
+    s.push_str(&format!(
+        "boot || goto failed\n:failed\necho imgbuild: the network boot of node {} failed, trying the next boot device in 10 s\nsleep 10\nexit 1\n",
+        boot.node
+    ));
+    s
+}
+
+/// The answer to `/boot.ipxe` without a MAC (dnsmasq's `dhcp-boot` URL): ask again with it.
+pub fn chain_script(http: &str) -> String {
+    format!("#!ipxe\nchain {http}/boot.ipxe?mac=${{mac:hexhyp}} || exit 1\n")
+}
+
+/// The answer for a MAC that is not in the inventory.
+pub fn unknown_script(policy: Unknown, mac: Mac) -> String {
+    match policy {
+        Unknown::Ignore => format!(
+            "#!ipxe\necho imgbuild: {mac} is not in the inventory, trying the next boot device\nexit\n"
+        ),
+        Unknown::Shell => format!(
+            "#!ipxe\necho imgbuild: {mac} is not in the inventory, here is the iPXE shell\nshell\n"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn boot() -> NodeBoot {
+        NodeBoot {
+            node: "pc-1".into(),
+            profile: "pc-node".into(),
+            kernel: "pc-node/vmlinuz".into(),
+            initrds: vec!["pc-node/initrd.img".into(), "pc-node/imgbuild.cpio".into()],
+            cmdline: "ro console=ttyS0 imgbuild.root=${base}/root.squashfs".into(),
+        }
+    }
+
+    #[test]
+    fn node_script_has_kernel_initrds_and_seed() {
+        let s = node_script("http://10.0.0.1:8080", &boot(), "ab12");
+        assert_eq!(
+            s,
+            "#!ipxe\n# imgbuild: node pc-1, profile pc-node\necho imgbuild: booting node pc-1 (profile pc-node)\n\
+             kernel http://10.0.0.1:8080/a/pc-node/vmlinuz ro console=ttyS0 imgbuild.root=http://10.0.0.1:8080/a/pc-node/root.squashfs \
+             ds=nocloud;s=http://10.0.0.1:8080/seed/ab12/ initrd=initrd.img initrd=imgbuild.cpio || goto failed\n\
+             initrd --name initrd.img http://10.0.0.1:8080/a/pc-node/initrd.img || goto failed\n\
+             initrd --name imgbuild.cpio http://10.0.0.1:8080/a/pc-node/imgbuild.cpio || goto failed\n\
+             boot || goto failed\n:failed\necho imgbuild: the network boot of node pc-1 failed, trying the next boot device in 10 s\nsleep 10\nexit 1\n"
+        );
+    }
+
+    #[test]
+    fn cmdline_check() {
+        assert!(check_cmdline(&boot().cmdline).is_ok());
+        assert_eq!(check_cmdline("a=${x}"), Err(BadCmdline::Char('$')));
+        assert_eq!(check_cmdline("a=\"b c\""), Err(BadCmdline::Char('"')));
+        assert_eq!(
+            check_cmdline("a ; b"),
+            Err(BadCmdline::Separator(";".into()))
+        );
+        assert!(check_cmdline("a=1;b=2").is_ok());
+    }
+
+    #[test]
+    fn unknown_and_chain() {
+        let mac: Mac = "52:54:00:00:00:09".parse().unwrap();
+        assert!(unknown_script(Unknown::Ignore, mac).ends_with("\nexit\n"));
+        assert_eq!(
+            chain_script("http://h:1"),
+            "#!ipxe\nchain http://h:1/boot.ipxe?mac=${mac:hexhyp} || exit 1\n"
+        );
+    }
+}

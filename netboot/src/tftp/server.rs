@@ -1,0 +1,279 @@
+//! The socket loop: requests on the listening port, one task with its own port (TID) per
+//! transfer, a cap on concurrent transfers, and a log line for every request and transfer.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::net::UdpSocket;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::AbortHandle;
+
+use super::packet::{self, ErrorCode, Packet, Request};
+use super::path;
+use super::transfer::{self, Limits, Outcome, Transfer};
+use crate::{Artifact, Catalog};
+
+/// TFTP server settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub limits: Limits,
+    /// Transfers running at once; requests beyond get "server busy".
+    pub max_transfers: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            limits: Limits::default(),
+            max_transfers: 512,
+        }
+    }
+}
+
+type Running = Arc<Mutex<HashMap<SocketAddr, (u64, AbortHandle)>>>;
+
+/// Serves read requests on `socket` until `shutdown` turns true.
+pub async fn serve(
+    socket: UdpSocket,
+    catalog: Arc<dyn Catalog>,
+    cfg: Config,
+    mut shutdown: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let local = socket.local_addr()?;
+    let slots = Arc::new(Semaphore::new(cfg.max_transfers));
+    let running: Running = Arc::default();
+    let mut next_id = 0u64;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (n, peer) = tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::debug!("tftp: receive failed: {e}");
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let reply = match packet::parse(&buf[..n]) {
+            Ok(Packet::Rrq(req)) => {
+                next_id += 1;
+                let job = Job {
+                    catalog: &catalog,
+                    cfg: &cfg,
+                    slots: &slots,
+                    running: &running,
+                };
+                job.start(req, peer, local, next_id).await
+            }
+            Ok(Packet::Wrq(req)) => {
+                tracing::warn!(client = %peer, file = %String::from_utf8_lossy(req.filename), "tftp: write request refused (read-only server)");
+                Some(packet::error(
+                    ErrorCode::AccessViolation,
+                    "read-only server",
+                ))
+            }
+            Ok(_) => Some(packet::error(
+                ErrorCode::IllegalOperation,
+                "expected a read request",
+            )),
+            Err(e) => {
+                tracing::debug!(client = %peer, "tftp: not a TFTP request: {e}");
+                Some(packet::error(ErrorCode::IllegalOperation, &e.to_string()))
+            }
+        };
+        if let Some(r) = reply {
+            let _ = socket.send_to(&r, peer).await;
+        }
+    }
+    for (_, (_, h)) in running.lock().expect("lock").drain() {
+        h.abort();
+    }
+    Ok(())
+}
+
+struct Job<'a> {
+    catalog: &'a Arc<dyn Catalog>,
+    cfg: &'a Config,
+    slots: &'a Arc<Semaphore>,
+    running: &'a Running,
+}
+
+impl Job<'_> {
+    /// Starts a transfer, or returns the ERROR to send from the listening port.
+    async fn start(
+        &self,
+        req: Request<'_>,
+        peer: SocketAddr,
+        local: SocketAddr,
+        id: u64,
+    ) -> Option<Vec<u8>> {
+        let shown = String::from_utf8_lossy(req.filename).into_owned();
+        if req.mode != "octet" {
+            tracing::warn!(client = %peer, file = %shown, mode = %req.mode, "tftp: refused: only binary (octet) mode is served");
+            return Some(packet::error(
+                ErrorCode::IllegalOperation,
+                "only binary (octet) mode is served",
+            ));
+        }
+        let name = match path::check(req.filename) {
+            Ok(n) => n,
+            Err(why) => {
+                tracing::warn!(client = %peer, file = %shown.escape_debug(), "tftp: refused: {why}");
+                return Some(packet::error(
+                    ErrorCode::AccessViolation,
+                    &format!("refused: {why}"),
+                ));
+            }
+        };
+        let Some(art) = self.catalog.artifact(&name).cloned() else {
+            tracing::info!(client = %peer, file = %name, "tftp: no such file");
+            return Some(packet::error(ErrorCode::FileNotFound, "no such file"));
+        };
+        // The same client port asking again means it gave up on the old transfer (the Pi after
+        // its tsize probe, or a lost first reply): restart rather than ignore it.
+        if let Some((_, old)) = self.running.lock().expect("lock").remove(&peer) {
+            old.abort();
+            tracing::info!(client = %peer, file = %name, "tftp: request repeated from the same port; transfer restarted");
+        }
+        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+            tracing::warn!(client = %peer, file = %name, max = self.cfg.max_transfers, "tftp: refused: too many transfers at once");
+            return Some(packet::error(
+                ErrorCode::NotDefined,
+                "server busy, try again later",
+            ));
+        };
+        let file = match open_nofollow(&art) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(client = %peer, file = %name, path = %art.path.display(), "tftp: cannot open: {e}");
+                return Some(packet::error(ErrorCode::NotDefined, "cannot open the file"));
+            }
+        };
+        let sock = match bind_transfer(local, peer).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(client = %peer, "tftp: cannot open a transfer port: {e}");
+                return Some(packet::error(ErrorCode::NotDefined, "server error"));
+            }
+        };
+        let n = transfer::negotiate(&req, art.size, &self.cfg.limits);
+        let t = Transfer::new(
+            io::BufReader::with_capacity(1 << 16, file),
+            art.size,
+            &n,
+            &self.cfg.limits,
+            Instant::now(),
+        );
+        let running = self.running.clone();
+        let task = tokio::spawn(async move {
+            run(t, sock, peer, &name, art.size).await;
+            drop(permit);
+            let mut r = running.lock().expect("lock");
+            if r.get(&peer).is_some_and(|(i, _)| *i == id) {
+                r.remove(&peer);
+            }
+        });
+        self.running
+            .lock()
+            .expect("lock")
+            .insert(peer, (id, task.abort_handle()));
+        None
+    }
+}
+
+fn open_nofollow(art: &Artifact) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(&art.path)?;
+    let len = f.metadata()?.len();
+    if len != art.size {
+        return Err(io::Error::other(format!(
+            "it is {len} bytes now, {} when the server started",
+            art.size
+        )));
+    }
+    Ok(f)
+}
+
+async fn bind_transfer(local: SocketAddr, peer: SocketAddr) -> io::Result<UdpSocket> {
+    let sock = UdpSocket::bind(SocketAddr::new(local.ip(), 0)).await?;
+    // Connected: the kernel drops datagrams from anyone but this client's TID.
+    sock.connect(peer).await?;
+    Ok(sock)
+}
+
+async fn run<R: io::Read + io::Seek>(
+    mut t: Transfer<R>,
+    sock: UdpSocket,
+    peer: SocketAddr,
+    name: &str,
+    size: u64,
+) {
+    let start = Instant::now();
+    let mut out = Vec::with_capacity(t.blksize() + 4);
+    let mut inb = vec![0u8; 2048];
+    let mut gone = None;
+    'outer: loop {
+        while t.poll_transmit(&mut out, Instant::now()) {
+            if let Err(e) = sock.send(&out).await {
+                gone = Some(e);
+                break 'outer;
+            }
+        }
+        let Some(deadline) = t.deadline() else { break };
+        tokio::select! {
+            r = sock.recv(&mut inb) => match r {
+                Ok(n) => t.handle(&inb[..n]),
+                Err(e) => { gone = Some(e); break; }
+            },
+            _ = tokio::time::sleep_until(deadline.into()) => t.timeout(Instant::now()),
+        }
+    }
+    log_end(&t, peer, name, size, start.elapsed(), gone);
+}
+
+fn log_end<R: io::Read + io::Seek>(
+    t: &Transfer<R>,
+    peer: SocketAddr,
+    name: &str,
+    size: u64,
+    took: std::time::Duration,
+    gone: Option<io::Error>,
+) {
+    let s = t.stats();
+    let secs = took.as_secs_f64().max(1e-6);
+    let rate = format!("{:.1} MiB/s", s.bytes_acked as f64 / secs / 1048576.0);
+    let (bs, ws, re) = (t.blksize(), t.windowsize(), s.retransmits);
+    match (t.outcome(), gone) {
+        (Some(Outcome::Complete), _) => {
+            tracing::info!(client = %peer, file = %name, bytes = size, ms = took.as_millis() as u64, %rate, blksize = bs, windowsize = ws, retransmits = re, "tftp: sent")
+        }
+        (Some(Outcome::ClientError { code, message }), _) => {
+            let probe = if s.bytes_acked == 0 {
+                " (a size probe: the client asked for tsize and stopped)"
+            } else {
+                ""
+            };
+            tracing::info!(client = %peer, file = %name, bytes = s.bytes_acked, code, message = %message.escape_debug(), "tftp: the client ended the transfer{probe}")
+        }
+        (Some(Outcome::TimedOut), _) if t.all_sent() => {
+            tracing::warn!(client = %peer, file = %name, bytes = size, "tftp: every block sent but the final ACK never came")
+        }
+        (Some(Outcome::TimedOut), _) => {
+            tracing::warn!(client = %peer, file = %name, bytes = s.bytes_acked, of = size, retransmits = re, "tftp: timed out: the client stopped answering")
+        }
+        (Some(Outcome::ReadFailed(e)), _) => {
+            tracing::error!(client = %peer, file = %name, "tftp: {e}")
+        }
+        (None, Some(e)) => {
+            tracing::warn!(client = %peer, file = %name, bytes = s.bytes_acked, of = size, "tftp: the client went away: {e}")
+        }
+        (None, None) => {}
+    }
+}
