@@ -140,7 +140,9 @@ pub fn main() -> ExitCode {
         }
     };
     let verbosity = cli.global.verbose as i8 - cli.global.quiet as i8;
-    init_logging(verbosity);
+    // A server's log is its output: `netboot` logs what it serves unless told to be quiet.
+    let server = matches!(cli.command, Command::Netboot(_));
+    init_logging(verbosity + i8::from(server));
     let ctx = Context {
         progress: Progress::new(if verbosity < 0 {
             ProgressMode::None

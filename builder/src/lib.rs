@@ -12,6 +12,7 @@ pub mod disk;
 pub mod fetch;
 pub mod fs;
 pub mod ids;
+pub mod netboot;
 pub mod node;
 pub mod output;
 pub mod profile;

@@ -359,6 +359,17 @@ impl Inventory {
     }
 }
 
+/// The line (1-based) where node `index` (or its `key`, when given) is written in `text`, for
+/// messages about a node found valid here but refused later (e.g. its netboot artifacts are missing).
+pub fn node_line(text: &str, index: usize, key: &str) -> usize {
+    let spans = node_spans(text);
+    let at = spans
+        .get(&(index, key.to_string()))
+        .or_else(|| spans.get(&(index, String::new())))
+        .map_or(0, |s| s.start);
+    line_col(text, at).0
+}
+
 /// `aa:bb:cc:dd:ee:ff` in lower case, from `:` or `-` separated input.
 pub fn normalize_mac(mac: &str) -> Option<String> {
     let parts: Vec<&str> = mac.split([':', '-']).collect();

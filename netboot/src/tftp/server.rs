@@ -160,12 +160,13 @@ impl Job<'_> {
                 return Some(packet::error(ErrorCode::NotDefined, "server error"));
             }
         };
-        let n = transfer::negotiate(&req, art.size, &self.cfg.limits);
+        let limits = path_limits(&self.cfg.limits, &sock, peer);
+        let n = transfer::negotiate(&req, art.size, &limits);
         let t = Transfer::new(
             io::BufReader::with_capacity(1 << 16, file),
             art.size,
             &n,
-            &self.cfg.limits,
+            &limits,
             Instant::now(),
         );
         let running = self.running.clone();
@@ -199,6 +200,22 @@ fn open_nofollow(art: &Artifact) -> io::Result<std::fs::File> {
         )));
     }
     Ok(f)
+}
+
+/// The limits with blksize capped so a DATA packet fits the path MTU to this client (what the
+/// kernel knows for the route of the connected socket): no IP fragmentation.
+fn path_limits(limits: &Limits, sock: &UdpSocket, peer: SocketAddr) -> Limits {
+    let mut l = limits.clone();
+    let (mtu, ip_header) = if peer.is_ipv4() {
+        (rustix::net::sockopt::ip_mtu(sock), 20)
+    } else {
+        (rustix::net::sockopt::ipv6_mtu(sock), 40)
+    };
+    if let Ok(mtu) = mtu {
+        let fits = mtu.saturating_sub(ip_header + 8 + 4).clamp(512, 65464);
+        l.max_blksize = l.max_blksize.min(fits as u16);
+    }
+    l
 }
 
 async fn bind_transfer(local: SocketAddr, peer: SocketAddr) -> io::Result<UdpSocket> {

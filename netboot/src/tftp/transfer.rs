@@ -15,7 +15,7 @@ use super::packet::{self, ErrorCode, Packet, Request};
 /// Server-side limits for every transfer.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Largest block size granted (RFC 2348): the path MTU minus IP, UDP and TFTP headers.
+    /// Largest block size granted (RFC 2348); the server lowers it further to fit the path MTU.
     pub max_blksize: u16,
     /// Largest window granted (RFC 7440).
     pub max_windowsize: u16,
@@ -30,7 +30,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
-            max_blksize: 1468,
+            max_blksize: 65464,
             max_windowsize: 64,
             timeout: Duration::from_secs(1),
             max_timeout: Duration::from_secs(8),

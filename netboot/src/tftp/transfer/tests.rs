@@ -36,7 +36,10 @@ fn block_of(p: &[u8]) -> u16 {
 
 #[test]
 fn negotiates_within_limits() {
-    let l = Limits::default();
+    let l = Limits {
+        max_blksize: 1468,
+        ..Limits::default()
+    };
     let n = negotiate(
         &req(&[
             ("blksize", "9000"),
@@ -189,7 +192,10 @@ fn timeouts_back_off_then_give_up() {
 /// The Raspberry Pi asks for the size, reads the OACK and aborts; so does its one-block probe.
 #[test]
 fn client_errors_end_the_transfer() {
-    let l = Limits::default();
+    let l = Limits {
+        max_blksize: 1468,
+        ..Limits::default()
+    };
     let n = negotiate(&req(&[("tsize", "0"), ("blksize", "1468")]), 5000, &l);
     let now = Instant::now();
     let mut t = Transfer::new(Cursor::new(data(5000)), 5000, &n, &l, now);

@@ -1,0 +1,160 @@
+//! `imgbuild netboot serve`: TFTP and HTTP for the inventory's nodes until Ctrl-C or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use imgbuild_netboot::ipxe::Unknown;
+use imgbuild_netboot::tftp::{server as tftp, transfer::Limits};
+use imgbuild_netboot::{Catalog, http};
+use tokio::sync::watch;
+
+use super::Context;
+use crate::netboot::Endpoint;
+use crate::netboot::catalog::NetbootCatalog;
+use crate::node::inventory::Node;
+use crate::node::seed::{self, Seed};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub endpoint: Endpoint,
+    /// The inventory of nodes; the ones with a `mac` are served.
+    #[arg(long, env = "IMGBUILD_INVENTORY", default_value = crate::cmd::seed::DEFAULT_INVENTORY, value_name = "FILE")]
+    pub inventory: PathBuf,
+    /// The secrets file (mode 0600; `imgbuild secrets init`).
+    #[arg(long, env = "IMGBUILD_SECRETS", default_value = crate::cmd::secrets::DEFAULT_FILE, value_name = "FILE")]
+    pub secrets: PathBuf,
+    /// Folder of built images: a profile's netboot set is <DIR>/<profile>/netboot.
+    #[arg(long, default_value = "images", value_name = "DIR")]
+    pub images: PathBuf,
+    /// What a machine whose MAC is not in the inventory gets: `ignore` (iPXE exits to the next
+    /// boot device) or `shell` (the iPXE shell, for debugging at its console).
+    #[arg(long, value_enum, default_value_t = UnknownArg::Ignore)]
+    pub unknown: UnknownArg,
+    /// How long a node's seed URL works after its boot script was served.
+    #[arg(long, default_value_t = 900, value_name = "SECONDS")]
+    pub seed_ttl: u64,
+    /// TFTP transfers at once; more get "server busy".
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    pub max_transfers: usize,
+    /// Largest TFTP block size granted; it is lowered further to the path MTU of each client.
+    #[arg(long, default_value_t = 65464, value_name = "BYTES")]
+    pub max_blksize: u16,
+    /// Largest TFTP window granted (RFC 7440).
+    #[arg(long, default_value_t = 64, value_name = "BLOCKS")]
+    pub max_windowsize: u16,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+pub enum UnknownArg {
+    Ignore,
+    Shell,
+}
+
+pub fn run(args: &Args, ctx: &Context) -> Result<()> {
+    let (catalog, summary) = NetbootCatalog::load(&args.inventory, &args.images, |node| {
+        node_seed(args, ctx, node)
+    })?;
+    let catalog: Arc<dyn Catalog> = Arc::new(catalog);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let e = &args.endpoint;
+        let tftp_addr = SocketAddr::new(e.listen, e.tftp_port);
+        let http_addr = SocketAddr::new(e.listen, e.http_port);
+        let udp = tokio::net::UdpSocket::bind(tftp_addr).await.map_err(|err| bind_error(err, "UDP", tftp_addr))?;
+        let tcp = tokio::net::TcpListener::bind(http_addr).await.map_err(|err| bind_error(err, "TCP", http_addr))?;
+        for (node, mac, profile) in &summary.nodes {
+            tracing::info!(%node, %mac, %profile, "netboot: serving node");
+        }
+        eprintln!(
+            "imgbuild netboot: serving {} node(s), {} file(s) on tftp://{tftp_addr} and {}; Ctrl-C stops",
+            summary.nodes.len(),
+            summary.files,
+            e.base_url()
+        );
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let tftp_cfg = tftp::Config {
+            limits: Limits { max_blksize: args.max_blksize.clamp(512, 65464), max_windowsize: args.max_windowsize.max(1), ..Limits::default() },
+            max_transfers: args.max_transfers.max(1),
+        };
+        let tftp_task = tokio::spawn(tftp::serve(udp, catalog.clone(), tftp_cfg, stop_rx.clone()));
+        let router = http::router(catalog, http::Config {
+            base_url: e.base_url(),
+            unknown: match args.unknown {
+                UnknownArg::Ignore => Unknown::Ignore,
+                UnknownArg::Shell => Unknown::Shell,
+            },
+            seed_ttl: Duration::from_secs(args.seed_ttl),
+        });
+        let mut http_stop = stop_rx.clone();
+        let http_task = tokio::spawn(async move {
+            axum::serve(tcp, router.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(async move {
+                    let _ = http_stop.changed().await;
+                })
+                .await
+        });
+        wait_for_stop().await?;
+        eprintln!("imgbuild netboot: stopping");
+        let _ = stop_tx.send(true);
+        tftp_task.await.context("the TFTP server")?.context("the TFTP server")?;
+        // Downloads still running get a few seconds, then the process ends.
+        let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
+        anyhow::Ok(())
+    })?;
+    eprintln!("imgbuild netboot: stopped");
+    Ok(())
+}
+
+/// The node's seed, rendered now so every problem shows at start; held in memory only.
+// One call site for the node-input loading, so the switch to `imgbuild::node::inputs` is one edit.
+fn node_seed(args: &Args, ctx: &Context, node: &Node) -> Result<Seed> {
+    let inputs = crate::cmd::seed::NodeArgs {
+        profile: node.profile.clone(),
+        node: node.name.clone(),
+        inventory: args.inventory.clone(),
+        secrets: args.secrets.clone(),
+        set: Vec::new(),
+    }
+    .load(ctx)?;
+    Ok(seed::render(
+        &inputs.resolved,
+        &inputs.node,
+        &inputs.secrets,
+        "",
+        &inputs.templates,
+    )?)
+}
+
+fn bind_error(e: std::io::Error, proto: &str, addr: SocketAddr) -> anyhow::Error {
+    let help = match e.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            "\n  help: ports below 1024 need root or CAP_NET_BIND_SERVICE (the unit from `imgbuild netboot install-unit` has it)"
+        }
+        std::io::ErrorKind::AddrInUse => {
+            "\n  help: another server holds it (Pi-hole with enable-tftp? a dnsmasq?); stop it or choose another port"
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            "\n  help: --listen must be an address of this host (`ip -br addr`)"
+        }
+        _ => "",
+    };
+    anyhow::anyhow!("cannot listen on {proto} {addr}: {e}{help}")
+}
+
+async fn wait_for_stop() -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("watching SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("watching Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,54 @@
+//! Netboot, the builder's side: the artifact sets it serves ([`set`]), the [`catalog`] that
+//! answers the netboot server's questions from the inventory, and the systemd unit ([`unit`]).
+
+pub mod catalog;
+pub mod set;
+pub mod unit;
+
+use std::net::IpAddr;
+
+/// Where the server listens: shared by `netboot serve`, `netboot dnsmasq` and
+/// `netboot install-unit`, so the three agree.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Endpoint {
+    /// This host's address on the boot network (what clients are told to reach).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: IpAddr,
+    /// UDP port for TFTP (PXE firmware always uses 69).
+    #[arg(long, default_value_t = 69, value_name = "N")]
+    pub tftp_port: u16,
+    /// TCP port for HTTP (iPXE scripts, kernels, initrds, seeds).
+    #[arg(long, default_value_t = 8080, value_name = "N")]
+    pub http_port: u16,
+}
+
+impl Endpoint {
+    /// `http://ADDR:PORT`, as iPXE and cloud-init reach it.
+    pub fn base_url(&self) -> String {
+        match self.listen {
+            IpAddr::V4(a) => format!("http://{a}:{}", self.http_port),
+            IpAddr::V6(a) => format!("http://[{a}]:{}", self.http_port),
+        }
+    }
+}
+
+/// Writes a generated config file (dnsmasq snippet, systemd unit) atomically. An existing file is
+/// replaced only if imgbuild wrote it (it holds `marker`); anything else is the user's and stays.
+pub fn write_generated(path: &std::path::Path, text: &str, marker: &str) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use std::io::Write as _;
+    if let Ok(old) = std::fs::read_to_string(path)
+        && !old.contains(marker)
+    {
+        anyhow::bail!(
+            "{} exists and was not written by imgbuild; not replacing it\n  help: move it away, or choose another -o FILE",
+            path.display()
+        );
+    }
+    let mut f = crate::output::PendingFile::create(path)?;
+    f.file()
+        .write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.commit(true)?;
+    Ok(())
+}
