@@ -7,8 +7,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::UdpSocket;
-use tokio::sync::{Semaphore, watch};
+
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::AbortHandle;
 
 use super::packet::{self, ErrorCode, Packet, Request};
@@ -33,7 +35,19 @@ impl Default for Config {
     }
 }
 
-type Running = Arc<Mutex<HashMap<SocketAddr, (u64, AbortHandle)>>>;
+/// A running transfer, by client address.
+struct Entry {
+    id: u64,
+    abort: AbortHandle,
+    /// The request datagram that started it.
+    request: Vec<u8>,
+    /// Set once the client sent anything to the transfer's port.
+    heard: Arc<AtomicBool>,
+    /// Asks the transfer to resend its first reply now.
+    nudge: Arc<Notify>,
+}
+
+type Running = Arc<Mutex<HashMap<SocketAddr, Entry>>>;
 
 /// Serves read requests on `socket` until `shutdown` turns true.
 pub async fn serve(
@@ -67,7 +81,8 @@ pub async fn serve(
                     slots: &slots,
                     running: &running,
                 };
-                job.start(req, peer, local, next_id).await
+                let raw = buf[..n].to_vec();
+                job.start(req, &raw, peer, local, next_id).await
             }
             Ok(Packet::Wrq(req)) => {
                 tracing::warn!(client = %peer, file = %String::from_utf8_lossy(req.filename), "tftp: write request refused (read-only server)");
@@ -89,8 +104,8 @@ pub async fn serve(
             let _ = socket.send_to(&r, peer).await;
         }
     }
-    for (_, (_, h)) in running.lock().expect("lock").drain() {
-        h.abort();
+    for (_, e) in running.lock().expect("lock").drain() {
+        e.abort.abort();
     }
     Ok(())
 }
@@ -107,6 +122,7 @@ impl Job<'_> {
     async fn start(
         &self,
         req: Request<'_>,
+        raw: &[u8],
         peer: SocketAddr,
         local: SocketAddr,
         id: u64,
@@ -133,11 +149,8 @@ impl Job<'_> {
             tracing::info!(client = %peer, file = %name, "tftp: no such file");
             return Some(packet::error(ErrorCode::FileNotFound, "no such file"));
         };
-        // The same client port asking again means it gave up on the old transfer (the Pi after
-        // its tsize probe, or a lost first reply): restart rather than ignore it.
-        if let Some((_, old)) = self.running.lock().expect("lock").remove(&peer) {
-            old.abort();
-            tracing::info!(client = %peer, file = %name, "tftp: request repeated from the same port; transfer restarted");
+        if self.repeated(raw, peer, &name) {
+            return None;
         }
         let Ok(permit) = self.slots.clone().try_acquire_owned() else {
             tracing::warn!(client = %peer, file = %name, max = self.cfg.max_transfers, "tftp: refused: too many transfers at once");
@@ -170,19 +183,49 @@ impl Job<'_> {
             Instant::now(),
         );
         let running = self.running.clone();
+        let heard = Arc::new(AtomicBool::new(false));
+        let nudge = Arc::new(Notify::new());
+        let link = Link {
+            heard: heard.clone(),
+            nudge: nudge.clone(),
+        };
         let task = tokio::spawn(async move {
-            run(t, sock, peer, &name, art.size).await;
+            run(t, sock, peer, &name, art.size, link).await;
             drop(permit);
             let mut r = running.lock().expect("lock");
-            if r.get(&peer).is_some_and(|(i, _)| *i == id) {
+            if r.get(&peer).is_some_and(|e| e.id == id) {
                 r.remove(&peer);
             }
         });
-        self.running
-            .lock()
-            .expect("lock")
-            .insert(peer, (id, task.abort_handle()));
+        let entry = Entry {
+            id,
+            abort: task.abort_handle(),
+            request: raw.to_vec(),
+            heard,
+            nudge,
+        };
+        self.running.lock().expect("lock").insert(peer, entry);
         None
+    }
+
+    /// A request from a client port that has a transfer running. The same request before the
+    /// client answered anything means our first reply was lost or slow: that transfer resends it
+    /// (a second transfer would answer from a second port the client has not latched onto). Any
+    /// other repeat means the client gave up on the old transfer (the Raspberry Pi after its
+    /// size probe): the old one ends and a new one starts. True when handled.
+    fn repeated(&self, raw: &[u8], peer: SocketAddr, name: &str) -> bool {
+        let mut r = self.running.lock().expect("lock");
+        let Some(e) = r.get(&peer) else { return false };
+        if e.request == raw && !e.heard.load(Ordering::Relaxed) {
+            e.nudge.notify_one();
+            tracing::info!(client = %peer, file = %name, "tftp: request repeated before any answer; first reply resent");
+            return true;
+        }
+        if let Some(old) = r.remove(&peer) {
+            old.abort.abort();
+            tracing::info!(client = %peer, file = %name, "tftp: new request from the same port; the old transfer ended, a new one starts");
+        }
+        false
     }
 }
 
@@ -218,6 +261,12 @@ fn path_limits(limits: &Limits, sock: &UdpSocket, peer: SocketAddr) -> Limits {
     l
 }
 
+/// What the listening loop shares with a transfer task.
+struct Link {
+    heard: Arc<AtomicBool>,
+    nudge: Arc<Notify>,
+}
+
 async fn bind_transfer(local: SocketAddr, peer: SocketAddr) -> io::Result<UdpSocket> {
     let sock = UdpSocket::bind(SocketAddr::new(local.ip(), 0)).await?;
     // Connected: the kernel drops datagrams from anyone but this client's TID.
@@ -231,6 +280,7 @@ async fn run<R: io::Read + io::Seek>(
     peer: SocketAddr,
     name: &str,
     size: u64,
+    link: Link,
 ) {
     let start = Instant::now();
     let mut out = Vec::with_capacity(t.blksize() + 4);
@@ -246,10 +296,14 @@ async fn run<R: io::Read + io::Seek>(
         let Some(deadline) = t.deadline() else { break };
         tokio::select! {
             r = sock.recv(&mut inb) => match r {
-                Ok(n) => t.handle(&inb[..n]),
+                Ok(n) => {
+                    link.heard.store(true, Ordering::Relaxed);
+                    t.handle(&inb[..n]);
+                }
                 Err(e) => { gone = Some(e); break; }
             },
             _ = tokio::time::sleep_until(deadline.into()) => t.timeout(Instant::now()),
+            _ = link.nudge.notified() => t.resend(),
         }
     }
     log_end(&t, peer, name, size, start.elapsed(), gone);
@@ -277,7 +331,7 @@ fn log_end<R: io::Read + io::Seek>(
             } else {
                 ""
             };
-            tracing::info!(client = %peer, file = %name, bytes = s.bytes_acked, code, message = %message.escape_debug(), "tftp: the client ended the transfer{probe}")
+            tracing::info!(client = %peer, file = %name, bytes = s.bytes_acked, code, said = %message.escape_debug(), "tftp: the client ended the transfer{probe}")
         }
         (Some(Outcome::TimedOut), _) if t.all_sent() => {
             tracing::warn!(client = %peer, file = %name, bytes = size, "tftp: every block sent but the final ACK never came")

@@ -274,6 +274,20 @@ impl<R: Read + Seek> Transfer<R> {
         self.deadline = now + self.rto;
     }
 
+    /// Resends what is not acknowledged yet (the OACK, or the window) now, without counting a
+    /// retry: for a client that repeated its request because our first reply was lost.
+    pub fn resend(&mut self) {
+        if self.outcome.is_some() {
+            return;
+        }
+        if self.oack.is_some() {
+            self.send_oack = true;
+            self.stats.retransmits += 1;
+        } else {
+            self.next = self.acked + 1;
+        }
+    }
+
     /// When to call [`Transfer::timeout`]; None once the transfer has ended.
     pub fn deadline(&self) -> Option<Instant> {
         self.outcome.is_none().then_some(self.deadline)

@@ -70,6 +70,13 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
         let http_addr = SocketAddr::new(e.listen, e.http_port);
         let udp = tokio::net::UdpSocket::bind(tftp_addr).await.map_err(|err| bind_error(err, "UDP", tftp_addr))?;
         let tcp = tokio::net::TcpListener::bind(http_addr).await.map_err(|err| bind_error(err, "TCP", http_addr))?;
+        // Port 0 (tests) means any free port: tell clients the one we got.
+        let e = &Endpoint {
+            listen: e.listen,
+            tftp_port: udp.local_addr()?.port(),
+            http_port: tcp.local_addr()?.port(),
+        };
+        let tftp_addr = udp.local_addr()?;
         for (node, mac, profile) in &summary.nodes {
             tracing::info!(%node, %mac, %profile, "netboot: serving node");
         }

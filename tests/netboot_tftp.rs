@@ -1,0 +1,507 @@
+//! `imgbuild netboot serve`, TFTP: judged by clients nobody here wrote (tftp-hpa, atftp, curl)
+//! and by scripted clients for what those cannot do (a Raspberry Pi's probe-abort-retry, raw
+//! traversal names, a repeated request, the transfer cap).
+
+mod support;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use imgbuild_netboot::tftp::packet::{self, Packet};
+use support::netboot::{PROFILE, Server, set_dir, workdir};
+use support::netns::{self, NetNs};
+use support::{require_tool, run};
+
+/// Every name the server offers for the fixture set, with its file.
+fn served_files(work: &Path) -> Vec<(String, std::path::PathBuf)> {
+    let dir = set_dir(work);
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("netboot.json")).unwrap()).unwrap();
+    let mut out: Vec<_> = m["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let n = f["name"].as_str().unwrap();
+            (format!("{PROFILE}/{n}"), dir.join(n))
+        })
+        .collect();
+    out.push(("bios/undionly.kpxe".into(), dir.join("ipxe/undionly.kpxe")));
+    out.push(("efi-x64/snponly.efi".into(), dir.join("ipxe/snponly.efi")));
+    out
+}
+
+fn same_bytes(got: &Path, want: &Path, what: &str) {
+    let g = std::fs::read(got).unwrap_or_default();
+    let w = std::fs::read(want).unwrap();
+    assert!(
+        g == w,
+        "{what}: {} bytes received, {} expected (or different bytes)",
+        g.len(),
+        w.len()
+    );
+}
+
+/// tftp-hpa (lock-step, 512), curl (blksize 512/1428/1468) and atftp (blksize × windowsize
+/// 1/4/16) fetch every served file byte for byte, in a namespace, from port 69; the server's log
+/// shows each agreed block and window size.
+#[test]
+fn clients_fetch_every_artifact_byte_identically() {
+    if !netns::available()
+        || !require_tool("tftp")
+        || !require_tool("atftp")
+        || !require_tool("curl")
+    {
+        return;
+    }
+    let work = workdir(1);
+    let ns = NetNs::new("tftp");
+    let server = Server::start(Some(&ns), work.path(), "127.0.0.1", &[]);
+    assert_eq!(server.tftp.port(), 69);
+    let out = work.path().join("got");
+    for (name, file) in served_files(work.path()) {
+        let get = |mut c: Command, what: &str| {
+            let _ = std::fs::remove_file(&out);
+            let (code, so, se) = run(&mut c);
+            assert_eq!(code, 0, "{what} {name}: {so}{se}");
+            same_bytes(&out, &file, &format!("{what} {name}"));
+        };
+        let mut c = ns.cmd("tftp");
+        c.args(["-m", "binary", "127.0.0.1", "-c", "get", &name])
+            .arg(&out);
+        get(c, "tftp-hpa");
+        let empty = std::fs::metadata(&file).unwrap().len() == 0;
+        for bs in ["512", "1428", "1468"] {
+            // curl fails on an empty TFTP file whoever serves it (dnsmasq too: "getpeername()
+            // failed with errno 107"); tftp-hpa and atftp fetch it.
+            if empty {
+                continue;
+            }
+            let mut c = ns.cmd("curl");
+            c.args([
+                "-sS",
+                "--tftp-blksize",
+                bs,
+                &format!("tftp://127.0.0.1/{name}"),
+                "-o",
+            ])
+            .arg(&out);
+            get(c, &format!("curl blksize {bs}"));
+        }
+        for bs in ["512", "1428", "1468"] {
+            for ws in ["1", "4", "16"] {
+                let mut c = ns.cmd("atftp");
+                c.args([
+                    "--option",
+                    &format!("blksize {bs}"),
+                    "--option",
+                    &format!("windowsize {ws}"),
+                    "-g",
+                    "-r",
+                    &name,
+                    "-l",
+                ])
+                .arg(&out)
+                .args(["127.0.0.1", "69"]);
+                get(c, &format!("atftp blksize {bs} windowsize {ws}"));
+            }
+        }
+    }
+    let log = server.stop();
+    for bs in ["512", "1428", "1468"] {
+        for ws in ["1", "4", "16"] {
+            let agreed = format!("blksize={bs} windowsize={ws}");
+            assert!(
+                log.lines()
+                    .any(|l| l.contains("tftp: sent") && l.contains(&agreed)),
+                "no transfer at {agreed}:\n{log}"
+            );
+        }
+    }
+    assert!(
+        !log.contains("retransmits=1"),
+        "loopback transfers should not need retransmits:\n{log}"
+    );
+}
+
+/// A 100 MiB file crosses the 16-bit block number (65535 blocks at 1468 bytes are 91.8 MiB).
+#[test]
+fn a_100_mib_file_crosses_the_block_number_rollover() {
+    if !require_tool("curl") || !require_tool("atftp") {
+        return;
+    }
+    let work = workdir(100);
+    let server = Server::start(
+        None,
+        work.path(),
+        "127.0.0.1",
+        &["--tftp-port", "0", "--http-port", "0"],
+    );
+    let root = set_dir(work.path()).join("root.squashfs");
+    let out = work.path().join("root.got");
+    let name = format!("{PROFILE}/root.squashfs");
+    let (code, _, se) = run(Command::new("curl")
+        .args([
+            "-sS",
+            "--tftp-blksize",
+            "1468",
+            &format!("tftp://{}/{name}", server.tftp),
+            "-o",
+        ])
+        .arg(&out));
+    assert_eq!(code, 0, "curl: {se}");
+    same_bytes(&out, &root, "curl, 1468 × 71 431 blocks");
+    let _ = std::fs::remove_file(&out);
+    let (code, _, se) = run(Command::new("atftp")
+        .args([
+            "--option",
+            "blksize 1468",
+            "--option",
+            "windowsize 16",
+            "-g",
+            "-r",
+            &name,
+            "-l",
+        ])
+        .arg(&out)
+        .args(["127.0.0.1", &server.tftp.port().to_string()]));
+    assert_eq!(code, 0, "atftp: {se}");
+    same_bytes(&out, &root, "atftp, 1468, windowsize 16");
+    let log = server.stop();
+    assert_eq!(log.matches("tftp: sent").count(), 2, "{log}");
+}
+
+/// A scripted client on loopback.
+struct Client {
+    sock: UdpSocket,
+    server: SocketAddr,
+}
+
+impl Client {
+    fn new(server: SocketAddr) -> Client {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        Client { sock, server }
+    }
+
+    fn rrq(&self, name: &[u8], opts: &[(&str, &str)]) {
+        self.sock
+            .send_to(
+                &packet::request(packet::RRQ, name, "octet", opts),
+                self.server,
+            )
+            .unwrap();
+    }
+
+    fn recv(&self) -> (Vec<u8>, SocketAddr) {
+        let mut b = vec![0u8; 70000];
+        let (n, from) = self
+            .sock
+            .recv_from(&mut b)
+            .expect("no answer from the server");
+        b.truncate(n);
+        (b, from)
+    }
+
+    /// Nothing arrives within `ms`.
+    fn silent(&self, ms: u64) -> bool {
+        self.sock
+            .set_read_timeout(Some(Duration::from_millis(ms)))
+            .unwrap();
+        let mut b = [0u8; 2048];
+        let r = self.sock.recv_from(&mut b).is_err();
+        self.sock
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        r
+    }
+
+    /// The rest of a lock-step transfer from `tid`, whose OACK (if any) has been received.
+    fn finish(&self, tid: SocketAddr, blksize: usize) -> Vec<u8> {
+        let mut data = Vec::new();
+        let mut want: u16 = 1;
+        loop {
+            let (p, from) = self.recv();
+            assert_eq!(from, tid, "a packet from another port");
+            let Packet::Data { block, data: d } = packet::parse(&p).unwrap() else {
+                panic!("expected DATA, got {:?}", packet::parse(&p));
+            };
+            self.sock.send_to(&packet::ack(block), tid).unwrap();
+            if block == want {
+                data.extend_from_slice(d);
+                want = want.wrapping_add(1);
+                if d.len() < blksize {
+                    return data;
+                }
+            }
+        }
+    }
+
+    fn expect_error(&self, what: &str) -> (u16, String) {
+        let (p, from) = self.recv();
+        assert_eq!(
+            from, self.server,
+            "{what}: errors come from the listening port"
+        );
+        match packet::parse(&p).unwrap() {
+            Packet::Error { code, message } => (code, message),
+            other => panic!("{what}: expected an ERROR, got {other:?}"),
+        }
+    }
+}
+
+fn host_server(work: &Path, extra: &[&str]) -> Server {
+    let mut args = vec!["--tftp-port", "0", "--http-port", "0"];
+    args.extend_from_slice(extra);
+    Server::start(None, work, "127.0.0.1", &args)
+}
+
+/// `..`, absolute names, NUL and backslashes get an ERROR and a log line; a symlink in the
+/// artifact folder that points out of it is not served; the same client then gets a real file.
+#[test]
+fn escapes_are_refused_with_an_error_and_logged() {
+    let work = workdir(1);
+    let dir = set_dir(work.path());
+    assert!(
+        dir.join("escape").is_symlink(),
+        "make-set leaves a symlink to /etc/passwd"
+    );
+    let server = host_server(work.path(), &[]);
+    let c = Client::new(server.tftp);
+    let cases: [(&[u8], u16, &str); 6] = [
+        (b"../../../../etc/passwd", 2, "`..` component"),
+        (b"amd64-worker/../../nodes.toml", 2, "`..` component"),
+        (b"/etc/passwd", 2, "absolute"),
+        (b"amd64-worker\\vmlinuz", 2, "backslash"),
+        (b"amd64-worker/\x01vmlinuz", 2, "control character"),
+        (b"amd64-worker/escape", 1, "no such file"),
+    ];
+    for (name, code, why) in cases {
+        c.rrq(name, &[]);
+        let (got, msg) = c.expect_error(why);
+        assert_eq!(got, code, "{name:?}: {msg}");
+    }
+    // A NUL inside the name ends the name early: what follows is no valid request.
+    c.sock
+        .send_to(b"\0\x01amd64-worker/vmlinuz\0../x\0octet\0", server.tftp)
+        .unwrap();
+    c.expect_error("NUL");
+    // A write request is refused: the server is read-only.
+    c.sock
+        .send_to(
+            &packet::request(packet::WRQ, b"amd64-worker/vmlinuz", "octet", &[]),
+            server.tftp,
+        )
+        .unwrap();
+    assert_eq!(c.expect_error("WRQ").0, 2);
+    // And the same client gets a listed file.
+    c.rrq(b"amd64-worker/vmlinuz", &[]);
+    let (first, tid) = c.recv();
+    assert!(matches!(
+        packet::parse(&first).unwrap(),
+        Packet::Data { block: 1, .. }
+    ));
+    let mut got = first[4..].to_vec();
+    c.sock.send_to(&packet::ack(1), tid).unwrap();
+    got.extend(c.finish_from(tid, 2));
+    assert_eq!(got, std::fs::read(dir.join("vmlinuz")).unwrap());
+    let log = server.stop();
+    for why in [
+        "the name has a `..` component",
+        "the name is absolute",
+        "the name holds a backslash",
+        "the name holds a NUL or control character",
+    ] {
+        assert!(
+            log.contains(&format!("tftp: refused: {why}")),
+            "{why:?} not logged:\n{log}"
+        );
+    }
+    assert!(
+        log.contains("file=amd64-worker/escape") && log.contains("tftp: no such file"),
+        "{log}"
+    );
+    assert!(log.contains("write request refused"), "{log}");
+    assert!(!log.contains("root:x:0:0"), "{log}");
+}
+
+impl Client {
+    /// `finish` for a transfer whose DATA 1 was already taken, from block `want`.
+    fn finish_from(&self, tid: SocketAddr, want: u16) -> Vec<u8> {
+        let mut data = Vec::new();
+        let mut want = want;
+        loop {
+            let (p, from) = self.recv();
+            assert_eq!(from, tid);
+            let Packet::Data { block, data: d } = packet::parse(&p).unwrap() else {
+                panic!()
+            };
+            self.sock.send_to(&packet::ack(block), tid).unwrap();
+            if block == want {
+                data.extend_from_slice(d);
+                want = want.wrapping_add(1);
+                if d.len() < 512 {
+                    return data;
+                }
+            }
+        }
+    }
+}
+
+/// The Raspberry Pi bootloader: RRQ with tsize → OACK → ERROR (it only wanted the size) → RRQ
+/// again from the same port; and its one-block probe: ACK 0, DATA 1, ERROR, RRQ again. Both end
+/// with the whole file, and the log says what happened.
+#[test]
+fn a_pi_like_client_probes_aborts_and_asks_again() {
+    let work = workdir(1);
+    let file = std::fs::read(set_dir(work.path()).join("initrd.img")).unwrap();
+    let server = host_server(work.path(), &[]);
+    let c = Client::new(server.tftp);
+    let name = b"amd64-worker/initrd.img";
+    for one_block in [false, true] {
+        c.rrq(name, &[("tsize", "0"), ("blksize", "1468")]);
+        let (p, tid) = c.recv();
+        assert_eq!(
+            packet::parse(&p).unwrap(),
+            Packet::Oack(vec![
+                ("tsize".into(), file.len().to_string()),
+                ("blksize".into(), "1468".into())
+            ])
+        );
+        if one_block {
+            c.sock.send_to(&packet::ack(0), tid).unwrap();
+            let (d, _) = c.recv();
+            assert!(matches!(
+                packet::parse(&d).unwrap(),
+                Packet::Data { block: 1, .. }
+            ));
+        }
+        c.sock
+            .send_to(
+                &packet::error(packet::ErrorCode::NotDefined, "Early terminate"),
+                tid,
+            )
+            .unwrap();
+        // The old transfer is over: nothing more comes from it.
+        assert!(c.silent(1500), "the aborted transfer went on sending");
+        c.rrq(name, &[("blksize", "1468")]);
+        let (p, tid2) = c.recv();
+        assert_ne!(tid2, tid, "a new transfer has a new port");
+        assert_eq!(
+            packet::parse(&p).unwrap(),
+            Packet::Oack(vec![("blksize".into(), "1468".into())])
+        );
+        c.sock.send_to(&packet::ack(0), tid2).unwrap();
+        assert_eq!(c.finish(tid2, 1468), file);
+    }
+    let log = server.stop();
+    assert_eq!(
+        log.matches("tftp: the client ended the transfer").count(),
+        2,
+        "{log}"
+    );
+    assert!(log.contains("a size probe"), "{log}");
+    assert!(log.contains(r#"said=Early terminate"#), "{log}");
+    assert_eq!(log.matches("tftp: sent").count(), 2, "{log}");
+}
+
+/// A request repeated before the client heard anything is answered by the same transfer, from
+/// the same port (the client latches onto the first reply it gets); one transfer, one log line.
+#[test]
+fn a_repeated_request_is_answered_from_the_same_port() {
+    let work = workdir(1);
+    let file = std::fs::read(set_dir(work.path()).join("vmlinuz")).unwrap();
+    let server = host_server(work.path(), &[]);
+    let c = Client::new(server.tftp);
+    c.rrq(b"amd64-worker/vmlinuz", &[("blksize", "1428")]);
+    c.rrq(b"amd64-worker/vmlinuz", &[("blksize", "1428")]);
+    let (p1, tid) = c.recv();
+    let (p2, tid2) = c.recv();
+    assert_eq!(
+        (tid, &p1),
+        (tid2, &p2),
+        "both OACKs come from the one transfer"
+    );
+    c.sock.send_to(&packet::ack(0), tid).unwrap();
+    assert_eq!(c.finish(tid, 1428), file);
+    let log = server.stop();
+    assert!(log.contains("request repeated before any answer"), "{log}");
+    assert_eq!(log.matches("tftp: sent").count(), 1, "{log}");
+}
+
+/// With a cap of one transfer, a second request while one runs gets "server busy"; after the
+/// first ends, the next is served.
+#[test]
+fn the_transfer_cap_refuses_then_recovers() {
+    let work = workdir(1);
+    let server = host_server(work.path(), &["--max-transfers", "1"]);
+    let a = Client::new(server.tftp);
+    a.rrq(b"amd64-worker/vmlinuz", &[("blksize", "1468")]);
+    let (_, tid) = a.recv(); // OACK, not acknowledged yet: the transfer holds its slot
+    let b = Client::new(server.tftp);
+    b.rrq(b"amd64-worker/initrd.img", &[]);
+    let (code, msg) = b.expect_error("over the cap");
+    assert_eq!(code, 0);
+    assert!(msg.contains("busy"), "{msg}");
+    a.sock
+        .send_to(&packet::error(packet::ErrorCode::NotDefined, "done"), tid)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    b.rrq(b"amd64-worker/initrd.img", &[]);
+    let (p, tid) = b.recv();
+    assert!(matches!(
+        packet::parse(&p).unwrap(),
+        Packet::Data { block: 1, .. }
+    ));
+    b.sock.send_to(&packet::ack(1), tid).unwrap();
+    let rest = b.finish_from(tid, 2);
+    assert_eq!(
+        p[4..].len() + rest.len(),
+        std::fs::read(set_dir(work.path()).join("initrd.img"))
+            .unwrap()
+            .len()
+    );
+    let log = server.stop();
+    assert!(log.contains("too many transfers at once"), "{log}");
+}
+
+/// 50 curl clients at once all get the right bytes.
+#[test]
+fn fifty_concurrent_transfers_complete() {
+    if !require_tool("curl") {
+        return;
+    }
+    let work = workdir(1);
+    let server = host_server(work.path(), &[]);
+    let want = std::fs::read(set_dir(work.path()).join("initrd.img")).unwrap();
+    let url = format!("tftp://{}/{PROFILE}/initrd.img", server.tftp);
+    let children: Vec<_> = (0..50)
+        .map(|i| {
+            let out = work.path().join(format!("c{i}"));
+            let child = Command::new("curl")
+                .args([
+                    "-sS",
+                    "--tftp-blksize",
+                    if i % 2 == 0 { "1468" } else { "512" },
+                    &url,
+                    "-o",
+                ])
+                .arg(&out)
+                .spawn()
+                .unwrap();
+            (child, out)
+        })
+        .collect();
+    for (mut child, out) in children {
+        assert!(child.wait().unwrap().success());
+        assert!(
+            std::fs::read(&out).unwrap() == want,
+            "{} differs",
+            out.display()
+        );
+    }
+    let log = server.stop();
+    assert_eq!(log.matches("tftp: sent").count(), 50, "{log}");
+}

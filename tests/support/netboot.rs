@@ -1,0 +1,195 @@
+//! Running `imgbuild netboot serve` in tests: a work folder with an inventory, the fixture
+//! secrets and a stand-in artifact set (tests/fixtures/netboot/make-set), and the server process,
+//! stopped with SIGTERM (and checked to stop cleanly) or killed when dropped.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::netns::NetNs;
+
+/// The profile of the stand-in artifact set (a stock profile, so seeds render).
+pub const PROFILE: &str = "amd64-worker";
+
+/// Two nodes with MACs, one without (not netbooted).
+pub const NODES: &str = r#"[[node]]
+name = "pc-1"
+profile = "amd64-worker"
+mac = "52:54:00:00:00:01"
+
+[[node]]
+name = "pc-2"
+profile = "amd64-worker"
+mac = "52:54:00:00:00:02"
+
+[[node]]
+name = "do-1"
+profile = "droplet-worker"
+"#;
+
+/// A work folder: nodes.toml, secrets.toml (0600) and images/amd64-worker/netboot with a
+/// root.squashfs of `root_mib` MiB.
+pub fn workdir(root_mib: u32) -> tempfile::TempDir {
+    let dir = super::scratch();
+    std::fs::write(dir.path().join("nodes.toml"), NODES).unwrap();
+    let secrets = dir.path().join("secrets.toml");
+    std::fs::copy(
+        super::tests_dir().join("fixtures/node/secrets.toml"),
+        &secrets,
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let status = Command::new(super::tests_dir().join("fixtures/netboot/make-set"))
+        .arg(dir.path().join("images"))
+        .arg(PROFILE)
+        .arg(root_mib.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "make-set failed");
+    dir
+}
+
+/// The artifact folder in a work folder.
+pub fn set_dir(work: &Path) -> PathBuf {
+    work.join("images").join(PROFILE).join("netboot")
+}
+
+/// The secret values of the fixture secrets file (each starts with FAKE).
+pub fn secret_values() -> Vec<String> {
+    let text =
+        std::fs::read_to_string(super::tests_dir().join("fixtures/node/secrets.toml")).unwrap();
+    text.lines()
+        .filter_map(|l| {
+            l.split_once('=')
+                .map(|(_, v)| v.trim().trim_matches('"').to_string())
+        })
+        .filter(|v| v.starts_with("FAKE"))
+        .collect()
+}
+
+/// The command line of `imgbuild netboot serve` for `work`, listening on `listen`.
+pub fn serve_command(ns: Option<&NetNs>, work: &Path, listen: &str, extra: &[&str]) -> Command {
+    let bin = env!("CARGO_BIN_EXE_imgbuild");
+    let mut c = match ns {
+        Some(ns) => ns.cmd(bin),
+        None => Command::new(bin),
+    };
+    c.current_dir(work)
+        .args(["netboot", "serve", "--listen", listen, "--images", "images"])
+        .args(extra)
+        .env("NO_COLOR", "1")
+        .env_remove("IMGBUILD_PROFILES")
+        .env_remove("IMGBUILD_INVENTORY")
+        .env_remove("IMGBUILD_SECRETS")
+        .env_remove("IMGBUILD_LOG");
+    for s in ["K3S_TOKEN", "K3S_AGENT_TOKEN", "TAILSCALE_AUTHKEY"] {
+        c.env_remove(format!("IMGBUILD_SECRET_{s}"));
+    }
+    c
+}
+
+/// A running server.
+pub struct Server {
+    child: Option<Child>,
+    log: PathBuf,
+    pub tftp: SocketAddr,
+    pub http: SocketAddr,
+}
+
+impl Server {
+    /// Starts the server in `work` (inside `ns` when given) and waits until it listens. `listen`
+    /// is the address; `extra` more options (pass `--tftp-port 0 --http-port 0` for any port).
+    pub fn start(ns: Option<&NetNs>, work: &Path, listen: &str, extra: &[&str]) -> Server {
+        let log = work.join(format!("serve-{}.log", std::process::id()));
+        let f = std::fs::File::create(&log).unwrap();
+        let child = serve_command(ns, work, listen, extra)
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .expect("starting imgbuild netboot serve");
+        let mut s = Server {
+            child: Some(child),
+            log,
+            tftp: "0.0.0.0:0".parse().unwrap(),
+            http: "0.0.0.0:0".parse().unwrap(),
+        };
+        let t0 = Instant::now();
+        loop {
+            let text = s.log();
+            if let Some(line) = text
+                .lines()
+                .find(|l| l.contains("imgbuild netboot: serving"))
+            {
+                let url = |key: &str| -> SocketAddr {
+                    let at = line.find(key).unwrap() + key.len();
+                    line[at..]
+                        .split([' ', ';'])
+                        .next()
+                        .unwrap()
+                        .parse()
+                        .unwrap()
+                };
+                s.tftp = url("tftp://");
+                s.http = url("http://");
+                return s;
+            }
+            if let Some(st) = s.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("the server exited ({st}) before listening:\n{text}");
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "the server did not start:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `http://ADDR:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    /// SIGTERM; the server must exit 0 within 10 s, saying it stopped. Returns its log.
+    pub fn stop(mut self) -> String {
+        let mut child = self.child.take().unwrap();
+        let st = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                panic!("the server did not stop on SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let log = self.log();
+        assert!(
+            status.success(),
+            "the server exited with {status} on SIGTERM:\n{log}"
+        );
+        assert!(log.contains("imgbuild netboot: stopped"), "{log}");
+        log
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
