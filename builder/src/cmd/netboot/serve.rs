@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use super::Context;
 use crate::netboot::Endpoint;
 use crate::netboot::catalog::NetbootCatalog;
+use crate::node::inputs::NodeSource;
 use crate::node::inventory::Node;
 use crate::node::seed::{self, Seed};
 
@@ -21,12 +22,9 @@ use crate::node::seed::{self, Seed};
 pub struct Args {
     #[command(flatten)]
     pub endpoint: Endpoint,
-    /// The inventory of nodes; the ones with a `mac` are served.
-    #[arg(long, env = "IMGBUILD_INVENTORY", default_value = crate::cmd::seed::DEFAULT_INVENTORY, value_name = "FILE")]
-    pub inventory: PathBuf,
-    /// The secrets file (mode 0600; `imgbuild secrets init`).
-    #[arg(long, env = "IMGBUILD_SECRETS", default_value = crate::cmd::secrets::DEFAULT_FILE, value_name = "FILE")]
-    pub secrets: PathBuf,
+    /// The inventory (its nodes with a `mac` are served) and the secrets file.
+    #[command(flatten)]
+    pub nodes: NodeSource,
     /// Folder of built images: a profile's netboot set is <DIR>/<profile>/netboot.
     #[arg(long, default_value = "images", value_name = "DIR")]
     pub images: PathBuf,
@@ -55,7 +53,7 @@ pub enum UnknownArg {
 }
 
 pub fn run(args: &Args, ctx: &Context) -> Result<()> {
-    let (catalog, summary) = NetbootCatalog::load(&args.inventory, &args.images, |node| {
+    let (catalog, summary) = NetbootCatalog::load(&args.nodes.inventory, &args.images, |node| {
         node_seed(args, ctx, node)
     })?;
     let catalog: Arc<dyn Catalog> = Arc::new(catalog);
@@ -121,18 +119,13 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
 }
 
 /// The node's seed, rendered now so every problem shows at start; held in memory only.
-// One call site for the node-input loading, so the switch to `imgbuild::node::inputs` is one edit.
 fn node_seed(args: &Args, ctx: &Context, node: &Node) -> Result<Seed> {
-    let inputs = crate::cmd::seed::NodeArgs {
-        profile: node.profile.clone(),
-        node: node.name.clone(),
-        inventory: args.inventory.clone(),
-        secrets: args.secrets.clone(),
-        set: Vec::new(),
-    }
-    .load(ctx)?;
+    let resolved = ctx.resolve_concrete(&node.profile, &[])?;
+    let inputs = args
+        .nodes
+        .load(&resolved, &node.name, &crate::cmd::env_var)?;
     Ok(seed::render(
-        &inputs.resolved,
+        &resolved,
         &inputs.node,
         &inputs.secrets,
         "",
