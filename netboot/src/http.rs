@@ -156,15 +156,15 @@ async fn seed(
         Ok(n) => n,
         Err(why) => {
             // The token itself is not logged: while it lives, it is a key to the seed.
-            tracing::warn!(client = %ip, file = f.name(), node = %st.who(ip), "http: 404 seed refused: {why}");
+            tracing::warn!(client = %ip, file = %f.name(), node = %st.who(ip), "http: 404 seed refused: {why}");
             return (StatusCode::NOT_FOUND, "not found\n").into_response();
         }
     };
     let Some(body) = st.catalog.seed(&node, f) else {
-        tracing::error!(client = %ip, %node, file = f.name(), "http: the catalog has no seed for this node");
+        tracing::error!(client = %ip, %node, file = %f.name(), "http: the catalog has no seed for this node");
         return StatusCode::NOT_FOUND.into_response();
     };
-    tracing::info!(client = %ip, %node, file = f.name(), bytes = body.len(), "http: seed served (content not logged)");
+    tracing::info!(client = %ip, %node, file = %f.name(), bytes = body.len(), "http: seed served (content not logged)");
     (
         [
             (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
