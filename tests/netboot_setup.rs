@@ -14,9 +14,14 @@ fn the_dnsmasq_snippet_passes_dnsmasq_test() {
     }
     let dir = support::scratch();
     let conf = dir.path().join("50-imgbuild-netboot.conf");
-    let (code, _, err) = run(imgbuild().args(["netboot", "dnsmasq", "--listen", "192.168.1.10", "-o"]).arg(&conf));
+    let (code, _, err) = run(imgbuild()
+        .args(["netboot", "dnsmasq", "--listen", "192.168.1.10", "-o"])
+        .arg(&conf));
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("misc.etc_dnsmasq_d"), "the Pi-hole v6 note: {err}");
+    assert!(
+        err.contains("misc.etc_dnsmasq_d"),
+        "the Pi-hole v6 note: {err}"
+    );
     let text = std::fs::read_to_string(&conf).unwrap();
     for line in [
         "dhcp-boot=tag:imgbuild-ipxe,http://192.168.1.10:8080/boot.ipxe",
@@ -27,23 +32,49 @@ fn the_dnsmasq_snippet_passes_dnsmasq_test() {
         assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
     }
     let dnsmasq = find_tool("dnsmasq").unwrap();
-    let (code, out, err) = run(Command::new(&dnsmasq).arg("--test").arg(format!("--conf-file={}", conf.display())));
+    let (code, out, err) = run(Command::new(&dnsmasq)
+        .arg("--test")
+        .arg(format!("--conf-file={}", conf.display())));
     assert_eq!(code, 0, "dnsmasq --test: {out}{err}");
-    assert!(format!("{out}{err}").contains("syntax check OK"), "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains("syntax check OK"),
+        "{out}{err}"
+    );
     // Its own file is replaced; stdout works too.
-    let (code, out, _) = run(imgbuild().args(["netboot", "dnsmasq", "--listen", "192.168.1.10", "--http-port", "8081"]));
+    let (code, out, _) = run(imgbuild().args([
+        "netboot",
+        "dnsmasq",
+        "--listen",
+        "192.168.1.10",
+        "--http-port",
+        "8081",
+    ]));
     assert_eq!(code, 0);
     assert!(out.contains("http://192.168.1.10:8081/boot.ipxe"), "{out}");
-    let (code, _, err) = run(imgbuild().args(["netboot", "dnsmasq", "--listen", "192.168.1.10", "-o"]).arg(&conf));
+    let (code, _, err) = run(imgbuild()
+        .args(["netboot", "dnsmasq", "--listen", "192.168.1.10", "-o"])
+        .arg(&conf));
     assert_eq!(code, 0, "{err}");
     // Refusals: a user's file, a TFTP port PXE cannot use, IPv6.
     let theirs = dir.path().join("theirs.conf");
     std::fs::write(&theirs, "dhcp-range=10.0.0.10,10.0.0.99\n").unwrap();
-    let (code, _, err) = run(imgbuild().args(["netboot", "dnsmasq", "--listen", "192.168.1.10", "-o"]).arg(&theirs));
+    let (code, _, err) = run(imgbuild()
+        .args(["netboot", "dnsmasq", "--listen", "192.168.1.10", "-o"])
+        .arg(&theirs));
     assert_eq!(code, 2);
     assert!(err.contains("not written by imgbuild"), "{err}");
-    assert_eq!(std::fs::read_to_string(&theirs).unwrap(), "dhcp-range=10.0.0.10,10.0.0.99\n");
-    let (code, _, err) = run(imgbuild().args(["netboot", "dnsmasq", "--listen", "192.168.1.10", "--tftp-port", "1069"]));
+    assert_eq!(
+        std::fs::read_to_string(&theirs).unwrap(),
+        "dhcp-range=10.0.0.10,10.0.0.99\n"
+    );
+    let (code, _, err) = run(imgbuild().args([
+        "netboot",
+        "dnsmasq",
+        "--listen",
+        "192.168.1.10",
+        "--tftp-port",
+        "1069",
+    ]));
     assert_eq!(code, 2);
     assert!(err.contains("port 69"), "{err}");
     let (code, _, _) = run(imgbuild().args(["netboot", "dnsmasq", "--listen", "fd00::1"]));
@@ -59,7 +90,15 @@ fn the_unit_passes_systemd_analyze_verify() {
     let unit = dir.path().join("imgbuild-netboot.service");
     let bin = env!("CARGO_BIN_EXE_imgbuild");
     let (code, _, err) = run(imgbuild()
-        .args(["netboot", "install-unit", "--listen", "192.168.1.10", "--binary", bin, "-o"])
+        .args([
+            "netboot",
+            "install-unit",
+            "--listen",
+            "192.168.1.10",
+            "--binary",
+            bin,
+            "-o",
+        ])
         .arg(&unit));
     assert_eq!(code, 0, "{err}");
     let text = std::fs::read_to_string(&unit).unwrap();
@@ -75,18 +114,44 @@ fn the_unit_passes_systemd_analyze_verify() {
     ] {
         assert!(text.contains(want), "{want:?} missing:\n{text}");
     }
-    let (code, out, err) = run(Command::new("systemd-analyze").args(["verify", "--man=no"]).arg(&unit));
+    let (code, out, err) = run(Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&unit));
     assert_eq!(code, 0, "systemd-analyze verify:\n{out}{err}\n{text}");
-    assert!(!err.contains(&unit.display().to_string()), "warnings about the unit:\n{err}");
+    assert!(
+        !err.contains(&unit.display().to_string()),
+        "warnings about the unit:\n{err}"
+    );
     // The unit's command line parses: the same options serve starts with.
-    let exec = text.lines().find_map(|l| l.strip_prefix("ExecStart=")).unwrap();
-    let args: Vec<&str> = exec.split_whitespace().skip(1).map(|a| if a == "%d/secrets" { "/nonexistent/secrets" } else { a }).collect();
+    let exec = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .unwrap();
+    let args: Vec<&str> = exec
+        .split_whitespace()
+        .skip(1)
+        .map(|a| {
+            if a == "%d/secrets" {
+                "/nonexistent/secrets"
+            } else {
+                a
+            }
+        })
+        .collect();
     let (_, _, err) = run(imgbuild().args(&args));
-    assert!(!err.contains("unexpected argument") && err.contains("/etc/imgbuild/nodes.toml"), "{err}");
+    assert!(
+        !err.contains("unexpected argument") && err.contains("/etc/imgbuild/nodes.toml"),
+        "{err}"
+    );
     // A unit file that is not ours stays.
     let theirs = dir.path().join("other.service");
     std::fs::write(&theirs, "[Service]\nExecStart=/bin/true\n").unwrap();
-    let (code, _, err) = run(imgbuild().args(["netboot", "install-unit", "--listen", "192.168.1.10", "-o"]).arg(&theirs));
+    let (code, _, err) = run(imgbuild()
+        .args(["netboot", "install-unit", "--listen", "192.168.1.10", "-o"])
+        .arg(&theirs));
     assert_eq!(code, 2, "{err}");
-    assert_eq!(std::fs::read_to_string(&theirs).unwrap(), "[Service]\nExecStart=/bin/true\n");
+    assert_eq!(
+        std::fs::read_to_string(&theirs).unwrap(),
+        "[Service]\nExecStart=/bin/true\n"
+    );
 }

@@ -31,6 +31,11 @@ profile = "droplet-worker"
 /// A work folder: nodes.toml, secrets.toml (0600) and images/amd64-worker/netboot with a
 /// root.squashfs of `root_mib` MiB.
 pub fn workdir(root_mib: u32) -> tempfile::TempDir {
+    workdir_with(root_mib, None)
+}
+
+/// [`workdir`], with the real iPXE binaries from `ipxe_dir` (Debian: /usr/lib/ipxe).
+pub fn workdir_with(root_mib: u32, ipxe_dir: Option<&Path>) -> tempfile::TempDir {
     let dir = super::scratch();
     std::fs::write(dir.path().join("nodes.toml"), NODES).unwrap();
     let secrets = dir.path().join("secrets.toml");
@@ -41,7 +46,11 @@ pub fn workdir(root_mib: u32) -> tempfile::TempDir {
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let status = Command::new(super::tests_dir().join("fixtures/netboot/make-set"))
+    let mut make = Command::new(super::tests_dir().join("fixtures/netboot/make-set"));
+    if let Some(d) = ipxe_dir {
+        make.env("REAL_IPXE", d);
+    }
+    let status = make
         .arg(dir.path().join("images"))
         .arg(PROFILE)
         .arg(root_mib.to_string())
