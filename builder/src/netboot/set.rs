@@ -242,3 +242,68 @@ fn sha256_file(path: &Path) -> std::io::Result<String> {
     }
     Ok(hex::encode(h.finalize()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set() -> SetFile {
+        let f = |n: &str| FileEntry {
+            name: n.into(),
+            size: 1,
+            sha256: "ab".repeat(32),
+        };
+        SetFile {
+            profile: "pc".into(),
+            arch: "amd64".into(),
+            kernel: "vmlinuz".into(),
+            initrds: vec!["initrd.img".into(), "x/imgbuild.cpio".into()],
+            cmdline: "ro imgbuild.root=${base}/root.squashfs".into(),
+            files: [
+                "vmlinuz",
+                "initrd.img",
+                "x/imgbuild.cpio",
+                "ipxe/undionly.kpxe",
+            ]
+            .map(f)
+            .to_vec(),
+            ipxe: [("bios".to_string(), "ipxe/undionly.kpxe".to_string())].into(),
+        }
+    }
+
+    #[test]
+    fn references_must_be_listed_and_clean() {
+        assert_eq!(check_references(&set()), Ok(()));
+        let bad = |edit: fn(&mut SetFile), want: &str| {
+            let mut s = set();
+            edit(&mut s);
+            let err = check_references(&s).unwrap_err();
+            assert!(err.contains(want), "{err}");
+        };
+        bad(
+            |s| s.kernel = "bzImage".into(),
+            "kernel \"bzImage\" is not in \"files\"",
+        );
+        bad(|s| s.files[0].name = "../vmlinuz".into(), "is not allowed");
+        bad(
+            |s| s.files[0].name = "./vmlinuz".into(),
+            "not in its plain form",
+        );
+        bad(
+            |s| s.files[1].sha256 = "AB".repeat(32),
+            "not 64 lower-case hex",
+        );
+        bad(|s| s.files.push(s.files[0].clone()), "listed twice");
+        bad(
+            |s| s.initrds.push("initrd.img".into()),
+            "two initrds are called",
+        );
+        bad(
+            |s| {
+                s.ipxe.insert("efi-ia32".into(), "vmlinuz".into());
+            },
+            "unknown iPXE key",
+        );
+        bad(|s| s.cmdline.push_str(" x=${y}"), "cmdline:");
+    }
+}
