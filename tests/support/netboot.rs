@@ -31,11 +31,16 @@ profile = "droplet-worker"
 /// A work folder: nodes.toml, secrets.toml (0600) and images/amd64-worker/netboot with a
 /// root.squashfs of `root_mib` MiB.
 pub fn workdir(root_mib: u32) -> tempfile::TempDir {
-    workdir_with(root_mib, None)
+    workdir_with(root_mib, None, None)
 }
 
-/// [`workdir`], with the real iPXE binaries from `ipxe_dir` (Debian: /usr/lib/ipxe).
-pub fn workdir_with(root_mib: u32, ipxe_dir: Option<&Path>) -> tempfile::TempDir {
+/// [`workdir`], with the real iPXE binaries from `ipxe_dir` (Debian: /usr/lib/ipxe) and a real
+/// kernel and initrd.
+pub fn workdir_with(
+    root_mib: u32,
+    ipxe_dir: Option<&Path>,
+    boot: Option<(&Path, &Path)>,
+) -> tempfile::TempDir {
     let dir = super::scratch();
     std::fs::write(dir.path().join("nodes.toml"), NODES).unwrap();
     let secrets = dir.path().join("secrets.toml");
@@ -49,6 +54,9 @@ pub fn workdir_with(root_mib: u32, ipxe_dir: Option<&Path>) -> tempfile::TempDir
     let mut make = Command::new(super::tests_dir().join("fixtures/netboot/make-set"));
     if let Some(d) = ipxe_dir {
         make.env("REAL_IPXE", d);
+    }
+    if let Some((kernel, initrd)) = boot {
+        make.env("KERNEL", kernel).env("INITRD", initrd);
     }
     let status = make
         .arg(dir.path().join("images"))
