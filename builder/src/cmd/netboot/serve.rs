@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use super::Context;
 use crate::netboot::Endpoint;
-use crate::netboot::catalog::NetbootCatalog;
+use crate::netboot::catalog::{NetbootCatalog, Summary};
 use crate::node::inputs::NodeSource;
 use crate::node::inventory::Node;
 use crate::node::seed::{self, Seed};
@@ -56,66 +56,93 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
     let (catalog, summary) = NetbootCatalog::load(&args.nodes.inventory, &args.images, |node| {
         node_seed(args, ctx, node)
     })?;
-    let catalog: Arc<dyn Catalog> = Arc::new(catalog);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(async {
-        let e = &args.endpoint;
-        let tftp_addr = SocketAddr::new(e.listen, e.tftp_port);
-        let http_addr = SocketAddr::new(e.listen, e.http_port);
-        let udp = tokio::net::UdpSocket::bind(tftp_addr).await.map_err(|err| bind_error(err, "UDP", tftp_addr))?;
-        let tcp = tokio::net::TcpListener::bind(http_addr).await.map_err(|err| bind_error(err, "TCP", http_addr))?;
-        // Port 0 (tests) means any free port: tell clients the one we got.
-        let e = &Endpoint {
-            listen: e.listen,
-            tftp_port: udp.local_addr()?.port(),
-            http_port: tcp.local_addr()?.port(),
-        };
-        let tftp_addr = udp.local_addr()?;
-        for (node, mac, profile) in &summary.nodes {
-            tracing::info!(%node, %mac, %profile, "netboot: serving node");
-        }
-        eprintln!(
-            "imgbuild netboot: serving {} node(s), {} file(s) on tftp://{tftp_addr} and {}; Ctrl-C stops",
-            summary.nodes.len(),
-            summary.files,
-            e.base_url()
-        );
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let tftp_cfg = tftp::Config {
-            limits: Limits { max_blksize: args.max_blksize.clamp(512, 65464), max_windowsize: args.max_windowsize.max(1), ..Limits::default() },
-            max_transfers: args.max_transfers.max(1),
-        };
-        let tftp_task = tokio::spawn(tftp::serve(udp, catalog.clone(), tftp_cfg, stop_rx.clone()));
-        let router = http::router(catalog, http::Config {
-            base_url: e.base_url(),
-            unknown: match args.unknown {
-                UnknownArg::Ignore => Unknown::Ignore,
-                UnknownArg::Shell => Unknown::Shell,
-            },
-            seed_ttl: Duration::from_secs(args.seed_ttl),
-        });
-        let mut http_stop = stop_rx.clone();
-        let http_task = tokio::spawn(async move {
-            axum::serve(tcp, router.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(async move {
-                    let _ = http_stop.changed().await;
-                })
-                .await
-        });
-        wait_for_stop().await?;
-        eprintln!("imgbuild netboot: stopping");
-        let _ = stop_tx.send(true);
-        tftp_task.await.context("the TFTP server")?.context("the TFTP server")?;
-        // Downloads still running get a few seconds, then the process ends.
-        let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
-        anyhow::Ok(())
-    })?;
+    rt.block_on(serve(args, Arc::new(catalog), &summary))?;
     eprintln!("imgbuild netboot: stopped");
     Ok(())
+}
+
+async fn serve(args: &Args, catalog: Arc<dyn Catalog>, summary: &Summary) -> Result<()> {
+    let e = &args.endpoint;
+    let tftp_addr = SocketAddr::new(e.listen, e.tftp_port);
+    let http_addr = SocketAddr::new(e.listen, e.http_port);
+    let udp = tokio::net::UdpSocket::bind(tftp_addr)
+        .await
+        .map_err(|err| bind_error(err, "UDP", tftp_addr))?;
+    let tcp = tokio::net::TcpListener::bind(http_addr)
+        .await
+        .map_err(|err| bind_error(err, "TCP", http_addr))?;
+    // Port 0 (tests) means any free port: tell clients the one we got.
+    let e = Endpoint {
+        listen: e.listen,
+        tftp_port: udp.local_addr()?.port(),
+        http_port: tcp.local_addr()?.port(),
+    };
+    for (node, mac, profile) in &summary.nodes {
+        tracing::info!(%node, %mac, %profile, "netboot: serving node");
+    }
+    eprintln!(
+        "imgbuild netboot: serving {} node(s), {} file(s) on tftp://{} and {}; Ctrl-C stops",
+        summary.nodes.len(),
+        summary.files,
+        udp.local_addr()?,
+        e.base_url()
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let tftp_task = tokio::spawn(tftp::serve(
+        udp,
+        catalog.clone(),
+        tftp_config(args),
+        stop_rx.clone(),
+    ));
+    let router = http::router(catalog, http_config(args, &e));
+    let mut http_stop = stop_rx;
+    let http_task = tokio::spawn(async move {
+        axum::serve(
+            tcp,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = http_stop.changed().await;
+        })
+        .await
+    });
+    wait_for_stop().await?;
+    eprintln!("imgbuild netboot: stopping");
+    let _ = stop_tx.send(true);
+    tftp_task
+        .await
+        .context("the TFTP server")?
+        .context("the TFTP server")?;
+    // Downloads still running get a few seconds, then the process ends.
+    let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
+    Ok(())
+}
+
+fn tftp_config(args: &Args) -> tftp::Config {
+    tftp::Config {
+        limits: Limits {
+            max_blksize: args.max_blksize.clamp(512, 65464),
+            max_windowsize: args.max_windowsize.max(1),
+            ..Limits::default()
+        },
+        max_transfers: args.max_transfers.max(1),
+    }
+}
+
+fn http_config(args: &Args, e: &Endpoint) -> http::Config {
+    http::Config {
+        base_url: e.base_url(),
+        unknown: match args.unknown {
+            UnknownArg::Ignore => Unknown::Ignore,
+            UnknownArg::Shell => Unknown::Shell,
+        },
+        seed_ttl: Duration::from_secs(args.seed_ttl),
+    }
 }
 
 /// The node's seed, rendered now so every problem shows at start; held in memory only.
