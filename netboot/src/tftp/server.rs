@@ -45,6 +45,8 @@ struct Entry {
     heard: Arc<AtomicBool>,
     /// Asks the transfer to resend its first reply now.
     nudge: Arc<Notify>,
+    /// Tells the transfer a new request replaced it.
+    replaced: Arc<Notify>,
 }
 
 type Running = Arc<Mutex<HashMap<SocketAddr, Entry>>>;
@@ -185,9 +187,11 @@ impl Job<'_> {
         let running = self.running.clone();
         let heard = Arc::new(AtomicBool::new(false));
         let nudge = Arc::new(Notify::new());
+        let replaced = Arc::new(Notify::new());
         let link = Link {
             heard: heard.clone(),
             nudge: nudge.clone(),
+            replaced: replaced.clone(),
         };
         let task = tokio::spawn(async move {
             run(t, sock, peer, &name, art.size, link).await;
@@ -203,6 +207,7 @@ impl Job<'_> {
             request: raw.to_vec(),
             heard,
             nudge,
+            replaced,
         };
         self.running.lock().expect("lock").insert(peer, entry);
         None
@@ -222,8 +227,10 @@ impl Job<'_> {
             return true;
         }
         if let Some(old) = r.remove(&peer) {
-            old.abort.abort();
-            tracing::info!(client = %peer, file = %name, "tftp: new request from the same port; the old transfer ended, a new one starts");
+            // It ends itself after reading what the client already sent it (often the final
+            // ACK: a client asks for its next file at once), so its log line is right.
+            old.replaced.notify_one();
+            tracing::info!(client = %peer, file = %name, "tftp: new request from the same port; the old transfer ends, a new one starts");
         }
         false
     }
@@ -265,6 +272,7 @@ fn path_limits(limits: &Limits, sock: &UdpSocket, peer: SocketAddr) -> Limits {
 struct Link {
     heard: Arc<AtomicBool>,
     nudge: Arc<Notify>,
+    replaced: Arc<Notify>,
 }
 
 async fn bind_transfer(local: SocketAddr, peer: SocketAddr) -> io::Result<UdpSocket> {
@@ -286,6 +294,7 @@ async fn run<R: io::Read + io::Seek>(
     let mut out = Vec::with_capacity(t.blksize() + 4);
     let mut inb = vec![0u8; 2048];
     let mut gone = None;
+    let mut replaced = false;
     'outer: loop {
         while t.poll_transmit(&mut out, Instant::now()) {
             if let Err(e) = sock.send(&out).await {
@@ -304,7 +313,19 @@ async fn run<R: io::Read + io::Seek>(
             },
             _ = tokio::time::sleep_until(deadline.into()) => t.timeout(Instant::now()),
             _ = link.nudge.notified() => t.resend(),
+            _ = link.replaced.notified() => {
+                while let Ok(n) = sock.try_recv(&mut inb) {
+                    t.handle(&inb[..n]);
+                }
+                replaced = t.outcome().is_none();
+                break;
+            }
         }
+    }
+    if replaced {
+        let bytes = t.stats().bytes_acked;
+        tracing::info!(client = %peer, file = %name, bytes, of = size, "tftp: transfer replaced by a new request from the same port");
+        return;
     }
     log_end(&t, peer, name, size, start.elapsed(), gone);
 }
