@@ -92,15 +92,23 @@ impl PendingFile {
 }
 
 #[cfg(unix)]
-fn set_mode(path: &Path, mode: u32) -> Result<()> {
+/// Sets a file's or folder's permission bits (owner-only folders and files hold credentials).
+pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .with_context(|| format!("setting permissions of {}", path.display()))
 }
 
 #[cfg(not(unix))]
-fn set_mode(_: &Path, _: u32) -> Result<()> {
+pub fn set_mode(_: &Path, _: u32) -> Result<()> {
     Ok(())
+}
+
+/// Writes `bytes` to `dest` through a [`PendingFile`], replacing what imgbuild wrote before.
+pub fn write_file(dest: &Path, bytes: &[u8]) -> Result<PathBuf> {
+    let mut f = PendingFile::create(dest)?;
+    io::Write::write_all(f.file(), bytes).with_context(|| format!("writing {}", dest.display()))?;
+    f.commit(true)
 }
 
 /// An output folder imgbuild owns: created if missing and marked; an existing folder is accepted

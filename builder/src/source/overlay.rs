@@ -85,6 +85,23 @@ impl OverlaySource<'_> {
     }
 }
 
+/// Applies every overlay of the profile in order (later ones win): `stock:NAME` entries from
+/// the binary, the others as paths relative to the profile that names them.
+pub fn apply_profile(tree: &mut Tree, resolved: &Resolved, mtime: i64) -> Result<(), OverlayError> {
+    for (i, entry) in resolved.profile.overlays.iter().enumerate() {
+        let host;
+        let source = match entry.strip_prefix("stock:") {
+            Some(name) => OverlaySource::stock(name)?,
+            None => {
+                host = resolved.path_for(&format!("overlays[{i}]"), entry, Path::new("."));
+                OverlaySource::Host(&host)
+            }
+        };
+        apply(tree, source, entry, resolved, mtime)?;
+    }
+    Ok(())
+}
+
 /// One overlay item before it is placed.
 enum Item {
     Dir,
