@@ -82,7 +82,7 @@ pub enum FetchError {
     #[error("{0}")]
     Plan(String),
     #[error(
-        "invalid mirror {0:?}: write FROM=TO, e.g. https://github.com/=http://mirror.lan/github/"
+        "invalid mirror {0:?}: write FROM=TO where TO is an http(s):// or file:// URL (no spaces, quotes or backticks), e.g. https://github.com/=http://mirror.lan/github/"
     )]
     Mirror(String),
     #[error("setting up the HTTP client: {0}")]
@@ -205,7 +205,10 @@ impl Mirrors {
         for item in items {
             for one in item.split([',', ' ', '\t', '\n']).filter(|s| !s.is_empty()) {
                 match one.split_once('=') {
-                    Some((from, to)) if !from.is_empty() && !to.is_empty() => {
+                    Some((from, to))
+                        if !from.is_empty()
+                            && crate::profile::is_url(to, &["https", "http", "file"]) =>
+                    {
                         v.push((from.to_string(), to.to_string()));
                     }
                     _ => return Err(FetchError::Mirror(one.to_string())),
@@ -523,5 +526,20 @@ mod tests {
             a.lock_path(Path::new("/srv/x/profiles")),
             PathBuf::from("/srv/x/imgbuild.lock")
         );
+    }
+
+    #[test]
+    fn mirrors_must_point_at_urls() {
+        let m = Mirrors::parse(["https://github.com/=http://mirror.lan/gh/"]).unwrap();
+        assert_eq!(m.rewrite("https://github.com/a"), "http://mirror.lan/gh/a");
+        for bad in [
+            "https://github.com/=http://x/$(id)`x`",
+            "https://github.com/=http://x/\"",
+            "https://github.com/=/no/scheme",
+            "https://github.com/=",
+            "=http://x/",
+        ] {
+            assert!(Mirrors::parse([bad]).is_err(), "{bad}");
+        }
     }
 }
