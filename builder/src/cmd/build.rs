@@ -230,9 +230,7 @@ fn write_node_image(
     let node_seed = crate::node::seed::render(resolved, &n.node, &n.secrets, "", &n.templates)?;
     node_seed.add_to(&mut trees.boot, epoch)?;
     let layout = build::layout(resolved, trees, epoch)?;
-    let dir = out.path().join("nodes");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    crate::output::set_mode(&dir, 0o700)?;
+    let dir = out.private_subdir()?;
     let mut f =
         PendingFile::create(dir.join(format!("{}-{}.img", resolved.image_name(), n.node.name)))?;
     crate::disk::image::write_raw(&layout, seed, epoch.max(0) as u64, f.file(), progress)
