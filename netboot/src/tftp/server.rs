@@ -295,6 +295,12 @@ async fn run<R: io::Read + io::Seek>(
     let mut inb = vec![0u8; 2048];
     let mut gone = None;
     let mut replaced = false;
+    // One timer for the whole transfer, moved only when the deadline moves back or more than
+    // 50 ms ahead: re-arming it for every packet costs more than the packet. Firing early is
+    // harmless (`timeout` does nothing before the transfer's own deadline).
+    let timer = tokio::time::sleep(std::time::Duration::ZERO);
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
     'outer: loop {
         while t.poll_transmit(&mut out, Instant::now()) {
             if let Err(e) = sock.send(&out).await {
@@ -303,6 +309,11 @@ async fn run<R: io::Read + io::Seek>(
             }
         }
         let Some(deadline) = t.deadline() else { break };
+        if armed.is_none_or(|a| deadline < a || deadline > a + std::time::Duration::from_millis(50))
+        {
+            timer.as_mut().reset(deadline.into());
+            armed = Some(deadline);
+        }
         tokio::select! {
             r = sock.recv(&mut inb) => match r {
                 Ok(n) => {
@@ -311,7 +322,10 @@ async fn run<R: io::Read + io::Seek>(
                 }
                 Err(e) => { gone = Some(e); break; }
             },
-            _ = tokio::time::sleep_until(deadline.into()) => t.timeout(Instant::now()),
+            _ = &mut timer => {
+                armed = None;
+                t.timeout(Instant::now());
+            }
             _ = link.nudge.notified() => t.resend(),
             _ = link.replaced.notified() => {
                 while let Ok(n) = sock.try_recv(&mut inb) {
