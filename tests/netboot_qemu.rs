@@ -93,6 +93,7 @@ impl Lab {
     /// shows the kernel's command line with the seed URL, or fails. Returns the serial log.
     fn boot(&self, mac: &str, firmware: &[&str], nic: &str, done: &str) -> String {
         let serial = self.work.path().join(format!("serial-{mac}.log"));
+        let pidfile = self.work.path().join(format!("qemu-{mac}.pid"));
         let mut q = self.ns.cmd("flock");
         q.args([
             "/tmp/imgbuild-qemu.lock",
@@ -107,6 +108,8 @@ impl Lab {
         ])
         .arg("-serial")
         .arg(format!("file:{}", serial.display()))
+        .arg("-pidfile")
+        .arg(&pidfile)
         .args(firmware)
         .args([
             "-netdev",
@@ -159,9 +162,10 @@ impl Lab {
             }
             std::thread::sleep(Duration::from_millis(500));
         }
-        let _ = Command::new("kill")
-            .args(["-KILL", &vm.id().to_string()])
-            .status();
+        // flock runs QEMU as its child: stop QEMU itself (it holds the lock), then flock ends.
+        if let Ok(pid) = std::fs::read_to_string(&pidfile) {
+            let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
+        }
         let _ = vm.wait();
         std::fs::read_to_string(&serial).unwrap_or_default()
     }
