@@ -10,6 +10,9 @@ pub mod cli;
 pub mod cmd;
 pub mod disk;
 pub mod fetch;
+pub mod flash;
+#[cfg(target_os = "linux")]
+pub mod blockdev;
 pub mod fs;
 pub mod ids;
 pub mod node;
