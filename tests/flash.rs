@@ -17,7 +17,7 @@ use support::flash::{
     Loop, Mounted, assert_gpt_clean, bmap_ranges, flash, fsck_all, mtype, partitions, same_bytes,
     sha256, target_file,
 };
-use support::node::{self, NodeProfile, Setup};
+use support::node;
 use support::{imgbuild, require_tool, run};
 
 const MIB: u64 = 1 << 20;
@@ -255,23 +255,6 @@ fn resign(text: &str) -> String {
     zeroed.replacen(&"0".repeat(old.len()), &sum, 1)
 }
 
-/// The amd64 node workspace with a block map, built once for the node tests.
-fn node_build(work: &Path, base: &Path) -> (Setup, PathBuf) {
-    let profile = NodeProfile {
-        name: "pc-node",
-        extends: "amd64-worker",
-        base,
-        arch: "amd64",
-        boot_mount: "/boot/efi",
-    };
-    let setup = Setup::new(work, &profile, "pc");
-    let toml = work.join("profiles/pc-node.toml");
-    let text = fs::read_to_string(&toml).unwrap().replace("formats = [\"img\"]", "formats = [\"img\", \"bmap\"]");
-    fs::write(&toml, text).unwrap();
-    let node_img = setup.build_node("pc-1");
-    (setup, node_img)
-}
-
 fn assert_no_secret(text: &str) {
     for (name, value) in node::SECRETS {
         assert!(!text.contains(value), "secret {name} in the output");
@@ -288,7 +271,7 @@ fn node_flash_equals_the_built_node_image_and_survives_reuse_and_sigkill() {
     };
     let tmp = support::scratch();
     let d = tmp.path();
-    let (setup, node_img) = node_build(d, &base);
+    let (setup, node_img) = support::flash::node_build(d, &base);
     let shared = setup.out.join("pc-node.img");
     let size = fs::metadata(&shared).unwrap().len();
     let shared_s = shared.to_str().unwrap();
@@ -340,8 +323,15 @@ fn check_node_disk(dev: &Path, shared: &Path, node: &str) {
     assert_eq!(fsck_all(dev), ["vfat", "ext4", "ext4"]);
     let boot = &partitions(dev)[0];
     let meta = mtype(dev, boot.start, "meta-data");
-    assert!(meta.contains(&format!("instance-id: {node}")) || meta.contains(node), "{meta}");
-    assert!(meta.contains(&format!("local-hostname: {node}")), "{meta}");
+    assert!(meta.contains(&format!("local-hostname: \"{node}\"")), "{meta}");
+    assert!(meta.contains("instance-id: "), "{meta}");
+    // Exactly the node's seed, as `imgbuild seed` renders it.
+    let dir = shared.parent().unwrap().parent().unwrap();
+    let out = dir.join(format!("seed-{node}"));
+    let (code, o, e) = run(imgbuild().current_dir(dir).args(["seed", "pc-node", "--node", node, "-o"]).arg(&out));
+    assert_eq!(code, 0, "{o}{e}");
+    assert_eq!(meta, fs::read_to_string(out.join("meta-data")).unwrap());
+    assert_eq!(mtype(dev, boot.start, "user-data"), fs::read_to_string(out.join("user-data")).unwrap());
     let bmap = shared.with_extension("img.bmap");
     for (s, e) in bmap_ranges(&bmap) {
         if e <= boot.start + boot.size && s >= boot.start || e <= MIB {

@@ -5,6 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::node::{NodeProfile, Setup};
 use super::{imgbuild, run};
 
 /// A loop device, detached on drop (also when the test fails).
@@ -199,3 +200,21 @@ pub fn mtype(disk: &Path, offset: u64, name: &str) -> String {
     assert_eq!(code, 0, "mtype {name}: {err}");
     out
 }
+
+/// The amd64 node workspace with a block map, built once for the node tests.
+pub fn node_build(work: &Path, base: &Path) -> (Setup, PathBuf) {
+    let profile = NodeProfile {
+        name: "pc-node",
+        extends: "amd64-worker",
+        base,
+        arch: "amd64",
+        boot_mount: "/boot/efi",
+    };
+    let setup = Setup::new(work, &profile, "pc");
+    let toml = work.join("profiles/pc-node.toml");
+    let text = fs::read_to_string(&toml).unwrap().replace("formats = [\"img\"]", "formats = [\"img\", \"bmap\"]");
+    fs::write(&toml, text).unwrap();
+    let node_img = setup.build_node("pc-1");
+    (setup, node_img)
+}
+
