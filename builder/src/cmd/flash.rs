@@ -19,6 +19,8 @@ use crate::flash::boot::NodeBoot;
 use crate::flash::plan::{self, Plan, Span};
 use crate::flash::write::{self, FlashError, Seekable, Streamed};
 use crate::flash::{bmap, table};
+use crate::node::inputs::{NodeInputs, NodeSource};
+use crate::profile::Resolved;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -35,12 +37,8 @@ pub struct Args {
     /// Add this node's first-boot seed (from the inventory and secrets) to the boot partition.
     #[arg(long, value_name = "NAME")]
     pub node: Option<String>,
-    /// The inventory that lists the nodes (with --node).
-    #[arg(long, env = "IMGBUILD_INVENTORY", default_value = super::seed::DEFAULT_INVENTORY, value_name = "FILE")]
-    pub inventory: PathBuf,
-    /// The secrets file (with --node).
-    #[arg(long, env = "IMGBUILD_SECRETS", default_value = super::secrets::DEFAULT_FILE, value_name = "FILE")]
-    pub secrets: PathBuf,
+    #[command(flatten)]
+    pub nodes: NodeSource,
     /// Do not ask: write the disk (does not imply --allow-large or --allow-internal).
     #[arg(long, short)]
     pub yes: bool,
@@ -225,8 +223,8 @@ struct NodePrep {
 }
 
 fn prepare_node(name: &str, img: &Image, parts: &[Span], args: &Args, ctx: &Context) -> Result<NodePrep> {
-    let inputs = load_node(name, img, args, ctx)?;
-    let seed = crate::node::seed::render(&inputs.resolved, &inputs.node, &inputs.secrets, "", &inputs.templates)?;
+    let (resolved, inputs) = load_node(name, img, args, ctx)?;
+    let seed = crate::node::seed::render(&resolved, &inputs.node, &inputs.secrets, "", &inputs.templates)?;
     let index = table::boot_index(parts).with_context(|| {
         format!("the image {} has no FAT boot partition to put node {name}'s seed in", img.path.display())
     })?;
@@ -247,27 +245,22 @@ fn prepare_node(name: &str, img: &Image, parts: &[Span], args: &Args, ctx: &Cont
     })
 }
 
-/// The node's inventory entry, secrets and templates. The one call of the node-input loader, so
-/// it moves with it to `node::inputs`.
-fn load_node(name: &str, img: &Image, args: &Args, ctx: &Context) -> Result<super::seed::NodeInputs> {
+/// The node's profile, inventory entry, secrets and templates. For an image path, the profile
+/// is the one the inventory gives the node.
+fn load_node(name: &str, img: &Image, args: &Args, ctx: &Context) -> Result<(Resolved, NodeInputs)> {
     let profile = match &img.profile {
         Some(p) => p.clone(),
         None => {
-            let shown = args.inventory.display().to_string();
-            let text = std::fs::read_to_string(&args.inventory)
+            let shown = args.nodes.inventory.display().to_string();
+            let text = std::fs::read_to_string(&args.nodes.inventory)
                 .with_context(|| format!("reading the inventory {shown} (for --node {name})"))?;
             let inv = crate::node::inventory::Inventory::parse(&text, &shown)?;
             inv.node(name, &shown)?.profile.clone()
         }
     };
-    super::seed::NodeArgs {
-        profile,
-        node: name.to_string(),
-        inventory: args.inventory.clone(),
-        secrets: args.secrets.clone(),
-        set: Vec::new(),
-    }
-    .load(ctx)
+    let resolved = ctx.resolve_concrete(&profile, &[])?;
+    let inputs = args.nodes.load(&resolved, name, &super::env_var)?;
+    Ok((resolved, inputs))
 }
 
 /// The first `end` bytes of a streamed image in a sparse scratch file, for the FAT reader. It
@@ -372,7 +365,7 @@ fn write_all(
     ctx: &Context,
 ) -> Result<Report, FlashError> {
     let t0 = Instant::now();
-    let mut boot_fn = |s: &mut dyn crate::disk::region::Sink| match node {
+    let mut boot_fn = |s: &mut dyn crate::blockio::region::Sink| match node {
         Some(n) => n.boot.write(s),
         None => Err("no node".into()),
     };

@@ -7,12 +7,12 @@
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use crate::disk::region::Sink;
+use crate::blockio::region::Sink;
 use crate::fs::fat::{self, FatParams};
 use crate::node::seed::Seed;
 use crate::progress::Progress;
 use crate::source::raw::{self, FsKind, PartTypeId, Partition};
-use crate::tree::{Entry, Tree};
+use crate::tree::Tree;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -74,12 +74,8 @@ impl NodeBoot {
         let mut tree = raw::read_fat(image, &part).map_err(|e| BootError::Read(e.to_string()))?;
         // Every timestamp our FAT writer puts down is the epoch (to FAT's 2 s).
         let epoch = epoch.unwrap_or_else(|| tree.iter().map(|(_, e)| e.mtime).max().unwrap_or(0));
-        for (name, text) in seed.files() {
-            let path = crate::tree::TreePath::new(name).map_err(|e| BootError::Seed(e.to_string()))?;
-            let entry = Entry::file(0o600, crate::tree::Content::bytes(text.as_bytes().to_vec()));
-            tree.insert(path, entry.at(epoch))
-                .map_err(|e| BootError::Seed(e.to_string()))?;
-        }
+        seed.add_to(&mut tree, epoch)
+            .map_err(|e| BootError::Seed(e.to_string()))?;
         Ok(NodeBoot {
             tree,
             size,
@@ -102,8 +98,8 @@ impl NodeBoot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::disk::region::VecSink;
-    use crate::tree::{Content, TreePath};
+    use crate::blockio::region::VecSink;
+    use crate::tree::{Content, Entry, TreePath};
 
     /// Our writer's FAT, read back and written again with the seed, equals writing the tree with
     /// the seed in the first place.
@@ -144,10 +140,7 @@ mod tests {
         nb.write(&mut rebuilt).unwrap();
         rebuilt.buf.resize(size as usize, 0);
 
-        for (name, text) in seed.files() {
-            let e = Entry::file(0o600, Content::bytes(text.as_bytes().to_vec())).at(epoch);
-            tree.insert(p(name), e).unwrap();
-        }
+        seed.add_to(&mut tree, epoch).unwrap();
         let mut want = VecSink::default();
         fat::write(&tree, size, &params, &mut want, &Progress::quiet()).unwrap();
         want.buf.resize(size as usize, 0);

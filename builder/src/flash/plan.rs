@@ -13,7 +13,7 @@
 //! the first MiB of the disk and the last MiB of the target (an old backup GPT).
 
 use crate::disk::bmap::BlockMap;
-use crate::disk::region::Ranges;
+use crate::blockio::region::Ranges;
 
 pub const MIB: u64 = 1 << 20;
 /// Held back and written last, so an interrupted flash leaves no partition table.

@@ -70,7 +70,7 @@ mod tests {
     use super::*;
     use crate::disk::gpt::{GptEntry, GptTable};
     use crate::disk::mbr::MbrEntry;
-    use crate::disk::region::VecSink;
+    use crate::blockio::region::VecSink;
 
     #[test]
     fn reads_both_kinds_from_the_head() {

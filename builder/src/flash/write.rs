@@ -11,7 +11,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 
 use sha2::{Digest, Sha256};
 
-use crate::disk::region::{Ranges, Sink};
+use crate::blockio::region::{Ranges, Sink};
 use crate::flash::plan::{Boot, HEAD, Mapped, Plan};
 use crate::progress::Progress;
 

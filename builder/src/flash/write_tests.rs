@@ -4,7 +4,7 @@ use super::*;
 use crate::disk::bmap::{BLOCK_SIZE, BlockMap, mapped_blocks};
 use crate::disk::gpt::{GptEntry, GptTable};
 use crate::disk::layout::PartType;
-use crate::disk::region::VecSink;
+use crate::blockio::region::VecSink;
 use crate::flash::plan::{MIB, mapped_from_bmap, mapped_whole, plan};
 use crate::flash::table::partitions;
 
