@@ -94,6 +94,24 @@ fn sparse_flash_onto_reused_media_is_fsck_clean_and_moves_the_backup_gpt() {
     }
     assert_eq!(mtype(t.path(), MIB, "big.txt"), fs::read_to_string(d.join("a.txt")).unwrap());
     drop(mbr);
+
+    // The same image as .img.xz (decompressed on the fly, the .bmap found beside it), onto the
+    // target refilled with random bytes.
+    if !require_tool("xz") {
+        return;
+    }
+    sh("xz -T0 -1 -k a.img && mv a.img a.raw", d);
+    drop(t);
+    target_file(&file, 128 * MIB, true);
+    let t = Loop::attach(&file, &[]);
+    let (code, out, err) = flash(d, &["a.img.xz", t.path().to_str().unwrap(), "--yes"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_gpt_clean(t.path());
+    assert_eq!(fsck_all(t.path()), ["vfat", "ext4"]);
+    for (s, e) in bmap_ranges(&d.join("a.img.bmap")) {
+        let s = s.max(MIB);
+        assert!(s >= e || same_bytes(&d.join("a.raw"), t.path(), s, e - s), "xz: range {s}..{e} differs");
+    }
 }
 
 /// A refusal: exit 2, the reason in the message, the target's bytes unchanged.
@@ -262,43 +280,60 @@ fn assert_no_secret(text: &str) {
 }
 
 #[test]
-fn node_flash_equals_the_built_node_image_and_survives_reuse_and_sigkill() {
+fn amd64_node_flash_equals_build_node_and_survives_reuse_and_sigkill() {
     if !tools() {
         return;
     }
     let Some(base) = support::qemu::debian_base() else {
         return;
     };
+    node_flash(&base, false);
+}
+
+#[test]
+fn pi_node_flash_equals_build_node_and_survives_reuse_and_sigkill() {
+    if !tools() {
+        return;
+    }
+    let Some(base) = support::pi::pi_base(None) else {
+        return;
+    };
+    node_flash(&base, true);
+}
+
+/// The shared image flashed with `--node`: byte for byte `build --node`'s image on a zeroed
+/// target of its size; fsck-clean with the node's seed on reused media twice its size; no
+/// partition table after a SIGKILL mid-write, and a clean re-flash.
+fn node_flash(base: &Path, pi: bool) {
     let tmp = support::scratch();
     let d = tmp.path();
-    let (setup, node_img) = support::flash::node_build(d, &base);
-    let shared = setup.out.join("pc-node.img");
+    let (setup, node_img) = support::flash::node_build(d, base, pi);
+    let (prefix, shared) = if pi { ("pi", "pi-node.img") } else { ("pc", "pc-node.img") };
+    let (first, second) = (format!("{prefix}-1"), format!("{prefix}-2"));
+    let shared = setup.out.join(shared);
     let size = fs::metadata(&shared).unwrap().len();
     let shared_s = shared.to_str().unwrap();
 
-    // Byte for byte `build --node` on a zeroed target of the image's size.
     let exact = target_file(&d.join("exact.bin"), size, false);
     let t = Loop::attach(&exact, &[]);
-    let (code, out, err) = flash(d, &[shared_s, t.path().to_str().unwrap(), "--node", "pc-1", "--yes"]);
+    let (code, out, err) = flash(d, &[shared_s, t.path().to_str().unwrap(), "--node", &first, "--yes"]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("pc-1"), "{out}");
+    assert!(out.contains(&first), "{out}");
     assert_no_secret(&format!("{out}{err}"));
     assert!(same_bytes(&node_img, t.path(), 0, size), "flash --node differs from build --node");
     drop(t);
     fs::remove_file(&exact).unwrap();
 
-    // Reused media twice the size: fsck-clean, the seed readable, the backup GPT at the end.
     let big = target_file(&d.join("big.bin"), 2 * size, true);
     let t = Loop::attach(&big, &[]);
     let dev = t.path().to_str().unwrap();
-    let (code, out, err) = flash(d, &[shared_s, dev, "--node", "pc-1", "--yes"]);
+    let (code, out, err) = flash(d, &[shared_s, dev, "--node", &first, "--yes"]);
     assert_eq!(code, 0, "{out}{err}");
-    check_node_disk(t.path(), &shared, "pc-1");
+    check_node_disk(t.path(), &shared, &first, pi);
 
-    // SIGKILL during the write: no partition table is left; flashing again works.
     let mut child = imgbuild()
         .current_dir(d)
-        .args(["flash", shared_s, dev, "--node", "pc-2", "--yes", "--progress", "json"])
+        .args(["flash", shared_s, dev, "--node", &second, "--yes", "--progress", "json"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -311,24 +346,29 @@ fn node_flash_equals_the_built_node_image_and_survives_reuse_and_sigkill() {
     let _ = child.wait();
     let (code, out, _) = run(Command::new("sfdisk").arg("-d").arg(t.path()));
     assert!(code != 0 || !out.contains("start="), "a partition table survived SIGKILL: {out}");
-    let (code, out, err) = flash(d, &[shared_s, dev, "--node", "pc-2", "--yes"]);
+    let (code, out, err) = flash(d, &[shared_s, dev, "--node", &second, "--yes"]);
     assert_eq!(code, 0, "{out}{err}");
-    check_node_disk(t.path(), &shared, "pc-2");
+    check_node_disk(t.path(), &shared, &second, pi);
 }
 
-/// sgdisk -v clean, every filesystem fsck-clean, the node's meta-data in the boot partition,
-/// every mapped range outside the boot partition equal to the shared image's.
-fn check_node_disk(dev: &Path, shared: &Path, node: &str) {
-    assert_gpt_clean(dev);
+/// The table clean (sgdisk -v, or sfdisk --verify for MBR), every filesystem fsck-clean, the
+/// node's seed in the boot partition exactly as `imgbuild seed` renders it, every mapped range
+/// outside the boot partition equal to the shared image's.
+fn check_node_disk(dev: &Path, shared: &Path, node: &str, mbr: bool) {
+    if mbr {
+        let (code, out, err) = run(Command::new("sfdisk").arg("--verify").arg(dev));
+        assert!(code == 0 && !out.contains("rror"), "sfdisk --verify: {out}{err}");
+    } else {
+        assert_gpt_clean(dev);
+    }
     assert_eq!(fsck_all(dev), ["vfat", "ext4", "ext4"]);
     let boot = &partitions(dev)[0];
     let meta = mtype(dev, boot.start, "meta-data");
     assert!(meta.contains(&format!("local-hostname: \"{node}\"")), "{meta}");
-    assert!(meta.contains("instance-id: "), "{meta}");
-    // Exactly the node's seed, as `imgbuild seed` renders it.
+    let profile = shared.file_stem().unwrap().to_str().unwrap();
     let dir = shared.parent().unwrap().parent().unwrap();
     let out = dir.join(format!("seed-{node}"));
-    let (code, o, e) = run(imgbuild().current_dir(dir).args(["seed", "pc-node", "--node", node, "-o"]).arg(&out));
+    let (code, o, e) = run(imgbuild().current_dir(dir).args(["seed", profile, "--node", node, "-o"]).arg(&out));
     assert_eq!(code, 0, "{o}{e}");
     assert_eq!(meta, fs::read_to_string(out.join("meta-data")).unwrap());
     assert_eq!(mtype(dev, boot.start, "user-data"), fs::read_to_string(out.join("user-data")).unwrap());

@@ -25,7 +25,7 @@ fn a_flashed_loop_device_boots_as_the_node_its_seed_names() {
     };
     let tmp = support::scratch();
     let work = tmp.path();
-    let (setup, _) = node_build(work, &base);
+    let (setup, _) = node_build(work, &base, false);
     let shared = setup.out.join("pc-node.img");
     let shared = shared.to_str().unwrap();
 

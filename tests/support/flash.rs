@@ -201,20 +201,27 @@ pub fn mtype(disk: &Path, offset: u64, name: &str) -> String {
     out
 }
 
-/// The amd64 node workspace with a block map, built once for the node tests.
-pub fn node_build(work: &Path, base: &Path) -> (Setup, PathBuf) {
-    let profile = NodeProfile {
-        name: "pc-node",
-        extends: "amd64-worker",
-        base,
-        arch: "amd64",
-        boot_mount: "/boot/efi",
+/// A node workspace (`pc-node` extending amd64-worker, or `pi-node` extending pi-worker) whose
+/// image has a block map; builds node `<prefix>-1` (and with it the shared image).
+pub fn node_build(work: &Path, base: &Path, pi: bool) -> (Setup, PathBuf) {
+    let (name, extends, arch, boot_mount, prefix) = if pi {
+        ("pi-node", "pi-worker", "arm64", "/boot/firmware", "pi")
+    } else {
+        ("pc-node", "amd64-worker", "amd64", "/boot/efi", "pc")
     };
-    let setup = Setup::new(work, &profile, "pc");
-    let toml = work.join("profiles/pc-node.toml");
-    let text = fs::read_to_string(&toml).unwrap().replace("formats = [\"img\"]", "formats = [\"img\", \"bmap\"]");
+    let profile = NodeProfile {
+        name,
+        extends,
+        base,
+        arch,
+        boot_mount,
+    };
+    let setup = Setup::new(work, &profile, prefix);
+    let toml = work.join(format!("profiles/{name}.toml"));
+    let text = fs::read_to_string(&toml)
+        .unwrap()
+        .replace("formats = [\"img\"]", "formats = [\"img\", \"bmap\"]");
     fs::write(&toml, text).unwrap();
-    let node_img = setup.build_node("pc-1");
+    let node_img = setup.build_node(&format!("{prefix}-1"));
     (setup, node_img)
 }
-
