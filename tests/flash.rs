@@ -23,9 +23,21 @@ use support::{imgbuild, require_tool, run};
 const MIB: u64 = 1 << 20;
 
 fn tools() -> bool {
-    ["sgdisk", "sfdisk", "mkfs.vfat", "mkfs.ext4", "mcopy", "mtype", "bmaptool", "fsck.fat", "e2fsck", "losetup", "blkid"]
-        .iter()
-        .all(|t| require_tool(t))
+    [
+        "sgdisk",
+        "sfdisk",
+        "mkfs.vfat",
+        "mkfs.ext4",
+        "mcopy",
+        "mtype",
+        "bmaptool",
+        "fsck.fat",
+        "e2fsck",
+        "losetup",
+        "blkid",
+    ]
+    .iter()
+    .all(|t| require_tool(t))
 }
 
 fn sh(script: &str, dir: &Path) {
@@ -39,8 +51,14 @@ fn sh(script: &str, dir: &Path) {
 /// `bmaptool create` makes: exactly the stale-data trap of intel/bmap-tools#128.
 fn tool_image(dir: &Path, name: &str, table: &str) -> PathBuf {
     let (fat_at, layout) = match table {
-        "gpt" => (1, "sgdisk -n1:2048:+16M -t1:ef00 -n2:0:0 -t2:8300 \"$img\" >/dev/null"),
-        _ => (4, "printf 'label: dos\\nstart=8192, size=32768, type=c\\nstart=40960, type=83\\n' | sfdisk -q \"$img\""),
+        "gpt" => (
+            1,
+            "sgdisk -n1:2048:+16M -t1:ef00 -n2:0:0 -t2:8300 \"$img\" >/dev/null",
+        ),
+        _ => (
+            4,
+            "printf 'label: dos\\nstart=8192, size=32768, type=c\\nstart=40960, type=83\\n' | sfdisk -q \"$img\"",
+        ),
     };
     let root_at = fat_at + 16;
     sh(
@@ -78,21 +96,36 @@ fn sparse_flash_onto_reused_media_is_fsck_clean_and_moves_the_backup_gpt() {
     assert_eq!(fsck_all(t.path()), ["vfat", "ext4"]);
     let (code, out, err) = flash(d, &["a.img", dev, "--yes", "--progress", "json"]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("verified") && out.contains("safe to remove"), "{out}");
-    assert!(err.contains("\"step\":\"write\"") && err.contains("\"step\":\"verify\""), "{err}");
+    assert!(
+        out.contains("verified") && out.contains("safe to remove"),
+        "{out}"
+    );
+    assert!(
+        err.contains("\"step\":\"write\"") && err.contains("\"step\":\"verify\""),
+        "{err}"
+    );
 
     // The backup GPT sits at the end of the 128 MiB target; partitions as in the image.
     assert_gpt_clean(t.path());
     let (p_img, p_dev) = (partitions(&gpt), partitions(t.path()));
     assert_eq!(p_dev.len(), 2);
-    assert_eq!((p_dev[1].start, p_dev[1].size), (p_img[1].start, p_img[1].size));
+    assert_eq!(
+        (p_dev[1].start, p_dev[1].size),
+        (p_img[1].start, p_img[1].size)
+    );
     assert_eq!(fsck_all(t.path()), ["vfat", "ext4"]);
     // Range by range, the mapped bytes are the image's (the first MiB differs: relocated GPT).
     for (s, e) in bmap_ranges(&d.join("a.img.bmap")) {
         let s = s.max(MIB);
-        assert!(s >= e || same_bytes(&gpt, t.path(), s, e - s), "range {s}..{e} differs");
+        assert!(
+            s >= e || same_bytes(&gpt, t.path(), s, e - s),
+            "range {s}..{e} differs"
+        );
     }
-    assert_eq!(mtype(t.path(), MIB, "big.txt"), fs::read_to_string(d.join("a.txt")).unwrap());
+    assert_eq!(
+        mtype(t.path(), MIB, "big.txt"),
+        fs::read_to_string(d.join("a.txt")).unwrap()
+    );
     drop(mbr);
 
     // The same image as .img.xz (decompressed on the fly, the .bmap found beside it), onto the
@@ -110,7 +143,10 @@ fn sparse_flash_onto_reused_media_is_fsck_clean_and_moves_the_backup_gpt() {
     assert_eq!(fsck_all(t.path()), ["vfat", "ext4"]);
     for (s, e) in bmap_ranges(&d.join("a.img.bmap")) {
         let s = s.max(MIB);
-        assert!(s >= e || same_bytes(&d.join("a.raw"), t.path(), s, e - s), "xz: range {s}..{e} differs");
+        assert!(
+            s >= e || same_bytes(&d.join("a.raw"), t.path(), s, e - s),
+            "xz: range {s}..{e} differs"
+        );
     }
 }
 
@@ -164,7 +200,12 @@ fn refusals_write_nothing_and_the_same_command_works_once_fixed() {
 
     // A read-only loop of the same file, then a writable one.
     let ro = Loop::attach(&file, &["-r"]);
-    refused(d, &["a.img", ro.path().to_str().unwrap(), "--yes"], ro.path(), "read-only");
+    refused(
+        d,
+        &["a.img", ro.path().to_str().unwrap(), "--yes"],
+        ro.path(),
+        "read-only",
+    );
     drop(ro);
     let rw = Loop::attach(&file, &[]);
     succeeds(d, &["a.img", rw.path().to_str().unwrap(), "--yes"]);
@@ -173,9 +214,19 @@ fn refusals_write_nothing_and_the_same_command_works_once_fixed() {
     // Too small, then large enough.
     let small = target_file(&d.join("small.bin"), 32 * MIB, true);
     let s = Loop::attach(&small, &[]);
-    refused(d, &["a.img", s.path().to_str().unwrap(), "--yes"], s.path(), "smaller than the image");
+    refused(
+        d,
+        &["a.img", s.path().to_str().unwrap(), "--yes"],
+        s.path(),
+        "smaller than the image",
+    );
     drop(s);
-    fs::OpenOptions::new().write(true).open(&small).unwrap().set_len(64 * MIB).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&small)
+        .unwrap()
+        .set_len(64 * MIB)
+        .unwrap();
     let s = Loop::attach(&small, &[]);
     succeeds(d, &["a.img", s.path().to_str().unwrap(), "--yes"]);
 }
@@ -189,7 +240,11 @@ fn root_disk() -> Option<String> {
     }
     let (_, parent, _) = run(Command::new("lsblk").args(["-no", "PKNAME"]).arg(src));
     let name = parent.lines().next().unwrap_or("").trim().to_string();
-    Some(if name.is_empty() { src.to_string() } else { format!("/dev/{name}") })
+    Some(if name.is_empty() {
+        src.to_string()
+    } else {
+        format!("/dev/{name}")
+    })
 }
 
 #[test]
@@ -209,12 +264,18 @@ fn the_machines_own_root_disk_is_refused_even_with_every_allow_flag() {
     let all = ["--dry-run", "--yes", "--allow-large", "--allow-internal"];
     let (code, out, err) = flash(d, &[&["a.img", &root], &all[..]].concat());
     assert_eq!(code, 2, "{out}{err}");
-    assert!(err.contains("running from") && err.contains("holds /"), "{err}");
+    assert!(
+        err.contains("running from") && err.contains("holds /"),
+        "{err}"
+    );
     // The same dry run on a loop target passes every check.
     let file = target_file(&d.join("t.bin"), 64 * MIB, false);
     let t = Loop::attach(&file, &[]);
     let before = sha256(t.path());
-    let (code, out, err) = flash(d, &[&["a.img", t.path().to_str().unwrap()], &all[..]].concat());
+    let (code, out, err) = flash(
+        d,
+        &[&["a.img", t.path().to_str().unwrap()], &all[..]].concat(),
+    );
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("dry run"), "{out}");
     assert_eq!(sha256(t.path()), before);
@@ -237,11 +298,38 @@ fn hostile_block_maps_are_refused_before_writing() {
     let blocks = 64 * MIB / 4096;
     let first_range = format!("<Range{}", ranges[0].split("</Range>").next().unwrap());
     let cases: Vec<(String, &str)> = vec![
-        (good.replacen("version=\"2.0\"", "version=\"9.0\"", 1), "version"),
-        (good.replacen("<BmapFileChecksum> ", "<BmapFileChecksum> f", 1).replacen("</BmapFileChecksum>", "</BmapFileChecksum>", 1), "checksum"),
-        (resign(&good.replacen(&first_range, &format!("<Range chksum=\"{}\"> {blocks}-{} ", "0".repeat(64), blocks + 5), 1)), "past the end"),
-        (resign(&format!("{}{first_range}</Range>\n{}", &good[..good.find("</BlockMap>").unwrap()], &good[good.find("</BlockMap>").unwrap()..])), "overlaps or comes before"),
-        (resign(&good.replacen("<ChecksumType> sha256", "<ChecksumType> md5", 1)), "md5"),
+        (
+            good.replacen("version=\"2.0\"", "version=\"9.0\"", 1),
+            "version",
+        ),
+        (
+            good.replacen("<BmapFileChecksum> ", "<BmapFileChecksum> f", 1),
+            "checksum",
+        ),
+        (
+            resign(&good.replacen(
+                &first_range,
+                &format!(
+                    "<Range chksum=\"{}\"> {blocks}-{} ",
+                    "0".repeat(64),
+                    blocks + 5
+                ),
+                1,
+            )),
+            "past the end",
+        ),
+        (
+            resign(&format!(
+                "{}{first_range}</Range>\n{}",
+                &good[..good.find("</BlockMap>").unwrap()],
+                &good[good.find("</BlockMap>").unwrap()..]
+            )),
+            "overlaps or comes before",
+        ),
+        (
+            resign(&good.replacen("<ChecksumType> sha256", "<ChecksumType> md5", 1)),
+            "md5",
+        ),
     ];
     for (text, why) in &cases {
         fs::write(d.join("a.img.bmap"), text).unwrap();
@@ -251,12 +339,22 @@ fn hostile_block_maps_are_refused_before_writing() {
     // partition table wiped.
     let sum = ranges[1].split("chksum=\"").nth(1).unwrap()[..64].to_string();
     let flipped: String = sum.chars().rev().collect();
-    fs::write(d.join("a.img.bmap"), resign(&good.replacen(&sum, &flipped, 1))).unwrap();
+    fs::write(
+        d.join("a.img.bmap"),
+        resign(&good.replacen(&sum, &flipped, 1)),
+    )
+    .unwrap();
     let (code, out, err) = flash(d, &["a.img", dev, "--yes"]);
     assert_eq!(code, 1, "{out}{err}");
-    assert!(err.contains("does not match its block map") && err.contains("wiped"), "{err}");
+    assert!(
+        err.contains("does not match its block map") && err.contains("wiped"),
+        "{err}"
+    );
     let (code, out, _) = run(Command::new("sfdisk").arg("-d").arg(t.path()));
-    assert!(code != 0 || !out.contains("start="), "a partition table survived: {out}");
+    assert!(
+        code != 0 || !out.contains("start="),
+        "a partition table survived: {out}"
+    );
     // The good map works.
     fs::write(d.join("a.img.bmap"), &good).unwrap();
     succeeds(d, &["a.img", dev, "--yes"]);
@@ -267,7 +365,15 @@ fn hostile_block_maps_are_refused_before_writing() {
 /// Re-signs a bmap (its `BmapFileChecksum`), as a hostile map would be.
 fn resign(text: &str) -> String {
     use sha2::{Digest, Sha256};
-    let old = text.split("<BmapFileChecksum>").nth(1).unwrap().split("</BmapFileChecksum>").next().unwrap().trim().to_string();
+    let old = text
+        .split("<BmapFileChecksum>")
+        .nth(1)
+        .unwrap()
+        .split("</BmapFileChecksum>")
+        .next()
+        .unwrap()
+        .trim()
+        .to_string();
     let zeroed = text.replacen(&old, &"0".repeat(old.len()), 1);
     let sum = hex::encode(Sha256::digest(zeroed.as_bytes()));
     zeroed.replacen(&"0".repeat(old.len()), &sum, 1)
@@ -308,7 +414,11 @@ fn node_flash(base: &Path, pi: bool) {
     let tmp = support::scratch();
     let d = tmp.path();
     let (setup, node_img) = support::flash::node_build(d, base, pi);
-    let (prefix, shared) = if pi { ("pi", "pi-node.img") } else { ("pc", "pc-node.img") };
+    let (prefix, shared) = if pi {
+        ("pi", "pi-node.img")
+    } else {
+        ("pc", "pc-node.img")
+    };
     let (first, second) = (format!("{prefix}-1"), format!("{prefix}-2"));
     let shared = setup.out.join(shared);
     let size = fs::metadata(&shared).unwrap().len();
@@ -316,11 +426,23 @@ fn node_flash(base: &Path, pi: bool) {
 
     let exact = target_file(&d.join("exact.bin"), size, false);
     let t = Loop::attach(&exact, &[]);
-    let (code, out, err) = flash(d, &[shared_s, t.path().to_str().unwrap(), "--node", &first, "--yes"]);
+    let (code, out, err) = flash(
+        d,
+        &[
+            shared_s,
+            t.path().to_str().unwrap(),
+            "--node",
+            &first,
+            "--yes",
+        ],
+    );
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(&first), "{out}");
     assert_no_secret(&format!("{out}{err}"));
-    assert!(same_bytes(&node_img, t.path(), 0, size), "flash --node differs from build --node");
+    assert!(
+        same_bytes(&node_img, t.path(), 0, size),
+        "flash --node differs from build --node"
+    );
     drop(t);
     fs::remove_file(&exact).unwrap();
 
@@ -333,19 +455,32 @@ fn node_flash(base: &Path, pi: bool) {
 
     let mut child = imgbuild()
         .current_dir(d)
-        .args(["flash", shared_s, dev, "--node", &second, "--yes", "--progress", "json"])
+        .args([
+            "flash",
+            shared_s,
+            dev,
+            "--node",
+            &second,
+            "--yes",
+            "--progress",
+            "json",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let started = lines.any(|l| l.is_ok_and(|l| l.contains("\"step\":\"write\"") && !l.contains("\"done\":0,")));
+    let started = lines
+        .any(|l| l.is_ok_and(|l| l.contains("\"step\":\"write\"") && !l.contains("\"done\":0,")));
     assert!(started, "no write progress before the end");
     child.kill().unwrap();
     let _ = child.wait();
     let (code, out, _) = run(Command::new("sfdisk").arg("-d").arg(t.path()));
-    assert!(code != 0 || !out.contains("start="), "a partition table survived SIGKILL: {out}");
+    assert!(
+        code != 0 || !out.contains("start="),
+        "a partition table survived SIGKILL: {out}"
+    );
     let (code, out, err) = flash(d, &[shared_s, dev, "--node", &second, "--yes"]);
     assert_eq!(code, 0, "{out}{err}");
     check_node_disk(t.path(), &shared, &second, pi);
@@ -357,27 +492,42 @@ fn node_flash(base: &Path, pi: bool) {
 fn check_node_disk(dev: &Path, shared: &Path, node: &str, mbr: bool) {
     if mbr {
         let (code, out, err) = run(Command::new("sfdisk").arg("--verify").arg(dev));
-        assert!(code == 0 && !out.contains("rror"), "sfdisk --verify: {out}{err}");
+        assert!(
+            code == 0 && !out.contains("rror"),
+            "sfdisk --verify: {out}{err}"
+        );
     } else {
         assert_gpt_clean(dev);
     }
     assert_eq!(fsck_all(dev), ["vfat", "ext4", "ext4"]);
     let boot = &partitions(dev)[0];
     let meta = mtype(dev, boot.start, "meta-data");
-    assert!(meta.contains(&format!("local-hostname: \"{node}\"")), "{meta}");
+    assert!(
+        meta.contains(&format!("local-hostname: \"{node}\"")),
+        "{meta}"
+    );
     let profile = shared.file_stem().unwrap().to_str().unwrap();
     let dir = shared.parent().unwrap().parent().unwrap();
     let out = dir.join(format!("seed-{node}"));
-    let (code, o, e) = run(imgbuild().current_dir(dir).args(["seed", profile, "--node", node, "-o"]).arg(&out));
+    let (code, o, e) = run(imgbuild()
+        .current_dir(dir)
+        .args(["seed", profile, "--node", node, "-o"])
+        .arg(&out));
     assert_eq!(code, 0, "{o}{e}");
     assert_eq!(meta, fs::read_to_string(out.join("meta-data")).unwrap());
-    assert_eq!(mtype(dev, boot.start, "user-data"), fs::read_to_string(out.join("user-data")).unwrap());
+    assert_eq!(
+        mtype(dev, boot.start, "user-data"),
+        fs::read_to_string(out.join("user-data")).unwrap()
+    );
     let bmap = shared.with_extension("img.bmap");
     for (s, e) in bmap_ranges(&bmap) {
         if e <= boot.start + boot.size && s >= boot.start || e <= MIB {
             continue;
         }
         let s = s.max(MIB);
-        assert!(same_bytes(shared, dev, s, e - s), "range {s}..{e} differs from the image");
+        assert!(
+            same_bytes(shared, dev, s, e - s),
+            "range {s}..{e} differs from the image"
+        );
     }
 }

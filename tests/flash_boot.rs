@@ -17,7 +17,8 @@ const BOOT_MOUNT: &str = "/boot/efi";
 
 #[test]
 fn a_flashed_loop_device_boots_as_the_node_its_seed_names() {
-    if !(qemu::require_qemu(Arch::X86_64, true) && require_tool("losetup") && require_tool("mtype")) {
+    if !(qemu::require_qemu(Arch::X86_64, true) && require_tool("losetup") && require_tool("mtype"))
+    {
         return;
     }
     let Some(base) = qemu::debian_base() else {

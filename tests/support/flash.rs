@@ -134,10 +134,12 @@ pub fn partitions(disk: &Path) -> Vec<Part> {
 
 /// What the filesystem at `offset` is, by blkid.
 fn fs_type(dev: &Path) -> String {
-    run(Command::new("blkid").args(["-p", "-o", "value", "-s", "TYPE"]).arg(dev))
-        .1
-        .trim()
-        .to_string()
+    run(Command::new("blkid")
+        .args(["-p", "-o", "value", "-s", "TYPE"])
+        .arg(dev))
+    .1
+    .trim()
+    .to_string()
 }
 
 /// `fsck.fat -n` / `e2fsck -fn` on every partition of `disk`; returns the types seen.
@@ -149,9 +151,17 @@ pub fn fsck_all(disk: &Path) -> Vec<String> {
         let (code, out, err) = match t.as_str() {
             "vfat" => run(Command::new("fsck.fat").arg("-n").arg(l.path())),
             "ext4" | "ext2" | "ext3" => run(Command::new("e2fsck").arg("-fn").arg(l.path())),
-            other => panic!("partition at {} of {}: unexpected filesystem {other:?}", p.start, disk.display()),
+            other => panic!(
+                "partition at {} of {}: unexpected filesystem {other:?}",
+                p.start,
+                disk.display()
+            ),
         };
-        assert_eq!(code, 0, "fsck of the {t} partition at {}: {out}{err}", p.start);
+        assert_eq!(
+            code, 0,
+            "fsck of the {t} partition at {}: {out}{err}",
+            p.start
+        );
         seen.push(t);
     }
     seen
@@ -160,7 +170,11 @@ pub fn fsck_all(disk: &Path) -> Vec<String> {
 /// `sgdisk -v` reports no problem.
 pub fn assert_gpt_clean(disk: &Path) {
     let (code, out, err) = run(Command::new("sgdisk").arg("-v").arg(disk));
-    assert!(code == 0 && out.contains("No problems found"), "sgdisk -v {}: {out}{err}", disk.display());
+    assert!(
+        code == 0 && out.contains("No problems found"),
+        "sgdisk -v {}: {out}{err}",
+        disk.display()
+    );
 }
 
 /// `cmp` of `len` bytes at `offset` of two files or devices.
@@ -179,13 +193,25 @@ pub fn bmap_ranges(bmap: &Path) -> Vec<(u64, u64)> {
     let text = fs::read_to_string(bmap).unwrap();
     let num = |tag: &str| -> u64 {
         let s = text.split(&format!("<{tag}>")).nth(1).unwrap();
-        s.split(&format!("</{tag}>")).next().unwrap().trim().parse().unwrap()
+        s.split(&format!("</{tag}>"))
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
     };
     let (bs, size) = (num("BlockSize"), num("ImageSize"));
     text.split("<Range")
         .skip(1)
         .map(|r| {
-            let body = r.split('>').nth(1).unwrap().split('<').next().unwrap().trim();
+            let body = r
+                .split('>')
+                .nth(1)
+                .unwrap()
+                .split('<')
+                .next()
+                .unwrap()
+                .trim();
             let (a, b) = body.split_once('-').unwrap_or((body, body));
             let (a, b): (u64, u64) = (a.trim().parse().unwrap(), b.trim().parse().unwrap());
             (a * bs, ((b + 1) * bs).min(size))

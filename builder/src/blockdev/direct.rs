@@ -72,7 +72,9 @@ impl Read for DirectReader {
         if got <= skip {
             return Ok(0);
         }
-        let n = (got - skip).min(out.len()).min((self.size - self.pos) as usize);
+        let n = (got - skip)
+            .min(out.len())
+            .min((self.size - self.pos) as usize);
         out[..n].copy_from_slice(&win[skip..skip + n]);
         self.pos += n as u64;
         Ok(n)

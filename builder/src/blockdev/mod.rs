@@ -114,7 +114,11 @@ pub fn classify(path: &Path) -> Result<Kind, DevError> {
     if meta.file_type().is_block_device() {
         return disk_of_devno(meta.rdev(), path).map(Kind::Block);
     }
-    Ok(if meta.is_file() { Kind::File } else { Kind::Other })
+    Ok(if meta.is_file() {
+        Kind::File
+    } else {
+        Kind::Other
+    })
 }
 
 fn devno(rdev: u64) -> (u32, u32) {
@@ -202,12 +206,18 @@ pub fn describe(name: &str) -> Disk {
     let canon = std::fs::canonicalize(&sys).unwrap_or_else(|_| sys.clone());
     let t = transport(name, &canon.to_string_lossy());
     let sectors: u64 = attr("size").and_then(|s| s.parse().ok()).unwrap_or(0);
-    let model = [attr("device/vendor"), attr("device/model"), attr("device/name")]
-        .into_iter()
-        .flatten()
-        .collect::<Vec<_>>()
-        .join(" ");
-    let serial = attr("device/serial").or_else(|| attr("serial")).unwrap_or_default();
+    let model = [
+        attr("device/vendor"),
+        attr("device/model"),
+        attr("device/name"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>()
+    .join(" ");
+    let serial = attr("device/serial")
+        .or_else(|| attr("serial"))
+        .unwrap_or_default();
     let labels = labels();
     let mut partitions: Vec<PartInfo> = std::fs::read_dir(&sys)
         .into_iter()
@@ -218,7 +228,10 @@ pub fn describe(name: &str) -> Disk {
             let pname = e.file_name().to_string_lossy().into_owned();
             let size = read_attr(&e.path().join("size")).and_then(|s| s.parse::<u64>().ok());
             PartInfo {
-                label: labels.iter().find(|(n, _)| *n == pname).map(|(_, l)| l.clone()),
+                label: labels
+                    .iter()
+                    .find(|(n, _)| *n == pname)
+                    .map(|(_, l)| l.clone()),
                 name: pname,
                 size: size.unwrap_or(0) * 512,
             }
@@ -230,10 +243,19 @@ pub fn describe(name: &str) -> Disk {
         name: name.to_string(),
         size: sectors * 512,
         read_only: attr("ro").as_deref() == Some("1"),
-        removable: attr("removable").as_deref() == Some("1") || matches!(t, Transport::Usb | Transport::Sd),
+        removable: attr("removable").as_deref() == Some("1")
+            || matches!(t, Transport::Usb | Transport::Sd),
         transport: t,
-        model: if model.is_empty() { "unknown model".into() } else { model },
-        serial: if serial.is_empty() { "no serial".into() } else { serial },
+        model: if model.is_empty() {
+            "unknown model".into()
+        } else {
+            model
+        },
+        serial: if serial.is_empty() {
+            "no serial".into()
+        } else {
+            serial
+        },
         partitions,
         backing_file: attr("loop/backing_file").map(PathBuf::from),
     }
@@ -286,7 +308,9 @@ fn unescape_octal(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let oct = b.get(i + 1..i + 4).and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok());
+        let oct = b
+            .get(i + 1..i + 4)
+            .and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok());
         match (b[i], oct) {
             (b'\\', Some(v)) => {
                 out.push(v);
@@ -337,7 +361,10 @@ pub fn disks_under(name: &str) -> BTreeSet<String> {
         } else {
             dir.clone()
         };
-        let disk = disk_dir.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        let disk = disk_dir
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
         out.insert(disk.clone());
         for sub in [dir.join("slaves"), disk_dir.join("slaves")] {
             for e in std::fs::read_dir(sub).into_iter().flatten().flatten() {
@@ -356,34 +383,62 @@ pub fn disks_under(name: &str) -> BTreeSet<String> {
 /// The block device a loop's backing file is, when it is one.
 fn backing_block_name(p: &Path) -> Option<String> {
     let m = std::fs::metadata(p).ok()?;
-    m.file_type().is_block_device().then(|| name_of(devno(m.rdev()))).flatten()
+    m.file_type()
+        .is_block_device()
+        .then(|| name_of(devno(m.rdev())))
+        .flatten()
 }
 
 /// A reason the target is in use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Busy {
     /// `what` (a partition, a loop over it, a dm device) is mounted at `mountpoint`.
-    Mounted { what: String, mountpoint: String },
-    Swap { what: String },
+    Mounted {
+        what: String,
+        mountpoint: String,
+    },
+    Swap {
+        what: String,
+    },
     /// Holders (device-mapper, md, LVM) stacked on it.
-    Held { what: String, holder: String },
+    Held {
+        what: String,
+        holder: String,
+    },
     /// A loop device shows the target (or a byte range of it).
-    Loop { name: String, offset: u64, sizelimit: u64 },
+    Loop {
+        name: String,
+        offset: u64,
+        sizelimit: u64,
+    },
     /// It holds the running system.
-    System { mountpoint: String },
+    System {
+        mountpoint: String,
+    },
 }
 
 impl std::fmt::Display for Busy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Busy::Mounted { what, mountpoint } => write!(f, "/dev/{what} is mounted at {mountpoint}"),
+            Busy::Mounted { what, mountpoint } => {
+                write!(f, "/dev/{what} is mounted at {mountpoint}")
+            }
             Busy::Swap { what } => write!(f, "{what} is in use as swap"),
-            Busy::Held { what, holder } => write!(f, "/dev/{what} is held by /dev/{holder} (device-mapper, LVM or md)"),
-            Busy::Loop { name, offset, sizelimit } => write!(
+            Busy::Held { what, holder } => write!(
+                f,
+                "/dev/{what} is held by /dev/{holder} (device-mapper, LVM or md)"
+            ),
+            Busy::Loop {
+                name,
+                offset,
+                sizelimit,
+            } => write!(
                 f,
                 "loop device /dev/{name} is set up over it (offset {offset}, size limit {sizelimit})"
             ),
-            Busy::System { mountpoint } => write!(f, "it holds {mountpoint}, part of the running system"),
+            Busy::System { mountpoint } => {
+                write!(f, "it holds {mountpoint}, part of the running system")
+            }
         }
     }
 }
@@ -400,9 +455,14 @@ pub fn usage(disk: &Disk) -> Vec<Busy> {
             continue;
         }
         if ["/", "/boot", "/boot/efi", "/usr"].contains(&m.mountpoint.as_str()) {
-            out.push(Busy::System { mountpoint: m.mountpoint.clone() });
+            out.push(Busy::System {
+                mountpoint: m.mountpoint.clone(),
+            });
         }
-        out.push(Busy::Mounted { what: n, mountpoint: m.mountpoint });
+        out.push(Busy::Mounted {
+            what: n,
+            mountpoint: m.mountpoint,
+        });
     }
     for s in parse_swaps(&swaps) {
         let dev = backing_block_name(Path::new(&s));
@@ -417,10 +477,15 @@ pub fn usage(disk: &Disk) -> Vec<Busy> {
 
 fn holders(disk: &Disk) -> Vec<Busy> {
     let mut out = Vec::new();
-    let names = std::iter::once(disk.name.clone()).chain(disk.partitions.iter().map(|p| p.name.clone()));
+    let names =
+        std::iter::once(disk.name.clone()).chain(disk.partitions.iter().map(|p| p.name.clone()));
     for n in names {
         let Some(dir) = sys_dir(&n) else { continue };
-        for e in std::fs::read_dir(dir.join("holders")).into_iter().flatten().flatten() {
+        for e in std::fs::read_dir(dir.join("holders"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             out.push(Busy::Held {
                 what: n.clone(),
                 holder: e.file_name().to_string_lossy().into_owned(),
@@ -436,7 +501,11 @@ fn loops_over(disk: &Disk) -> Vec<Busy> {
         .filter(|(name, _, _, backing)| {
             *name != disk.name && backing_block_name(backing).is_some_and(|b| b == disk.name)
         })
-        .map(|(name, offset, sizelimit, _)| Busy::Loop { name, offset, sizelimit })
+        .map(|(name, offset, sizelimit, _)| Busy::Loop {
+            name,
+            offset,
+            sizelimit,
+        })
         .collect()
 }
 
@@ -451,7 +520,12 @@ fn list_loops() -> Vec<(String, u64, u64, PathBuf)> {
             let name = e.file_name().to_string_lossy().into_owned();
             let l = e.path().join("loop");
             let backing = read_attr(&l.join("backing_file"))?;
-            Some((name, num(l.join("offset")), num(l.join("sizelimit")), PathBuf::from(backing)))
+            Some((
+                name,
+                num(l.join("offset")),
+                num(l.join("sizelimit")),
+                PathBuf::from(backing),
+            ))
         })
         .collect()
 }
@@ -482,17 +556,43 @@ mod tests {
         assert_eq!(m[0].devno, (254, 0));
         assert_eq!(m[1].mountpoint, "/mnt/with space");
         assert_eq!(m[1].source, "/dev/loop1");
-        let s = parse_swaps("Filename Type Size Used Priority\n/dev/sdb2 partition 1 0 -2\n/swap\\040file file 1 0 -3\n");
+        let s = parse_swaps(
+            "Filename Type Size Used Priority\n/dev/sdb2 partition 1 0 -2\n/swap\\040file file 1 0 -3\n",
+        );
         assert_eq!(s, vec!["/dev/sdb2", "/swap file"]);
         assert_eq!(unescape_udev("my\\x20card"), "my card");
     }
 
     #[test]
     fn transports_from_sysfs_paths() {
-        assert_eq!(transport("sdb", "/sys/devices/pci0000:00/0000:00:14.0/usb2/2-1/2-1:1.0/host6/target6:0:0/6:0:0:0/block/sdb"), Transport::Usb);
-        assert_eq!(transport("mmcblk0", "/sys/devices/platform/emmc2bus/fe340000.mmc/mmc_host/mmc0/mmc0:aaaa/block/mmcblk0"), Transport::Sd);
-        assert_eq!(transport("nvme0n1", "/sys/devices/pci0000:00/nvme/nvme0/nvme0n1"), Transport::Nvme);
-        assert_eq!(transport("sda", "/sys/devices/pci0000:00/0000:00:17.0/ata1/host0/block/sda"), Transport::Sata);
-        assert_eq!(transport("loop0", "/sys/devices/virtual/block/loop0"), Transport::Loop);
+        assert_eq!(
+            transport(
+                "sdb",
+                "/sys/devices/pci0000:00/0000:00:14.0/usb2/2-1/2-1:1.0/host6/target6:0:0/6:0:0:0/block/sdb"
+            ),
+            Transport::Usb
+        );
+        assert_eq!(
+            transport(
+                "mmcblk0",
+                "/sys/devices/platform/emmc2bus/fe340000.mmc/mmc_host/mmc0/mmc0:aaaa/block/mmcblk0"
+            ),
+            Transport::Sd
+        );
+        assert_eq!(
+            transport("nvme0n1", "/sys/devices/pci0000:00/nvme/nvme0/nvme0n1"),
+            Transport::Nvme
+        );
+        assert_eq!(
+            transport(
+                "sda",
+                "/sys/devices/pci0000:00/0000:00:17.0/ata1/host0/block/sda"
+            ),
+            Transport::Sata
+        );
+        assert_eq!(
+            transport("loop0", "/sys/devices/virtual/block/loop0"),
+            Transport::Loop
+        );
     }
 }

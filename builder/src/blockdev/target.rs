@@ -22,7 +22,9 @@ pub struct Allow {
 pub enum TargetKind {
     Disk(Disk),
     /// A regular file (`--allow-file`); `exists` is false when it will be created.
-    File { exists: bool },
+    File {
+        exists: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -95,7 +97,11 @@ pub fn human(n: u64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    if i == 0 { format!("{n} bytes") } else { format!("{v:.1} {}", U[i]) }
+    if i == 0 {
+        format!("{n} bytes")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
 }
 
 /// Resolves and checks `path` as the target for an `image_size`-byte image read from `image`.
@@ -142,7 +148,10 @@ fn check_disk(disk: Disk, image_size: u64, image: &Path, allow: Allow) -> Result
         });
     }
     if disk.size > LARGE && !allow.large {
-        return Err(Refusal::Large { path, size: disk.size });
+        return Err(Refusal::Large {
+            path,
+            size: disk.size,
+        });
     }
     if !disk.removable && disk.transport != Transport::Loop && !allow.internal {
         return Err(Refusal::Internal {
@@ -161,7 +170,9 @@ fn check_disk(disk: Disk, image_size: u64, image: &Path, allow: Allow) -> Result
 fn check_usage(disk: &Disk) -> Result<(), Refusal> {
     let busy = super::usage(disk);
     let path = disk.path.display().to_string();
-    if let Some(Busy::System { mountpoint }) = busy.iter().find(|b| matches!(b, Busy::System { .. })) {
+    if let Some(Busy::System { mountpoint }) =
+        busy.iter().find(|b| matches!(b, Busy::System { .. }))
+    {
         return Err(Refusal::System {
             path,
             why: format!("it holds {mountpoint}"),
@@ -170,7 +181,11 @@ fn check_usage(disk: &Disk) -> Result<(), Refusal> {
     if busy.is_empty() {
         return Ok(());
     }
-    let list = busy.iter().map(|b| format!("  - {b}")).collect::<Vec<_>>().join("\n");
+    let list = busy
+        .iter()
+        .map(|b| format!("  - {b}"))
+        .collect::<Vec<_>>()
+        .join("\n");
     Err(Refusal::Busy { path, list })
 }
 
@@ -210,8 +225,16 @@ pub fn describe(t: &Target) -> String {
         s.push_str("\n  no partitions");
     }
     for p in &d.partitions {
-        let label = p.label.as_ref().map(|l| format!(" label {l:?}")).unwrap_or_default();
-        s.push_str(&format!("\n  partition {} {}{label}", p.name, human(p.size)));
+        let label = p
+            .label
+            .as_ref()
+            .map(|l| format!(" label {l:?}"))
+            .unwrap_or_default();
+        s.push_str(&format!(
+            "\n  partition {} {}{label}",
+            p.name,
+            human(p.size)
+        ));
     }
     s
 }
@@ -221,7 +244,9 @@ pub fn open(t: &Target) -> Result<File, Refusal> {
     let path = t.path.display().to_string();
     match &t.kind {
         TargetKind::Disk(_) => super::open_exclusive(&t.path).map_err(|e| match e {
-            DevError::Io { source, .. } if source.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) => {
+            DevError::Io { source, .. }
+                if source.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) =>
+            {
                 Refusal::Exclusive(path)
             }
             e => Refusal::Dev(e),
@@ -233,9 +258,13 @@ pub fn open(t: &Target) -> Result<File, Refusal> {
                 .create(true)
                 .truncate(false)
                 .open(&t.path)
-                .map_err(|source| DevError::Io { path: path.clone(), source })?;
+                .map_err(|source| DevError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
             if f.metadata().map(|m| m.len()).unwrap_or(0) < t.size {
-                f.set_len(t.size).map_err(|source| DevError::Io { path, source })?;
+                f.set_len(t.size)
+                    .map_err(|source| DevError::Io { path, source })?;
             }
             Ok(f)
         }

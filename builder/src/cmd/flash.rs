@@ -80,7 +80,8 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
     };
     let img = resolve_image(source, ctx)?;
     let head = read_head(&img)?;
-    let (gpt, parts) = table::partitions(&head).with_context(|| format!("reading {}", img.path.display()))?;
+    let (gpt, parts) =
+        table::partitions(&head).with_context(|| format!("reading {}", img.path.display()))?;
     let allow = Allow {
         file: args.allow_file,
         large: args.allow_large,
@@ -95,7 +96,14 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
         Some(m) => plan::mapped_from_bmap(m),
         None => plan::mapped_whole(img.size),
     };
-    let plan = plan::plan(img.size, target.size, mapped, &parts, node.as_ref().map(|n| n.index), gpt)?;
+    let plan = plan::plan(
+        img.size,
+        target.size,
+        mapped,
+        &parts,
+        node.as_ref().map(|n| n.index),
+        gpt,
+    )?;
     describe_plan(&img, &target, &plan, args, ctx);
     if args.dry_run {
         println!("dry run: every check passed; nothing was opened for writing");
@@ -109,12 +117,15 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
 /// SOURCE as a path (`.img`, `.img.xz`) or as a profile whose image is built.
 fn resolve_image(source: &str, ctx: &Context) -> Result<Image> {
     let as_path = Path::new(source);
-    let looks_like_path = source.ends_with(".img") || source.ends_with(".img.xz") || source.contains('/');
+    let looks_like_path =
+        source.ends_with(".img") || source.ends_with(".img.xz") || source.contains('/');
     let (path, profile) = if looks_like_path || as_path.is_file() {
         (as_path.to_path_buf(), None)
     } else {
         let resolved = ctx.profiles().resolve(source, &[]).with_context(|| {
-            format!("SOURCE {source:?} is neither an image file (.img, .img.xz) nor a known profile")
+            format!(
+                "SOURCE {source:?} is neither an image file (.img, .img.xz) nor a known profile"
+            )
         })?;
         let dir = Path::new("images").join(resolved.image_name());
         let name = resolved.image_name();
@@ -151,7 +162,10 @@ fn resolve_image(source: &str, ctx: &Context) -> Result<Image> {
 fn read_bmap(image: &Path) -> Result<Option<BlockMap>> {
     let s = image.to_string_lossy();
     let raw = s.strip_suffix(".xz").unwrap_or(&s);
-    let candidates = [format!("{raw}.bmap"), format!("{}.bmap", raw.strip_suffix(".img").unwrap_or(raw))];
+    let candidates = [
+        format!("{raw}.bmap"),
+        format!("{}.bmap", raw.strip_suffix(".img").unwrap_or(raw)),
+    ];
     let Some(p) = candidates.iter().map(PathBuf::from).find(|p| p.is_file()) else {
         return Ok(None);
     };
@@ -168,7 +182,9 @@ fn read_bmap(image: &Path) -> Result<Option<BlockMap>> {
 /// SOURCE_DATE_EPOCH and the image size from `manifest.json` beside the image, when present.
 fn read_manifest(image: &Path) -> (Option<i64>, Option<u64>) {
     let p = image.with_file_name(crate::disk::manifest::FILE_NAME);
-    let Some(v) = std::fs::read_to_string(p).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+    let Some(v) = std::fs::read_to_string(p)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
     else {
         return (None, None);
     };
@@ -177,7 +193,9 @@ fn read_manifest(image: &Path) -> (Option<i64>, Option<u64>) {
 
 fn image_size(path: &Path, xz: bool, map: Option<&BlockMap>, manifest: Option<u64>) -> Result<u64> {
     if !xz {
-        let len = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len();
+        let len = std::fs::metadata(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .len();
         if let Some(m) = map.filter(|m| m.image_size != len) {
             bail!(
                 "{} is {len} bytes but its block map describes {} bytes: they do not belong together; nothing was written",
@@ -199,7 +217,9 @@ fn image_size(path: &Path, xz: bool, map: Option<&BlockMap>, manifest: Option<u6
 fn open_xz(path: &Path) -> Result<impl Read> {
     let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     // Multithreaded decoding (liblzma's parallel decoder) keeps up with fast targets.
-    Ok(liblzma::read::XzDecoder::new_parallel(BufReader::with_capacity(1 << 20, f)))
+    Ok(liblzma::read::XzDecoder::new_parallel(
+        BufReader::with_capacity(1 << 20, f),
+    ))
 }
 
 /// The image's first MiB (its partition table).
@@ -207,9 +227,13 @@ fn read_head(img: &Image) -> Result<Vec<u8>> {
     let mut head = vec![0u8; plan::HEAD.min(img.size) as usize];
     let what = || format!("reading the start of {}", img.path.display());
     if img.xz {
-        open_xz(&img.path)?.read_exact(&mut head).with_context(what)?;
+        open_xz(&img.path)?
+            .read_exact(&mut head)
+            .with_context(what)?;
     } else {
-        File::open(&img.path).and_then(|mut f| f.read_exact(&mut head)).with_context(what)?;
+        File::open(&img.path)
+            .and_then(|mut f| f.read_exact(&mut head))
+            .with_context(what)?;
     }
     Ok(head)
 }
@@ -222,11 +246,26 @@ struct NodePrep {
     _scratch: Option<tempfile::NamedTempFile>,
 }
 
-fn prepare_node(name: &str, img: &Image, parts: &[Span], args: &Args, ctx: &Context) -> Result<NodePrep> {
+fn prepare_node(
+    name: &str,
+    img: &Image,
+    parts: &[Span],
+    args: &Args,
+    ctx: &Context,
+) -> Result<NodePrep> {
     let (resolved, inputs) = load_node(name, img, args, ctx)?;
-    let seed = crate::node::seed::render(&resolved, &inputs.node, &inputs.secrets, "", &inputs.templates)?;
+    let seed = crate::node::seed::render(
+        &resolved,
+        &inputs.node,
+        &inputs.secrets,
+        "",
+        &inputs.templates,
+    )?;
     let index = table::boot_index(parts).with_context(|| {
-        format!("the image {} has no FAT boot partition to put node {name}'s seed in", img.path.display())
+        format!(
+            "the image {} has no FAT boot partition to put node {name}'s seed in",
+            img.path.display()
+        )
     })?;
     let p = &parts[index];
     let (file, scratch) = if img.xz {
@@ -247,7 +286,12 @@ fn prepare_node(name: &str, img: &Image, parts: &[Span], args: &Args, ctx: &Cont
 
 /// The node's profile, inventory entry, secrets and templates. For an image path, the profile
 /// is the one the inventory gives the node.
-fn load_node(name: &str, img: &Image, args: &Args, ctx: &Context) -> Result<(Resolved, NodeInputs)> {
+fn load_node(
+    name: &str,
+    img: &Image,
+    args: &Args,
+    ctx: &Context,
+) -> Result<(Resolved, NodeInputs)> {
     let profile = match &img.profile {
         Some(p) => p.clone(),
         None => {
@@ -281,7 +325,11 @@ fn describe_plan(img: &Image, t: &Target, p: &Plan, args: &Args, ctx: &Context) 
         Some(_) => format!("{} mapped by its block map", human(p.write_bytes())),
         None => "every byte (no block map beside it)".to_string(),
     };
-    eprintln!("image: {} ({}), writing {how}", img.path.display(), human(img.size));
+    eprintln!(
+        "image: {} ({}), writing {how}",
+        img.path.display(),
+        human(img.size)
+    );
     eprintln!("target: {}", target::describe(t));
     if let Some(n) = &args.node {
         eprintln!("node: {n} (its seed goes into the boot partition)");
@@ -299,10 +347,16 @@ fn confirm(t: &Target, args: &Args) -> Result<()> {
             t.path.display()
         );
     }
-    eprint!("Everything on {} will be erased:\n  {}\nType yes to write it: ", t.path.display(), target::describe(t));
+    eprint!(
+        "Everything on {} will be erased:\n  {}\nType yes to write it: ",
+        t.path.display(),
+        target::describe(t)
+    );
     let _ = std::io::stderr().flush();
     let mut line = String::new();
-    std::io::stdin().read_line(&mut line).context("reading the answer")?;
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the answer")?;
     if line.trim() != "yes" {
         bail!("not confirmed; nothing was written");
     }
@@ -325,8 +379,14 @@ fn flash(
     let note = target::reread(t, dev);
     if ctx.verbosity >= 0 {
         let total = started.elapsed().as_secs_f64();
-        let who = node.map(|n| format!(" with node {}'s seed", n.name)).unwrap_or_default();
-        println!("flashed {} to {}{who} in {total:.1} s", img.path.display(), t.path.display());
+        let who = node
+            .map(|n| format!(" with node {}'s seed", n.name))
+            .unwrap_or_default();
+        println!(
+            "flashed {} to {}{who} in {total:.1} s",
+            img.path.display(),
+            t.path.display()
+        );
         println!("{}", report.summary());
         if let Some(n) = note {
             eprintln!("warning: {n}");
@@ -345,10 +405,19 @@ struct Report {
 
 impl Report {
     fn summary(&self) -> String {
-        let rate = |b: u64, s: f64| format!("{} in {s:.1} s, {:.1} MiB/s", human(b), b as f64 / (1 << 20) as f64 / s.max(1e-6));
+        let rate = |b: u64, s: f64| {
+            format!(
+                "{} in {s:.1} s, {:.1} MiB/s",
+                human(b),
+                b as f64 / (1 << 20) as f64 / s.max(1e-6)
+            )
+        };
         let mut s = format!("wrote {}", rate(self.written, self.write_secs));
         match self.verified {
-            Some((b, secs)) => s.push_str(&format!("; verified {} (read back past the page cache)", rate(b, secs))),
+            Some((b, secs)) => s.push_str(&format!(
+                "; verified {} (read back past the page cache)",
+                rate(b, secs)
+            )),
             None => s.push_str("; not verified (--no-verify)"),
         }
         s
@@ -407,7 +476,12 @@ fn write_all(
 }
 
 /// Syncs, drops the kernel's caches of the target and reads `checks` back through `O_DIRECT`.
-fn read_back(t: &Target, dev: &File, checks: &[write::Check], ctx: &Context) -> Result<u64, FlashError> {
+fn read_back(
+    t: &Target,
+    dev: &File,
+    checks: &[write::Check],
+    ctx: &Context,
+) -> Result<u64, FlashError> {
     let io = |what: &str| {
         let what = format!("{what} {}", t.path.display());
         move |source| FlashError::Io { what, source }
@@ -427,7 +501,10 @@ fn fail(e: FlashError, plan: &Plan, t: &Target, dev: &mut File) -> anyhow::Error
             t.path.display()
         )
     } else {
-        format!("wiping the partition table of {} failed too: do not boot from it", t.path.display())
+        format!(
+            "wiping the partition table of {} failed too: do not boot from it",
+            t.path.display()
+        )
     };
     let msg = format!("{e}\n  {state}");
     match e {
@@ -443,7 +520,10 @@ fn list() -> Result<()> {
         println!("no disks found");
     }
     for d in disks {
-        let used: Vec<String> = blockdev::usage(&d).iter().map(ToString::to_string).collect();
+        let used: Vec<String> = blockdev::usage(&d)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         let kind = if matches!(d.transport, blockdev::Transport::Loop) {
             "loop"
         } else if d.removable {

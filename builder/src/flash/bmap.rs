@@ -96,7 +96,10 @@ fn parse_range(text: &str) -> Option<(u64, u64)> {
 fn check_version(root: roxmltree::Node<'_, '_>) -> Result<(), BmapError> {
     let v = root.attribute("version").unwrap_or("");
     let major = v.split('.').next().unwrap_or("");
-    let minor_ok = v.split('.').nth(1).is_some_and(|m| m.parse::<u32>().is_ok());
+    let minor_ok = v
+        .split('.')
+        .nth(1)
+        .is_some_and(|m| m.parse::<u32>().is_ok());
     if major != "2" || !minor_ok || v.split('.').count() != 2 {
         return Err(BmapError::Version(v.to_string()));
     }
@@ -205,7 +208,11 @@ mod tests {
         BlockMap {
             image_size: 40960 + 100,
             block_size: 4096,
-            ranges: vec![(0, 1, "ab".repeat(32)), (5, 5, "cd".repeat(32)), (10, 10, "ef".repeat(32))],
+            ranges: vec![
+                (0, 1, "ab".repeat(32)),
+                (5, 5, "cd".repeat(32)),
+                (10, 10, "ef".repeat(32)),
+            ],
         }
     }
 
@@ -241,7 +248,11 @@ mod tests {
             ("version=\"2.0\"", "version=\"3.0\"", "version"),
             ("version=\"2.0\"", "version=\"1.3\"", "version"),
             ("sha256 </Checksum", "sha512 </Checksum", "sha512"),
-            ("<MappedBlocksCount> 4", "<MappedBlocksCount> 5", "MappedBlocksCount"),
+            (
+                "<MappedBlocksCount> 4",
+                "<MappedBlocksCount> 5",
+                "MappedBlocksCount",
+            ),
             ("<BlocksCount> 11", "<BlocksCount> 12", "BlocksCount"),
             ("chksum=\"cdcd", "chksum=\"zzcd", "not a SHA-256"),
         ];

@@ -41,7 +41,14 @@ fn identity(sector: &[u8; 512], number: u32) -> Result<(u32, String), BootError>
     }
     let id = u32::from_le_bytes(sector[67..71].try_into().expect("4 bytes"));
     let label = String::from_utf8_lossy(&sector[71..82]).trim().to_string();
-    Ok((id, if label == "NO NAME" { String::new() } else { label }))
+    Ok((
+        id,
+        if label == "NO NAME" {
+            String::new()
+        } else {
+            label
+        },
+    ))
 }
 
 impl NodeBoot {
@@ -89,9 +96,15 @@ impl NodeBoot {
 
     /// Writes the filesystem into `sink` (offsets relative to the partition).
     pub fn write(&self, sink: &mut dyn Sink) -> Result<(), String> {
-        fat::write(&self.tree, self.size, &self.params, sink, &Progress::quiet())
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        fat::write(
+            &self.tree,
+            self.size,
+            &self.params,
+            sink,
+            &Progress::quiet(),
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string())
     }
 }
 
@@ -109,12 +122,19 @@ mod tests {
         let mut tree = Tree::new();
         let p = |s: &str| TreePath::new(s).unwrap();
         tree.insert(p("EFI"), Entry::dir(0o755).at(epoch)).unwrap();
-        tree.insert(p("EFI/BOOT"), Entry::dir(0o755).at(epoch)).unwrap();
+        tree.insert(p("EFI/BOOT"), Entry::dir(0o755).at(epoch))
+            .unwrap();
         let big: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
-        tree.insert(p("EFI/BOOT/BOOTX64.EFI"), Entry::file(0o644, Content::bytes(big)).at(epoch))
-            .unwrap();
-        tree.insert(p("config.txt"), Entry::file(0o644, Content::bytes(b"x=1\n".to_vec())).at(epoch))
-            .unwrap();
+        tree.insert(
+            p("EFI/BOOT/BOOTX64.EFI"),
+            Entry::file(0o644, Content::bytes(big)).at(epoch),
+        )
+        .unwrap();
+        tree.insert(
+            p("config.txt"),
+            Entry::file(0o644, Content::bytes(b"x=1\n".to_vec())).at(epoch),
+        )
+        .unwrap();
         let size = 40 << 20;
         let params = FatParams {
             volume_id: 0x1234_5678,
@@ -144,6 +164,9 @@ mod tests {
         let mut want = VecSink::default();
         fat::write(&tree, size, &params, &mut want, &Progress::quiet()).unwrap();
         want.buf.resize(size as usize, 0);
-        assert!(rebuilt.buf == want.buf, "rebuilt FAT differs from the one built with the seed");
+        assert!(
+            rebuilt.buf == want.buf,
+            "rebuilt FAT differs from the one built with the seed"
+        );
     }
 }

@@ -12,8 +12,8 @@
 //! last MiB of every other partition (old superblocks, LVM/md/ZFS labels a probe would find),
 //! the first MiB of the disk and the last MiB of the target (an old backup GPT).
 
-use crate::disk::bmap::BlockMap;
 use crate::blockio::region::Ranges;
+use crate::disk::bmap::BlockMap;
 
 pub const MIB: u64 = 1 << 20;
 /// Held back and written last, so an interrupted flash leaves no partition table.
@@ -175,7 +175,10 @@ pub fn plan(
             image: image_size,
         });
     }
-    if let Some(p) = parts.iter().find(|p| p.end > image_size || p.start >= p.end) {
+    if let Some(p) = parts
+        .iter()
+        .find(|p| p.end > image_size || p.start >= p.end)
+    {
         return Err(PlanError::PartitionOutside {
             number: p.number,
             start: p.start,
@@ -260,7 +263,11 @@ mod tests {
         let p = plan(200 * MIB, 400 * MIB, mapped, &parts, None, true).unwrap();
         assert_eq!(
             p.zeros,
-            vec![(MIB + 8192, 18 * MIB), (64 * MIB, 66 * MIB), (199 * MIB, 200 * MIB)]
+            vec![
+                (MIB + 8192, 18 * MIB),
+                (64 * MIB, 66 * MIB),
+                (199 * MIB, 200 * MIB)
+            ]
         );
         assert_eq!(p.tail_wipe, Some((399 * MIB, 400 * MIB)));
         assert_eq!(p.head, MIB);
@@ -268,10 +275,17 @@ mod tests {
 
     #[test]
     fn the_rebuilt_boot_partition_is_not_copied_or_zeroed() {
-        let parts = [span(1, MIB, 65 * MIB, true), span(2, 65 * MIB, 100 * MIB, false)];
+        let parts = [
+            span(1, MIB, 65 * MIB, true),
+            span(2, 65 * MIB, 100 * MIB, false),
+        ];
         let mapped = vec![m(0, 4096), m(MIB, 2 * MIB), m(70 * MIB, 71 * MIB)];
         let p = plan(100 * MIB, 100 * MIB, mapped, &parts, Some(0), false).unwrap();
-        assert!(p.zeros.iter().all(|&(s, e)| e <= MIB || s >= 65 * MIB), "{:?}", p.zeros);
+        assert!(
+            p.zeros.iter().all(|&(s, e)| e <= MIB || s >= 65 * MIB),
+            "{:?}",
+            p.zeros
+        );
         assert_eq!(p.boot.unwrap().zone_end, 18 * MIB);
         assert_eq!(p.tail_wipe, None);
         // Head + the root's copied MiB + its zeroed edges + the boot zone.
@@ -290,7 +304,14 @@ mod tests {
         ));
         let outside = [span(1, MIB, 20 * MIB, false)];
         assert!(matches!(
-            plan(10 * MIB, 10 * MIB, mapped_whole(10 * MIB), &outside, None, false),
+            plan(
+                10 * MIB,
+                10 * MIB,
+                mapped_whole(10 * MIB),
+                &outside,
+                None,
+                false
+            ),
             Err(PlanError::PartitionOutside { number: 1, .. })
         ));
     }

@@ -68,9 +68,9 @@ pub fn boot_index(parts: &[Span]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::blockio::region::VecSink;
     use crate::disk::gpt::{GptEntry, GptTable};
     use crate::disk::mbr::MbrEntry;
-    use crate::blockio::region::VecSink;
 
     #[test]
     fn reads_both_kinds_from_the_head() {

@@ -132,7 +132,9 @@ impl<R: Read> Streamed<R> {
 impl<R: Read> Forward for Streamed<R> {
     fn read_at(&mut self, at: u64, buf: &mut [u8]) -> io::Result<()> {
         if at < self.pos {
-            return Err(io::Error::other("a streamed image cannot be read backwards"));
+            return Err(io::Error::other(
+                "a streamed image cannot be read backwards",
+            ));
         }
         self.skip_to(at)?;
         if self.pos < at {
@@ -219,7 +221,9 @@ impl<T: Target> Sink for BootSink<'_, '_, T> {
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
         let at = self.boot.start + offset;
         if at + data.len() as u64 > self.boot.end {
-            return Err(io::Error::other("the boot filesystem outgrew its partition"));
+            return Err(io::Error::other(
+                "the boot filesystem outgrew its partition",
+            ));
         }
         self.w.put(at, data, Record::Hash).map_err(|e| {
             let msg = e.to_string();
@@ -296,7 +300,7 @@ pub fn write<F: Forward, T: Target>(
         w.zeros(s, e)?;
     }
     if let Some(b) = plan.boot.filter(|_| !boot_done) {
-        rebuild_boot(&mut w, b, boot.as_deref_mut())?;
+        rebuild_boot(&mut w, b, boot)?;
     }
     let got = image.total().map_err(io_err("reading the image"))?;
     if got != plan.image_size {
@@ -319,7 +323,10 @@ fn relocate(plan: &Plan, head: &mut [u8]) -> Result<Option<(u64, Vec<u8>)>, Flas
     if !plan.gpt || plan.target_size == plan.image_size {
         return Ok(None);
     }
-    Ok(Some(crate::disk::gpt::relocate(head, plan.target_size / 512)?))
+    Ok(Some(crate::disk::gpt::relocate(
+        head,
+        plan.target_size / 512,
+    )?))
 }
 
 /// Reads one mapped range in chunks, hashing it for the block map; each chunk goes into the
@@ -335,13 +342,18 @@ fn copy_range<F: Forward, T: Target>(
 ) -> Result<(), FlashError> {
     let in_boot = |at: u64| plan.boot.is_some_and(|b| at >= b.start && at < b.end);
     // A range written as one piece is checked with the block map's own checksum.
-    let whole = m.sha256.is_some() && m.start >= plan.head && !in_boot(m.start) && !in_boot(m.end - 1);
+    let whole =
+        m.sha256.is_some() && m.start >= plan.head && !in_boot(m.start) && !in_boot(m.end - 1);
     let mut hash = Sha256::new();
     let mut at = m.start;
     while at < m.end {
         let mut n = ((m.end - at) as usize).min(buf.len());
         // Never let a chunk straddle the head or a boot-partition boundary.
-        for edge in [Some(plan.head), plan.boot.map(|b| b.start), plan.boot.map(|b| b.end)] {
+        for edge in [
+            Some(plan.head),
+            plan.boot.map(|b| b.start),
+            plan.boot.map(|b| b.end),
+        ] {
             if let Some(e) = edge.filter(|&e| e > at && e < at + n as u64) {
                 n = (e - at) as usize;
             }

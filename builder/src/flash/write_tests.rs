@@ -1,10 +1,10 @@
 use std::io::Cursor;
 
 use super::*;
+use crate::blockio::region::VecSink;
 use crate::disk::bmap::{BLOCK_SIZE, BlockMap, mapped_blocks};
 use crate::disk::gpt::{GptEntry, GptTable};
 use crate::disk::layout::PartType;
-use crate::blockio::region::VecSink;
 use crate::flash::plan::{MIB, mapped_from_bmap, mapped_whole, plan};
 use crate::flash::table::partitions;
 
@@ -16,7 +16,9 @@ fn image() -> (Vec<u8>, BlockMap) {
     let mut s = VecSink::default();
     let entry = |t: PartType, n: u8, first: u64, last: u64| GptEntry {
         type_guid: t.gpt_type(),
-        unique_guid: format!("11111111-2222-4333-8444-5555555555{n:02}").parse().unwrap(),
+        unique_guid: format!("11111111-2222-4333-8444-5555555555{n:02}")
+            .parse()
+            .unwrap(),
         first_lba: first,
         last_lba: last,
         attributes: 0,
@@ -55,7 +57,13 @@ fn image() -> (Vec<u8>, BlockMap) {
 
 fn flash(img: &[u8], p: &Plan, target: &mut Cursor<Vec<u8>>) -> Result<Written, FlashError> {
     wipe_table(p, target)?;
-    let w = write(p, &mut Seekable(Cursor::new(img)), target, None, &Progress::quiet())?;
+    let w = write(
+        p,
+        &mut Seekable(Cursor::new(img)),
+        target,
+        None,
+        &Progress::quiet(),
+    )?;
     let mut checks = w.checks.clone();
     verify(target, &checks, &Progress::quiet())?;
     checks.extend(finish(&w, target)?);
@@ -69,7 +77,15 @@ fn sparse_flash_onto_dirty_media_relocates_the_gpt_and_verifies() {
     let target_size = 2 * IMAGE;
     let mut target = Cursor::new(vec![0xAAu8; target_size as usize]);
     let (gpt, parts) = partitions(&img[..MIB as usize]).unwrap();
-    let p = plan(IMAGE, target_size, mapped_from_bmap(&map), &parts, None, gpt).unwrap();
+    let p = plan(
+        IMAGE,
+        target_size,
+        mapped_from_bmap(&map),
+        &parts,
+        None,
+        gpt,
+    )
+    .unwrap();
     flash(&img, &p, &mut target).unwrap();
     let t = target.get_ref();
     // Table readable at the target's size; every mapped byte and every metadata zone equal.
@@ -80,8 +96,16 @@ fn sparse_flash_onto_dirty_media_relocates_the_gpt_and_verifies() {
     assert!(same(MIB, 18 * MIB), "the FAT zone differs");
     assert!(same(25 * MIB, 25 * MIB + 70000), "the mapped data differs");
     // Don't-care holes keep their stale bytes: the flash was sparse.
-    assert!(t[30 * MIB as usize..31 * MIB as usize].iter().all(|&b| b == 0xAA));
-    assert!(t[(2 * IMAGE - MIB) as usize..(2 * IMAGE - 17 * 1024) as usize].iter().all(|&b| b == 0));
+    assert!(
+        t[30 * MIB as usize..31 * MIB as usize]
+            .iter()
+            .all(|&b| b == 0xAA)
+    );
+    assert!(
+        t[(2 * IMAGE - MIB) as usize..(2 * IMAGE - 17 * 1024) as usize]
+            .iter()
+            .all(|&b| b == 0)
+    );
 }
 
 #[test]
@@ -91,9 +115,19 @@ fn same_size_target_gets_the_image_bytes_from_a_stream_too() {
     let (gpt, parts) = partitions(&img[..MIB as usize]).unwrap();
     let p = plan(IMAGE, IMAGE, mapped_from_bmap(&map), &parts, None, gpt).unwrap();
     wipe_table(&p, &mut target).unwrap();
-    let w = write(&p, &mut Streamed::new(&img[..]), &mut target, None, &Progress::quiet()).unwrap();
+    let w = write(
+        &p,
+        &mut Streamed::new(&img[..]),
+        &mut target,
+        None,
+        &Progress::quiet(),
+    )
+    .unwrap();
     finish(&w, &mut target).unwrap();
-    assert!(target.get_ref() == &img, "flashed bytes differ from the image");
+    assert!(
+        target.get_ref() == &img,
+        "flashed bytes differ from the image"
+    );
     // Without a map, every byte is written.
     let mut raw = Cursor::new(vec![0x55u8; IMAGE as usize]);
     let p = plan(IMAGE, IMAGE, mapped_whole(IMAGE), &parts, None, gpt).unwrap();
@@ -107,18 +141,42 @@ fn a_damaged_image_or_a_bad_read_back_is_caught() {
     let (gpt, parts) = partitions(&img[..MIB as usize]).unwrap();
     let p = plan(IMAGE, IMAGE, mapped_from_bmap(&map), &parts, None, gpt).unwrap();
     let mut target = Cursor::new(vec![0u8; IMAGE as usize]);
-    let w = write(&p, &mut Seekable(Cursor::new(&img)), &mut target, None, &Progress::quiet())
-        .unwrap();
+    let w = write(
+        &p,
+        &mut Seekable(Cursor::new(&img)),
+        &mut target,
+        None,
+        &Progress::quiet(),
+    )
+    .unwrap();
     target.get_mut()[25 * MIB as usize + 10] ^= 1;
     let e = verify(&mut target, &w.checks, &Progress::quiet()).unwrap_err();
-    assert!(matches!(e, FlashError::Mismatch { start, .. } if start == 25 * MIB), "{e}");
+    assert!(
+        matches!(e, FlashError::Mismatch { start, .. } if start == 25 * MIB),
+        "{e}"
+    );
     img[3 * MIB as usize + 1] ^= 1;
-    let e = write(&p, &mut Seekable(Cursor::new(&img)), &mut target, None, &Progress::quiet())
-        .unwrap_err();
-    assert!(matches!(e, FlashError::SourceMismatch { start, .. } if start == 3 * MIB), "{e}");
+    let e = write(
+        &p,
+        &mut Seekable(Cursor::new(&img)),
+        &mut target,
+        None,
+        &Progress::quiet(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, FlashError::SourceMismatch { start, .. } if start == 3 * MIB),
+        "{e}"
+    );
     img[3 * MIB as usize + 1] ^= 1;
-    let e = write(&p, &mut Streamed::new(&img[..30 * MIB as usize]), &mut target, None, &Progress::quiet())
-        .unwrap_err();
+    let e = write(
+        &p,
+        &mut Streamed::new(&img[..30 * MIB as usize]),
+        &mut target,
+        None,
+        &Progress::quiet(),
+    )
+    .unwrap_err();
     assert!(matches!(e, FlashError::Truncated { .. }), "{e}");
 }
 
@@ -130,16 +188,31 @@ fn the_boot_partition_is_rebuilt_and_its_zone_holes_zeroed() {
     let mut target = Cursor::new(vec![0xAAu8; IMAGE as usize]);
     wipe_table(&p, &mut target).unwrap();
     let mut rebuild = |s: &mut dyn Sink| -> Result<(), String> {
-        s.write_at(0, b"new boot sector").map_err(|e| e.to_string())?;
+        s.write_at(0, b"new boot sector")
+            .map_err(|e| e.to_string())?;
         s.write_at(4 * MIB, b"seed").map_err(|e| e.to_string())
     };
-    let w = write(&p, &mut Seekable(Cursor::new(&img)), &mut target, Some(&mut rebuild), &Progress::quiet())
-        .unwrap();
+    let w = write(
+        &p,
+        &mut Seekable(Cursor::new(&img)),
+        &mut target,
+        Some(&mut rebuild),
+        &Progress::quiet(),
+    )
+    .unwrap();
     verify(&mut target, &w.checks, &Progress::quiet()).unwrap();
     let t = target.get_ref();
     assert_eq!(&t[MIB as usize..MIB as usize + 15], b"new boot sector");
     assert_eq!(&t[5 * MIB as usize..5 * MIB as usize + 4], b"seed");
     // The old content of the partition is gone (zeroed zone), not copied.
-    assert!(t[3 * MIB as usize..4 * MIB as usize].iter().all(|&b| b == 0));
-    assert!(t[19 * MIB as usize..20 * MIB as usize].iter().all(|&b| b == 0xAA || b == 0));
+    assert!(
+        t[3 * MIB as usize..4 * MIB as usize]
+            .iter()
+            .all(|&b| b == 0)
+    );
+    assert!(
+        t[19 * MIB as usize..20 * MIB as usize]
+            .iter()
+            .all(|&b| b == 0xAA || b == 0)
+    );
 }
