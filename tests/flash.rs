@@ -9,16 +9,14 @@
 mod support;
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use support::flash::{
     Loop, Mounted, assert_gpt_clean, bmap_ranges, flash, fsck_all, mtype, partitions, same_bytes,
     sha256, target_file,
 };
-use support::node;
-use support::{imgbuild, require_tool, run};
+use support::{require_tool, run};
 
 const MIB: u64 = 1 << 20;
 
@@ -379,12 +377,6 @@ fn resign(text: &str) -> String {
     zeroed.replacen(&"0".repeat(old.len()), &sum, 1)
 }
 
-fn assert_no_secret(text: &str) {
-    for (name, value) in node::SECRETS {
-        assert!(!text.contains(value), "secret {name} in the output");
-    }
-}
-
 #[test]
 fn amd64_node_flash_equals_build_node_and_survives_reuse_and_sigkill() {
     if !tools() {
@@ -393,141 +385,5 @@ fn amd64_node_flash_equals_build_node_and_survives_reuse_and_sigkill() {
     let Some(base) = support::qemu::debian_base() else {
         return;
     };
-    node_flash(&base, false);
-}
-
-#[test]
-fn pi_node_flash_equals_build_node_and_survives_reuse_and_sigkill() {
-    if !tools() {
-        return;
-    }
-    let Some(base) = support::pi::pi_base(None) else {
-        return;
-    };
-    node_flash(&base, true);
-}
-
-/// The shared image flashed with `--node`: byte for byte `build --node`'s image on a zeroed
-/// target of its size; fsck-clean with the node's seed on reused media twice its size; no
-/// partition table after a SIGKILL mid-write, and a clean re-flash.
-fn node_flash(base: &Path, pi: bool) {
-    let tmp = support::scratch();
-    let d = tmp.path();
-    let (setup, node_img) = support::flash::node_build(d, base, pi);
-    let (prefix, shared) = if pi {
-        ("pi", "pi-node.img")
-    } else {
-        ("pc", "pc-node.img")
-    };
-    let (first, second) = (format!("{prefix}-1"), format!("{prefix}-2"));
-    let shared = setup.out.join(shared);
-    let size = fs::metadata(&shared).unwrap().len();
-    let shared_s = shared.to_str().unwrap();
-
-    let exact = target_file(&d.join("exact.bin"), size, false);
-    let t = Loop::attach(&exact, &[]);
-    let (code, out, err) = flash(
-        d,
-        &[
-            shared_s,
-            t.path().to_str().unwrap(),
-            "--node",
-            &first,
-            "--yes",
-        ],
-    );
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains(&first), "{out}");
-    assert_no_secret(&format!("{out}{err}"));
-    assert!(
-        same_bytes(&node_img, t.path(), 0, size),
-        "flash --node differs from build --node"
-    );
-    drop(t);
-    fs::remove_file(&exact).unwrap();
-
-    let big = target_file(&d.join("big.bin"), 2 * size, true);
-    let t = Loop::attach(&big, &[]);
-    let dev = t.path().to_str().unwrap();
-    let (code, out, err) = flash(d, &[shared_s, dev, "--node", &first, "--yes"]);
-    assert_eq!(code, 0, "{out}{err}");
-    check_node_disk(t.path(), &shared, &first, pi);
-
-    let mut child = imgbuild()
-        .current_dir(d)
-        .args([
-            "flash",
-            shared_s,
-            dev,
-            "--node",
-            &second,
-            "--yes",
-            "--progress",
-            "json",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let started = lines
-        .any(|l| l.is_ok_and(|l| l.contains("\"step\":\"write\"") && !l.contains("\"done\":0,")));
-    assert!(started, "no write progress before the end");
-    child.kill().unwrap();
-    let _ = child.wait();
-    let (code, out, _) = run(Command::new("sfdisk").arg("-d").arg(t.path()));
-    assert!(
-        code != 0 || !out.contains("start="),
-        "a partition table survived SIGKILL: {out}"
-    );
-    let (code, out, err) = flash(d, &[shared_s, dev, "--node", &second, "--yes"]);
-    assert_eq!(code, 0, "{out}{err}");
-    check_node_disk(t.path(), &shared, &second, pi);
-}
-
-/// The table clean (sgdisk -v, or sfdisk --verify for MBR), every filesystem fsck-clean, the
-/// node's seed in the boot partition exactly as `imgbuild seed` renders it, every mapped range
-/// outside the boot partition equal to the shared image's.
-fn check_node_disk(dev: &Path, shared: &Path, node: &str, mbr: bool) {
-    if mbr {
-        let (code, out, err) = run(Command::new("sfdisk").arg("--verify").arg(dev));
-        assert!(
-            code == 0 && !out.contains("rror"),
-            "sfdisk --verify: {out}{err}"
-        );
-    } else {
-        assert_gpt_clean(dev);
-    }
-    assert_eq!(fsck_all(dev), ["vfat", "ext4", "ext4"]);
-    let boot = &partitions(dev)[0];
-    let meta = mtype(dev, boot.start, "meta-data");
-    assert!(
-        meta.contains(&format!("local-hostname: \"{node}\"")),
-        "{meta}"
-    );
-    let profile = shared.file_stem().unwrap().to_str().unwrap();
-    let dir = shared.parent().unwrap().parent().unwrap();
-    let out = dir.join(format!("seed-{node}"));
-    let (code, o, e) = run(imgbuild()
-        .current_dir(dir)
-        .args(["seed", profile, "--node", node, "-o"])
-        .arg(&out));
-    assert_eq!(code, 0, "{o}{e}");
-    assert_eq!(meta, fs::read_to_string(out.join("meta-data")).unwrap());
-    assert_eq!(
-        mtype(dev, boot.start, "user-data"),
-        fs::read_to_string(out.join("user-data")).unwrap()
-    );
-    let bmap = shared.with_extension("img.bmap");
-    for (s, e) in bmap_ranges(&bmap) {
-        if e <= boot.start + boot.size && s >= boot.start || e <= MIB {
-            continue;
-        }
-        let s = s.max(MIB);
-        assert!(
-            same_bytes(shared, dev, s, e - s),
-            "range {s}..{e} differs from the image"
-        );
-    }
+    support::flash::node_flash(&base, false);
 }

@@ -2,10 +2,13 @@
 //! checksums, partition tables read by sfdisk, fsck per partition, bmap ranges for `cmp`.
 
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use super::node::{NodeProfile, Setup};
+
+const MIB: u64 = 1 << 20;
 use super::{imgbuild, run};
 
 /// A loop device, detached on drop (also when the test fails).
@@ -250,4 +253,135 @@ pub fn node_build(work: &Path, base: &Path, pi: bool) -> (Setup, PathBuf) {
     fs::write(&toml, text).unwrap();
     let node_img = setup.build_node(&format!("{prefix}-1"));
     (setup, node_img)
+}
+
+pub fn assert_no_secret(text: &str) {
+    for (name, value) in super::node::SECRETS {
+        assert!(!text.contains(value), "secret {name} in the output");
+    }
+}
+
+/// The shared image flashed with `--node`: byte for byte `build --node`'s image on a zeroed
+/// target of its size; fsck-clean with the node's seed on reused media twice its size; no
+/// partition table after a SIGKILL mid-write, and a clean re-flash.
+pub fn node_flash(base: &Path, pi: bool) {
+    let tmp = super::scratch();
+    let d = tmp.path();
+    let (setup, node_img) = node_build(d, base, pi);
+    let (prefix, shared) = if pi {
+        ("pi", "pi-node.img")
+    } else {
+        ("pc", "pc-node.img")
+    };
+    let (first, second) = (format!("{prefix}-1"), format!("{prefix}-2"));
+    let shared = setup.out.join(shared);
+    let size = fs::metadata(&shared).unwrap().len();
+    let shared_s = shared.to_str().unwrap();
+
+    let exact = target_file(&d.join("exact.bin"), size, false);
+    let t = Loop::attach(&exact, &[]);
+    let (code, out, err) = flash(
+        d,
+        &[
+            shared_s,
+            t.path().to_str().unwrap(),
+            "--node",
+            &first,
+            "--yes",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&first), "{out}");
+    assert_no_secret(&format!("{out}{err}"));
+    assert!(
+        same_bytes(&node_img, t.path(), 0, size),
+        "flash --node differs from build --node"
+    );
+    drop(t);
+    fs::remove_file(&exact).unwrap();
+
+    let big = target_file(&d.join("big.bin"), 2 * size, true);
+    let t = Loop::attach(&big, &[]);
+    let dev = t.path().to_str().unwrap();
+    let (code, out, err) = flash(d, &[shared_s, dev, "--node", &first, "--yes"]);
+    assert_eq!(code, 0, "{out}{err}");
+    check_node_disk(t.path(), &shared, &first, pi);
+
+    let mut child = imgbuild()
+        .current_dir(d)
+        .args([
+            "flash",
+            shared_s,
+            dev,
+            "--node",
+            &second,
+            "--yes",
+            "--progress",
+            "json",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let started = lines
+        .any(|l| l.is_ok_and(|l| l.contains("\"step\":\"write\"") && !l.contains("\"done\":0,")));
+    assert!(started, "no write progress before the end");
+    child.kill().unwrap();
+    let _ = child.wait();
+    let (code, out, _) = run(Command::new("sfdisk").arg("-d").arg(t.path()));
+    assert!(
+        code != 0 || !out.contains("start="),
+        "a partition table survived SIGKILL: {out}"
+    );
+    let (code, out, err) = flash(d, &[shared_s, dev, "--node", &second, "--yes"]);
+    assert_eq!(code, 0, "{out}{err}");
+    check_node_disk(t.path(), &shared, &second, pi);
+}
+
+/// The table clean (sgdisk -v, or sfdisk --verify for MBR), every filesystem fsck-clean, the
+/// node's seed in the boot partition exactly as `imgbuild seed` renders it, every mapped range
+/// outside the boot partition equal to the shared image's.
+fn check_node_disk(dev: &Path, shared: &Path, node: &str, mbr: bool) {
+    if mbr {
+        let (code, out, err) = run(Command::new("sfdisk").arg("--verify").arg(dev));
+        assert!(
+            code == 0 && !out.contains("rror"),
+            "sfdisk --verify: {out}{err}"
+        );
+    } else {
+        assert_gpt_clean(dev);
+    }
+    assert_eq!(fsck_all(dev), ["vfat", "ext4", "ext4"]);
+    let boot = &partitions(dev)[0];
+    let meta = mtype(dev, boot.start, "meta-data");
+    assert!(
+        meta.contains(&format!("local-hostname: \"{node}\"")),
+        "{meta}"
+    );
+    let profile = shared.file_stem().unwrap().to_str().unwrap();
+    let dir = shared.parent().unwrap().parent().unwrap();
+    let out = dir.join(format!("seed-{node}"));
+    let (code, o, e) = run(imgbuild()
+        .current_dir(dir)
+        .args(["seed", profile, "--node", node, "-o"])
+        .arg(&out));
+    assert_eq!(code, 0, "{o}{e}");
+    assert_eq!(meta, fs::read_to_string(out.join("meta-data")).unwrap());
+    assert_eq!(
+        mtype(dev, boot.start, "user-data"),
+        fs::read_to_string(out.join("user-data")).unwrap()
+    );
+    let bmap = shared.with_extension("img.bmap");
+    for (s, e) in bmap_ranges(&bmap) {
+        if e <= boot.start + boot.size && s >= boot.start || e <= MIB {
+            continue;
+        }
+        let s = s.max(MIB);
+        assert!(
+            same_bytes(shared, dev, s, e - s),
+            "range {s}..{e} differs from the image"
+        );
+    }
 }
