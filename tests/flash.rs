@@ -190,10 +190,31 @@ fn refusals_write_nothing_and_the_same_command_works_once_fixed() {
     let window = Loop::window(t.path(), root.start, root.size, false);
     let m = Mounted::new(window.path(), &d.join("mnt"));
     refused(d, &["a.img", dev, "--yes"], t.path(), "is mounted at");
+    let (code, out, err) = flash(d, &["--list"]);
+    assert_eq!(code, 0, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(dev))
+        .unwrap_or_else(|| panic!("{dev} not listed: {out}"));
+    assert!(
+        line.contains("loop") && out.contains("is mounted at"),
+        "{out}"
+    );
     drop(m);
     refused(d, &["a.img", dev, "--yes"], t.path(), "loop device");
     drop(window);
     succeeds(d, &["a.img", dev, "--yes"]);
+
+    // A profile name whose image is not built, then built (here: put where the build puts it).
+    refused(
+        d,
+        &["pi-worker", dev, "--yes"],
+        t.path(),
+        "imgbuild build pi-worker",
+    );
+    fs::create_dir_all(d.join("images/pi-worker")).unwrap();
+    fs::copy(d.join("a.img"), d.join("images/pi-worker/pi-worker.img")).unwrap();
+    succeeds(d, &["pi-worker", dev, "--yes"]);
     drop(t);
 
     // A read-only loop of the same file, then a writable one.
