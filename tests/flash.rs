@@ -177,6 +177,9 @@ fn refusals_write_nothing_and_the_same_command_works_once_fixed() {
     refused(d, &["a.img", fs_, "--yes"], &f, "not a block device");
     succeeds(d, &["a.img", fs_, "--yes", "--allow-file"]);
     assert_eq!(fsck_all(&f), ["vfat", "ext4"]);
+    // ... but never the image itself.
+    let img = d.join("a.img");
+    refused(d, &["a.img", img.to_str().unwrap(), "--yes", "--allow-file"], &img, "is stored on");
 
     // No terminal and no --yes.
     let file = target_file(&d.join("t.bin"), 64 * MIB, true);

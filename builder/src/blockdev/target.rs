@@ -109,6 +109,10 @@ pub fn check(path: &Path, image_size: u64, image: &Path, allow: Allow) -> Result
     let shown = path.display().to_string();
     match super::classify(path)? {
         Kind::Block(disk) => check_disk(disk, image_size, image, allow),
+        Kind::File if allow.file && same_file(path, image) => {
+            let (path, image) = (shown, image.display().to_string());
+            Err(Refusal::HoldsImage { path, image })
+        }
         Kind::File if allow.file => {
             let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
             Ok(file_target(path, size.max(image_size), true))
@@ -119,6 +123,13 @@ pub fn check(path: &Path, image_size: u64, image: &Path, allow: Allow) -> Result
         Kind::File => Err(Refusal::NotBlock(shown)),
         Kind::Missing => Err(Refusal::Missing(shown)),
         Kind::Other => Err(Refusal::Other(shown)),
+    }
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }
 

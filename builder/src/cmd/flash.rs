@@ -96,6 +96,11 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
         Some(m) => plan::mapped_from_bmap(m),
         None => plan::mapped_whole(img.size),
     };
+    if gpt && target.size > img.size {
+        // The backup GPT must be movable before anything is written.
+        crate::disk::gpt::relocate(&mut head.clone(), target.size / 512)
+            .with_context(|| format!("the GPT of {}", img.path.display()))?;
+    }
     let plan = plan::plan(
         img.size,
         target.size,

@@ -411,14 +411,28 @@ fn rebuild_boot<T: Target>(
         return Err(sink.error.take().unwrap_or(FlashError::Boot(e)));
     }
     let written = sink.written.shifted(b.start);
-    let mut at = b.start;
-    for (s, e) in written.iter().chain([(b.zone_end, b.zone_end)]) {
-        let stop = s.min(b.zone_end);
+    let tail = (b.end.saturating_sub(crate::flash::plan::EDGE_ZONE)).max(b.zone_end);
+    zero_holes(w, (b.start, b.zone_end), &written)?;
+    zero_holes(w, (tail, b.end), &written)
+}
+
+/// Zeroes `[zone.0, zone.1)` minus the `written` ranges.
+fn zero_holes<T: Target>(
+    w: &mut Writer<'_, T>,
+    zone: (u64, u64),
+    written: &Ranges,
+) -> Result<(), FlashError> {
+    let (mut at, end) = zone;
+    for (s, e) in written.iter().chain([(end, end)]) {
+        if e <= at {
+            continue;
+        }
+        let stop = s.min(end);
         if at < stop {
             w.zeros(at, stop)?;
         }
         at = at.max(e);
-        if at >= b.zone_end {
+        if at >= end {
             break;
         }
     }
