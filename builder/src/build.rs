@@ -21,7 +21,7 @@ use crate::node::compose::{self, Artifacts, MeshArtifacts};
 use crate::node::files::{BOOT_LABEL, BoardFacts, DATA_LABEL, ROOT_LABEL};
 use crate::node::templates::Templates;
 use crate::profile::{Arch, Board, PartitionTable, Resolved};
-use crate::source::overlay::{self, OverlaySource};
+use crate::source::overlay;
 use crate::source::{deb, raw, tar};
 use crate::tree::{Content, Tree, TreePath};
 
@@ -190,18 +190,8 @@ pub fn compose_image(
     )
     .context("composing the node onto the base")?;
     // The profile's overlays come last: they may replace anything, in order.
-    for (i, entry) in resolved.profile.overlays.iter().enumerate() {
-        let host;
-        let source = match entry.strip_prefix("stock:") {
-            Some(name) => OverlaySource::stock(name)?,
-            None => {
-                host = resolved.path_for(&format!("overlays[{i}]"), entry, Path::new("."));
-                OverlaySource::Host(&host)
-            }
-        };
-        overlay::apply(&mut root, source, entry, resolved, epoch)
-            .with_context(|| format!("applying overlay {entry}"))?;
-    }
+    overlay::apply_profile(&mut root, resolved, epoch)
+        .context("applying the profile's overlays")?;
     root.clamp_mtimes(epoch);
     let board = resolved.board();
     let boot = match board {
