@@ -179,7 +179,12 @@ fn refusals_write_nothing_and_the_same_command_works_once_fixed() {
     assert_eq!(fsck_all(&f), ["vfat", "ext4"]);
     // ... but never the image itself.
     let img = d.join("a.img");
-    refused(d, &["a.img", img.to_str().unwrap(), "--yes", "--allow-file"], &img, "is stored on");
+    refused(
+        d,
+        &["a.img", img.to_str().unwrap(), "--yes", "--allow-file"],
+        &img,
+        "is stored on",
+    );
 
     // No terminal and no --yes.
     let file = target_file(&d.join("t.bin"), 64 * MIB, true);
