@@ -47,14 +47,12 @@ impl NetbootCatalog {
         };
         let mut summary = Summary::default();
         for (i, node) in inv.nodes.iter().enumerate() {
-            let Some(mac) = &node.mac else {
+            // Parsed and checked when the inventory was loaded.
+            let Some(mac) = node.mac_address else {
                 summary.skipped.push(node.name.clone());
                 continue;
             };
             let line = node_line(&text, i, "profile");
-            let mac: Mac = mac
-                .parse()
-                .with_context(|| format!("{shown}:{}", node_line(&text, i, "mac")))?;
             if !sets.contains_key(&node.profile) {
                 let dir = images.join(&node.profile).join("netboot");
                 let set = ArtifactSet::load(&dir, &node.profile).with_context(|| {

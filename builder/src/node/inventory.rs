@@ -375,42 +375,8 @@ pub fn node_line(text: &str, index: usize, key: &str) -> usize {
     line_col(text, at).0
 }
 
-/// A MAC address. Parsed from six hex pairs separated by `:` or `-` (any case); shown as
-/// `aa:bb:cc:dd:ee:ff`, the form cloud-init's network-config and iPXE's `${mac}` use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Mac(pub [u8; 6]);
-
-/// Not a MAC address.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a MAC address (six hex pairs, e.g. dc:a6:32:01:02:03)")]
-pub struct BadMac(pub String);
-
-impl std::str::FromStr for Mac {
-    type Err = BadMac;
-    fn from_str(s: &str) -> Result<Mac, BadMac> {
-        let mut out = [0u8; 6];
-        let mut parts = s.split([':', '-']);
-        for b in &mut out {
-            // Checked by hand: from_str_radix would take a sign ("+c").
-            let p = parts
-                .next()
-                .filter(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
-                .ok_or_else(|| BadMac(s.into()))?;
-            *b = u8::from_str_radix(p, 16).map_err(|_| BadMac(s.into()))?;
-        }
-        match parts.next() {
-            None => Ok(Mac(out)),
-            Some(_) => Err(BadMac(s.into())),
-        }
-    }
-}
-
-impl std::fmt::Display for Mac {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let [a, b, c, d, e, g] = self.0;
-        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
-    }
-}
+/// MAC addresses are parsed once, by the netboot crate's type (iPXE sends them the same way).
+pub use imgbuild_netboot::mac::{BadMac, Mac};
 
 /// RFC 1123 host name (as an FQDN): labels of at most 63, at most 253 characters in all.
 fn is_host_name(h: &str) -> bool {
