@@ -11,6 +11,7 @@ pub mod cmd;
 pub mod disk;
 pub mod fetch;
 pub mod fs;
+pub mod netboot;
 pub mod ids;
 pub mod node;
 pub mod output;
