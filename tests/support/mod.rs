@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod http;
+pub mod netboot;
 pub mod node;
 pub mod pi;
 pub mod qemu;
