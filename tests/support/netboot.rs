@@ -102,13 +102,16 @@ pub fn netboot_json(dir: &Path) -> serde_json::Value {
     serde_json::from_slice(&fs::read(dir.join("netboot.json")).unwrap()).unwrap()
 }
 
-/// Kernel and the initrds concatenated into one file (what a boot loader does with several
-/// initrds; QEMU's -initrd takes one file for Linux).
+/// The initrds concatenated into one file, as a boot loader lays several out in memory (QEMU's
+/// `-initrd` takes one file for a Linux kernel).
 pub fn combined_initrd(dir: &Path, to: &Path) -> PathBuf {
     let json = netboot_json(dir);
     let mut all = Vec::new();
     for name in json["initrds"].as_array().unwrap() {
         all.extend(fs::read(dir.join(name.as_str().unwrap())).unwrap());
+        // Boot loaders start each initrd 4-byte aligned (iPXE: 4 KiB); the kernel looks for the
+        // next archive only at such an offset, skipping the zeros between.
+        all.resize(all.len().next_multiple_of(4), 0);
     }
     fs::write(to, all).unwrap();
     to.to_path_buf()

@@ -4,7 +4,7 @@
 //! `security.*` xattrs need no root and no host filesystem support.
 //!
 //! Why squashfs through `mksquashfs` (measured on the amd64 Debian test base, 729 MB tar,
-//! 16k entries, 2 shared cores, load ≈ 5; `builder/src/netboot` README section has the table):
+//! 16k entries, 2 shared cores, load average ≈ 5):
 //! - `mksquashfs -comp zstd -Xcompression-level 9`: 7.7 s, 222 MB; level 15: 60 s, 211 MB;
 //!   level 3: 2.4 s, 239 MB; xz: 123 s, 193 MB. Byte-identical with `-processors 1` and 2,
 //!   another umask and TZ (with `-mkfs-time`).
