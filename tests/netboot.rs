@@ -48,7 +48,12 @@ fn unsquashfs_listing(image: &Path) -> BTreeMap<String, (u32, u32, u32, Option<S
         let path = if path.is_empty() { "/" } else { path };
         m.insert(
             path.to_string(),
-            (mode_bits(perms), uid.parse().unwrap(), gid.parse().unwrap(), target),
+            (
+                mode_bits(perms),
+                uid.parse().unwrap(),
+                gid.parse().unwrap(),
+                target,
+            ),
         );
     }
     m
@@ -58,7 +63,14 @@ fn unsquashfs_listing(image: &Path) -> BTreeMap<String, (u32, u32, u32, Option<S
 fn mode_bits(perms: &str) -> u32 {
     let b = perms.as_bytes();
     let mut mode = 0;
-    for (i, bit) in [(1, 0o400), (2, 0o200), (4, 0o40), (5, 0o20), (7, 0o4), (8, 0o2)] {
+    for (i, bit) in [
+        (1, 0o400),
+        (2, 0o200),
+        (4, 0o40),
+        (5, 0o20),
+        (7, 0o4),
+        (8, 0o2),
+    ] {
         if b[i] != b'-' {
             mode |= bit;
         }
@@ -102,10 +114,7 @@ fn netboot_artifacts_hold_the_disk_images_root_and_reproduce() {
 
     // Reproducible: every file byte-identical.
     let (fa, fb) = (files_of(&a), files_of(&b));
-    assert_eq!(
-        fa.keys().collect::<Vec<_>>(),
-        fb.keys().collect::<Vec<_>>()
-    );
+    assert_eq!(fa.keys().collect::<Vec<_>>(), fb.keys().collect::<Vec<_>>());
     for (name, bytes) in &fa {
         assert!(bytes == &fb[name], "{name} differs between two builds");
     }
@@ -122,7 +131,10 @@ fn netboot_artifacts_hold_the_disk_images_root_and_reproduce() {
     ] {
         assert!(fa.contains_key(want), "{want} missing: {:?}", fa.keys());
     }
-    let (code, out, err) = run(Command::new("sha256sum").arg("-c").arg("SHA256SUMS").current_dir(&a));
+    let (code, out, err) = run(Command::new("sha256sum")
+        .arg("-c")
+        .arg("SHA256SUMS")
+        .current_dir(&a));
     assert_eq!(code, 0, "sha256sum -c: {out}{err}");
 
     // netboot.json: the contract with the server.
@@ -130,7 +142,10 @@ fn netboot_artifacts_hold_the_disk_images_root_and_reproduce() {
     assert_eq!(json["profile"], "pc-node");
     assert_eq!(json["arch"], "amd64");
     assert_eq!(json["kernel"], "vmlinuz");
-    assert_eq!(json["initrds"], serde_json::json!(["initrd.img", "imgbuild.cpio"]));
+    assert_eq!(
+        json["initrds"],
+        serde_json::json!(["initrd.img", "imgbuild.cpio"])
+    );
     assert_eq!(json["ipxe"]["bios"], "ipxe/undionly.kpxe");
     assert_eq!(json["ipxe"]["efi-x64"], "ipxe/snponly.efi");
     for f in json["files"].as_array().unwrap() {
@@ -138,11 +153,17 @@ fn netboot_artifacts_hold_the_disk_images_root_and_reproduce() {
         assert_eq!(f["size"].as_u64().unwrap(), fa[name].len() as u64, "{name}");
     }
     let cmdline = json["cmdline"].as_str().unwrap();
-    assert!(!cmdline.contains("ds="), "the server adds the seed: {cmdline}");
+    assert!(
+        !cmdline.contains("ds="),
+        "the server adds the seed: {cmdline}"
+    );
 
     // The appended initrd, read by cpio: only what the hook needs, and the root image.
     let cpio = a.join("imgbuild.cpio");
-    let (code, list, err) = run(Command::new("sh").arg("-c").arg("cpio -t < \"$0\"").arg(&cpio));
+    let (code, list, err) = run(Command::new("sh")
+        .arg("-c")
+        .arg("cpio -t < \"$0\"")
+        .arg(&cpio));
     assert_eq!(code, 0, "cpio -t: {err}");
     let names: Vec<&str> = list.lines().collect();
     for want in [
@@ -165,14 +186,16 @@ fn netboot_artifacts_hold_the_disk_images_root_and_reproduce() {
     let image = x.join("imgbuild/root.squashfs");
     let (_, sum, _) = run(Command::new("sha256sum").arg(&image));
     let sha = sum.split_whitespace().next().unwrap();
-    assert!(cmdline.contains(&format!("imgbuild.root-sha256={sha}")), "{cmdline}");
+    assert!(
+        cmdline.contains(&format!("imgbuild.root-sha256={sha}")),
+        "{cmdline}"
+    );
     let (code, stat, err) = run(Command::new("unsquashfs").arg("-stat").arg(&image));
     assert_eq!(code, 0, "unsquashfs -stat: {err}");
     assert!(stat.contains("Compression zstd"), "{stat}");
 
     // The root lists exactly the disk image's root, and unsquashfs agrees with the manifest.
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&fa["manifest.json"]).unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&fa["manifest.json"]).unwrap();
     let root = manifest["root"]["files"].as_array().unwrap();
     let disk_out = work.join("disk");
     let (code, out, err) = run(imgbuild()
@@ -197,7 +220,11 @@ fn netboot_artifacts_hold_the_disk_images_root_and_reproduce() {
         assert_eq!(n, d, "netboot and disk roots differ");
     }
     let listing = unsquashfs_listing(&image);
-    assert_eq!(listing.len(), root.len(), "unsquashfs lists another number of entries");
+    assert_eq!(
+        listing.len(),
+        root.len(),
+        "unsquashfs lists another number of entries"
+    );
     for f in root {
         let path = f["path"].as_str().unwrap();
         let (mode, uid, gid, target) = listing
@@ -207,7 +234,14 @@ fn netboot_artifacts_hold_the_disk_images_root_and_reproduce() {
         if f["kind"] != "symlink" {
             assert_eq!(*mode, want, "{path}");
         }
-        assert_eq!((*uid, *gid), (f["uid"].as_u64().unwrap() as u32, f["gid"].as_u64().unwrap() as u32), "{path}");
+        assert_eq!(
+            (*uid, *gid),
+            (
+                f["uid"].as_u64().unwrap() as u32,
+                f["gid"].as_u64().unwrap() as u32
+            ),
+            "{path}"
+        );
         if f["kind"] == "symlink" {
             assert_eq!(target.as_deref(), f["target"].as_str(), "{path}");
         }
@@ -230,20 +264,38 @@ fn special_tree() -> Tree {
     t.insert_with_parents(p("/usr/bin"), d.clone(), &d).unwrap();
     t.insert(p("/dev"), d.clone()).unwrap();
     let mut ping = Entry::file(0o755, Content::bytes(vec![7u8; 70_000]));
-    ping.xattrs.insert(b"security.capability".to_vec(), CAP_NET_RAW.to_vec());
-    ping.xattrs.insert(b"user.imgbuild".to_vec(), b"kept".to_vec());
+    ping.xattrs
+        .insert(b"security.capability".to_vec(), CAP_NET_RAW.to_vec());
+    ping.xattrs
+        .insert(b"user.imgbuild".to_vec(), b"kept".to_vec());
     t.insert(p("/usr/bin/ping"), ping).unwrap();
-    t.insert(p("/usr/bin/ping4"), Entry::new(Kind::Hardlink(p("/usr/bin/ping")), 0o644))
+    t.insert(
+        p("/usr/bin/ping4"),
+        Entry::new(Kind::Hardlink(p("/usr/bin/ping")), 0o644),
+    )
+    .unwrap();
+    t.insert(
+        p("/usr/bin/sudo"),
+        Entry::file(0o4755, Content::bytes("s")).owned(0, 0),
+    )
+    .unwrap();
+    t.insert(
+        p("/usr/bin/games"),
+        Entry::file(0o2750, Content::bytes("g")).owned(1000, 60),
+    )
+    .unwrap();
+    t.insert(
+        p("/dev/null"),
+        Entry::new(Kind::CharDevice { major: 1, minor: 3 }, 0o666),
+    )
+    .unwrap();
+    t.insert(
+        p("/dev/sda"),
+        Entry::new(Kind::BlockDevice { major: 8, minor: 0 }, 0o660).owned(0, 6),
+    )
+    .unwrap();
+    t.insert(p("/dev/fifo"), Entry::new(Kind::Fifo, 0o600))
         .unwrap();
-    t.insert(p("/usr/bin/sudo"), Entry::file(0o4755, Content::bytes("s")).owned(0, 0))
-        .unwrap();
-    t.insert(p("/usr/bin/games"), Entry::file(0o2750, Content::bytes("g")).owned(1000, 60))
-        .unwrap();
-    t.insert(p("/dev/null"), Entry::new(Kind::CharDevice { major: 1, minor: 3 }, 0o666))
-        .unwrap();
-    t.insert(p("/dev/sda"), Entry::new(Kind::BlockDevice { major: 8, minor: 0 }, 0o660).owned(0, 6))
-        .unwrap();
-    t.insert(p("/dev/fifo"), Entry::new(Kind::Fifo, 0o600)).unwrap();
     let long = format!("/usr/{}", "long-name-".repeat(12));
     t.insert(p(&long), Entry::symlink("bin/ping")).unwrap();
     t.insert(p("/usr/sbin"), Entry::symlink("bin")).unwrap();
@@ -280,7 +332,11 @@ fn squashfs_keeps_capabilities_devices_hard_links_and_owners() {
     let (a, b) = (tmp.path().join("a.sqfs"), tmp.path().join("b.sqfs"));
     mksquashfs(&tree, &a, 1);
     mksquashfs(&tree, &b, 2);
-    assert_eq!(fs::read(&a).unwrap(), fs::read(&b).unwrap(), "thread count changed the bytes");
+    assert_eq!(
+        fs::read(&a).unwrap(),
+        fs::read(&b).unwrap(),
+        "thread count changed the bytes"
+    );
 
     let l = unsquashfs_listing(&a);
     assert_eq!(l["/usr/bin/sudo"].0, 0o4755);
@@ -288,19 +344,37 @@ fn squashfs_keeps_capabilities_devices_hard_links_and_owners() {
     assert_eq!(l["/dev/sda"].1..=l["/dev/sda"].2, 0..=6);
     assert_eq!(l["/usr/sbin"].3.as_deref(), Some("bin"));
     let (_, lln, _) = run(Command::new("unsquashfs").arg("-lln").arg(&a));
-    assert!(lln.lines().any(|x| x.starts_with("crw-rw-rw-") && x.contains(" 1,  3 ") && x.ends_with("/dev/null")), "{lln}");
-    assert!(lln.lines().any(|x| x.starts_with("prw-------") && x.ends_with("/dev/fifo")), "{lln}");
+    assert!(
+        lln.lines().any(|x| x.starts_with("crw-rw-rw-")
+            && x.contains(" 1,  3 ")
+            && x.ends_with("/dev/null")),
+        "{lln}"
+    );
+    assert!(
+        lln.lines()
+            .any(|x| x.starts_with("prw-------") && x.ends_with("/dev/fifo")),
+        "{lln}"
+    );
     assert!(lln.contains(&"long-name-".repeat(12)), "{lln}");
 
     // Extracted (we are root in CI): the kernel's view through the host filesystem.
     let x = tmp.path().join("x");
-    let (code, _, err) = run(Command::new("unsquashfs").arg("-q").arg("-d").arg(&x).arg(&a));
+    let (code, _, err) = run(Command::new("unsquashfs")
+        .arg("-q")
+        .arg("-d")
+        .arg(&x)
+        .arg(&a));
     assert_eq!(code, 0, "unsquashfs: {err}");
     let (_, caps, _) = run(Command::new("getcap").arg(x.join("usr/bin/ping")));
     assert!(caps.contains("cap_net_raw=ep"), "{caps}");
-    let (_, attr, _) = run(Command::new("getfattr").args(["-n", "user.imgbuild", "--only-values"]).arg(x.join("usr/bin/ping")));
+    let (_, attr, _) = run(Command::new("getfattr")
+        .args(["-n", "user.imgbuild", "--only-values"])
+        .arg(x.join("usr/bin/ping")));
     assert_eq!(attr, "kept");
-    let (_, st, _) = run(Command::new("stat").args(["-c", "%i %h"]).arg(x.join("usr/bin/ping")).arg(x.join("usr/bin/ping4")));
+    let (_, st, _) = run(Command::new("stat")
+        .args(["-c", "%i %h"])
+        .arg(x.join("usr/bin/ping"))
+        .arg(x.join("usr/bin/ping4")));
     let lines: Vec<&str> = st.lines().collect();
     assert_eq!(lines[0], lines[1], "ping and ping4 are not one inode: {st}");
     assert!(lines[0].ends_with(" 2"), "{st}");

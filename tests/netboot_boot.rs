@@ -63,14 +63,25 @@ struct Artifacts<'a> {
     cmdline: String,
 }
 
-fn start(a: &Artifacts<'_>, cmdline: &str, disks: &[(&Path, &str)], http: u16, vm: &Path) -> qemu::Vm {
-    let mut b = VmBuilder::kernel(Arch::X86_64, &a.dir.join("vmlinuz"), Some(a.initrd), cmdline)
-        .memory_mib(2048)
-        .restricted_net(vec![GuestFwd {
-            guest_addr: SEED_ADDR.into(),
-            guest_port: 80,
-            host_port: http,
-        }]);
+fn start(
+    a: &Artifacts<'_>,
+    cmdline: &str,
+    disks: &[(&Path, &str)],
+    http: u16,
+    vm: &Path,
+) -> qemu::Vm {
+    let mut b = VmBuilder::kernel(
+        Arch::X86_64,
+        &a.dir.join("vmlinuz"),
+        Some(a.initrd),
+        cmdline,
+    )
+    .memory_mib(2048)
+    .restricted_net(vec![GuestFwd {
+        guest_addr: SEED_ADDR.into(),
+        guest_port: 80,
+        host_port: http,
+    }]);
     for (d, serial) in disks {
         b = b.disk(d, serial);
     }
@@ -103,13 +114,17 @@ fn assert_first_netboot(s: &Seen, served: &[String]) {
     assert_eq!(s.get("hostname"), "pc-1", "{show}");
     assert_eq!(s.get("boots"), "1", "{show}");
     assert_eq!(s.get("root_fstype"), "squashfs", "{show}");
-    assert!(s.get("root_options").split(',').any(|o| o == "ro"), "{show}");
+    assert!(
+        s.get("root_options").split(',').any(|o| o == "ro"),
+        "{show}"
+    );
     assert_eq!(s.get("usr_writable"), "no", "{show}");
     assert_eq!(s.get("rancher_fs"), "overlay", "{show}");
     assert!(s.get("persist_source").starts_with("/dev/vda"), "{show}");
     assert!(
         s.cloud_init.contains("DataSourceNoCloudNet")
-            && s.cloud_init.contains(&format!("http://{SEED_ADDR}/seed/pc-1/")),
+            && s.cloud_init
+                .contains(&format!("http://{SEED_ADDR}/seed/pc-1/")),
         "cloud-init did not take the seed from the boot server: {show}"
     );
     assert!(
@@ -118,7 +133,12 @@ fn assert_first_netboot(s: &Seen, served: &[String]) {
     );
     assert!(s.get("user_ops").contains("sudo"), "{show}");
     assert_eq!(s.get("authorized_keys"), node::SSH_KEY, "{show}");
-    for u in ["k3s-agent", "tailscaled", "imgbuild-mesh-join", "imgbuild-nodeip"] {
+    for u in [
+        "k3s-agent",
+        "tailscaled",
+        "imgbuild-mesh-join",
+        "imgbuild-nodeip",
+    ] {
         assert_eq!(s.get(&format!("active.{u}")), "active", "{u}: {show}");
     }
     for (f, want) in [
@@ -134,7 +154,10 @@ fn assert_first_netboot(s: &Seen, served: &[String]) {
         log.find(needle)
             .unwrap_or_else(|| panic!("no {needle:?} in the stand-in log: {show}"))
     };
-    assert!(pos("tailscale up flags=") < pos("k3s start role=agent"), "{show}");
+    assert!(
+        pos("tailscale up flags=") < pos("k3s start role=agent"),
+        "{show}"
+    );
     for (name, value) in SECRETS {
         assert!(
             !log.contains(value) && !s.journal.contains(value) && !s.cloud_init.contains(value),

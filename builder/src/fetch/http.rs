@@ -462,6 +462,20 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// A checksum list as text; an `.xz` one (Debian's `Packages.xz`) is decompressed first (at most
+/// 256 MiB; a damaged stream yields what decoded, which then lists nothing).
+fn decode_text(body: Vec<u8>) -> String {
+    const XZ_MAGIC: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0];
+    if !body.starts_with(XZ_MAGIC) {
+        return String::from_utf8_lossy(&body).into_owned();
+    }
+    let mut out = Vec::new();
+    let _ = liblzma::read::XzDecoder::new(&body[..])
+        .take(256 << 20)
+        .read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -485,18 +499,4 @@ mod tests {
         assert_eq!(local_path("ftp://x/y"), None);
         assert_eq!(percent_decode("%4"), "%4");
     }
-}
-
-/// A checksum list as text; an `.xz` one (Debian's `Packages.xz`) is decompressed first (at most
-/// 256 MiB; a damaged stream yields what decoded, which then lists nothing).
-fn decode_text(body: Vec<u8>) -> String {
-    const XZ_MAGIC: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0];
-    if !body.starts_with(XZ_MAGIC) {
-        return String::from_utf8_lossy(&body).into_owned();
-    }
-    let mut out = Vec::new();
-    let _ = liblzma::read::XzDecoder::new(&body[..])
-        .take(256 << 20)
-        .read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
 }

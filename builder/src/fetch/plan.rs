@@ -236,7 +236,8 @@ pub fn plan(resolved: &Resolved, fallback_dir: &Path) -> Result<Vec<PlannedInput
 /// Debian's `ipxe` package: the iPXE boot loaders a netboot artifact set ships. One pinned
 /// release (bookworm's), verified by the archive's `Packages` index; `--mirror` points both at a
 /// local mirror.
-pub const IPXE_DEB: &str = "https://deb.debian.org/debian/pool/main/i/ipxe/ipxe_1.0.0+git-20190125.36a4c85-5.1_all.deb";
+pub const IPXE_DEB: &str =
+    "https://deb.debian.org/debian/pool/main/i/ipxe/ipxe_1.0.0+git-20190125.36a4c85-5.1_all.deb";
 pub const IPXE_PACKAGES: &str =
     "https://deb.debian.org/debian/dists/bookworm/main/binary-all/Packages.xz";
 

@@ -12,7 +12,10 @@ use std::io::{self, Read, Write};
 pub enum CpioKind<'a> {
     Dir,
     /// A regular file: its length and a reader over exactly that many bytes.
-    File { len: u64, data: Box<dyn Read + 'a> },
+    File {
+        len: u64,
+        data: Box<dyn Read + 'a>,
+    },
     Symlink(&'a [u8]),
 }
 

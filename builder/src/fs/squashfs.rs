@@ -139,9 +139,10 @@ pub fn write_tar<W: Write>(tree: &Tree, out: W) -> Result<Vec<FileRecord>, Squas
         }
     }
     b.into_inner()?.flush()?;
-    for (r, (path, e)) in records.iter_mut().zip(
-        tree.iter().filter(|(p, _)| !is_lost_found(p)),
-    ) {
+    for (r, (path, e)) in records
+        .iter_mut()
+        .zip(tree.iter().filter(|(p, _)| !is_lost_found(p)))
+    {
         let group = match &e.kind {
             Kind::Hardlink(t) => t,
             Kind::File(_) => path,

@@ -179,12 +179,11 @@ pub struct HookFiles {
 /// Picks what the initramfs hook needs from the base: `sha256sum` and the modules the base's
 /// initramfs may lack. A module the kernel has built in (its config says `=y`) is not needed.
 pub fn hook_files(root: &Tree, kernel: &Kernel) -> Result<HookFiles, NetbootError> {
-    let sha256sum =
-        efi::file_content(root, "/usr/bin/sha256sum").ok_or(NetbootError::Missing {
-            what: "sha256sum",
-            path: "/usr/bin/sha256sum".into(),
-            package: "coreutils",
-        })?;
+    let sha256sum = efi::file_content(root, "/usr/bin/sha256sum").ok_or(NetbootError::Missing {
+        what: "sha256sum",
+        path: "/usr/bin/sha256sum".into(),
+        package: "coreutils",
+    })?;
     let v = &kernel.version;
     let config = efi::file_content(root, &format!("/boot/config-{v}"))
         .and_then(|c| c.read_all().ok())
@@ -281,7 +280,7 @@ fn make_squashfs(
     if !status.success() {
         bail!("mksquashfs failed ({status}): {}", errs.trim());
     }
-    Ok(written.context("writing the root tree for mksquashfs")?)
+    written.context("writing the root tree for mksquashfs")
 }
 
 /// Builds every artifact into `out` and commits them, `SHA256SUMS` last. Returns the final
@@ -381,7 +380,10 @@ fn commit_all(out: &OutputDir, mut pending: Vec<(String, PendingFile)>) -> Resul
     let mut sums = Vec::new();
     for (name, f) in &mut pending {
         f.file().flush()?;
-        sums.push((name.clone(), crate::fetch::cache::sha256_file(f.tmp_path())?));
+        sums.push((
+            name.clone(),
+            crate::fetch::cache::sha256_file(f.tmp_path())?,
+        ));
     }
     sums.sort();
     let text: String = sums.iter().map(|(n, h)| format!("{h}  {n}\n")).collect();

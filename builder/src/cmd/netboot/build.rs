@@ -73,8 +73,10 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
         .tempdir_in(fetcher.cache.root())
         .context("creating a scratch folder in the cache")?;
     // The disk image's inputs only: the iPXE package must not change the image's identifiers.
-    let (ipxe_inputs, disk_inputs): (Vec<_>, Vec<_>) =
-        inputs.iter().cloned().partition(|i| i.kind == InputKind::Ipxe);
+    let (ipxe_inputs, disk_inputs): (Vec<_>, Vec<_>) = inputs
+        .iter()
+        .cloned()
+        .partition(|i| i.kind == InputKind::Ipxe);
     let prepared = crate::build::prepare(
         &resolved,
         &disk_inputs,
@@ -96,7 +98,10 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
     };
     // The manifest lists every input, the iPXE package included.
     let mut records = prepared.opened.records.clone();
-    records.extend(ipxe_inputs.iter().map(|i| crate::disk::manifest::InputRecord {
+    records.extend(
+        ipxe_inputs
+            .iter()
+            .map(|i| crate::disk::manifest::InputRecord {
                 name: i.name.clone(),
                 url: i.url.clone(),
                 sha256: i.sha256.clone(),
