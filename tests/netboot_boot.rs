@@ -90,8 +90,10 @@ fn start(
 
 fn boot(a: &Artifacts<'_>, data: &Path, work: &Path, name: &str, http: u16) -> Seen {
     let results = ResultsDisk::create(&work.join(format!("results-{name}.img")));
+    // `nocloud-net`: cloud-init 22.4 (Debian 12) treats `ds=nocloud` as a local-only seed and,
+    // with an http:// seed, then skips the modules that apply it.
     let cmdline = format!(
-        "{} ds=nocloud;s=http://{SEED_ADDR}/seed/pc-1/ panic=-1",
+        "{} ds=nocloud-net;s=http://{SEED_ADDR}/seed/pc-1/ panic=-1",
         a.cmdline
     );
     let mut vm = start(

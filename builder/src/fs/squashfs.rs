@@ -7,7 +7,9 @@
 //! 16k entries, 2 shared cores, load average ≈ 5):
 //! - `mksquashfs -comp zstd -Xcompression-level 9`: 7.7 s, 222 MB; level 15: 60 s, 211 MB;
 //!   level 3: 2.4 s, 239 MB; xz: 123 s, 193 MB. Byte-identical with `-processors 1` and 2,
-//!   another umask and TZ (with `-mkfs-time`).
+//!   another umask and TZ, but only with `-all-time`: in `-tar` mode 4.5.1 ignores `-root-time`
+//!   and stamps the root directory with the wall clock, so every entry gets SOURCE_DATE_EPOCH
+//!   (the disk image keeps the base's older mtimes; the manifests list no times).
 //! - `mkfs.erofs` 1.5 (Debian 12): only lz4/lz4hc; lz4hc 16.8 s, 345 MB; lz4 3.1 s, 384 MB; needs
 //!   `-U`/`-T` to be reproducible and, lacking `--tar` before 1.7, a tree unpacked on the host
 //!   (root, real device nodes, xattr support of the build filesystem).
@@ -32,7 +34,7 @@ use crate::tree::{Entry, Kind, Tree, TreePath};
 pub struct SquashfsSettings {
     /// zstd level.
     pub level: u32,
-    /// SOURCE_DATE_EPOCH: the superblock time and the root directory's time.
+    /// SOURCE_DATE_EPOCH: the superblock time and the time of every entry.
     pub epoch: i64,
     /// Compressor threads (the output does not depend on it).
     pub processors: u32,
@@ -72,7 +74,9 @@ pub fn mksquashfs_args(s: &SquashfsSettings) -> Vec<String> {
         &s.level.to_string(),
         "-mkfs-time",
         &epoch,
-        "-root-time",
+        // Not -root-time: 4.5.1's -tar ignores it and stamps the root directory with the clock.
+        // -all-time is the one setting that pins it (every entry gets the epoch).
+        "-all-time",
         &epoch,
         "-processors",
         &s.processors.max(1).to_string(),
