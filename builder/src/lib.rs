@@ -4,6 +4,7 @@
 //! profile → plan → fetched inputs → [`tree::Tree`] → filesystems → disk image → outputs.
 //! Only the outermost layer ([`cmd`], [`fetch`], [`output`]) touches paths, sockets or the clock.
 
+pub mod blockio;
 pub mod boot;
 pub mod build;
 pub mod cli;

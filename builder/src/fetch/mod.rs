@@ -38,7 +38,10 @@ pub enum FetchError {
         url: String,
         status: u16,
     },
-    #[error("{input}: downloading {url} failed after {attempts} attempts: {last}")]
+    #[error(
+        "{input}: downloading {url} failed after {attempts} attempts: {last}\n  help: {}",
+        network_help(.last)
+    )]
     Network {
         input: String,
         url: String,
@@ -82,7 +85,7 @@ pub enum FetchError {
     #[error("{0}")]
     Plan(String),
     #[error(
-        "invalid mirror {0:?}: write FROM=TO, e.g. https://github.com/=http://mirror.lan/github/"
+        "invalid mirror {0:?}: write FROM=TO where TO is an http(s):// or file:// URL (no spaces, quotes or backticks), e.g. https://github.com/=http://mirror.lan/github/"
     )]
     Mirror(String),
     #[error("setting up the HTTP client: {0}")]
@@ -117,30 +120,72 @@ pub struct Mismatch {
     pub from: String,
 }
 
-/// Download options shared by `build`, `lock` and `userdata`.
+/// What to do when a download could not reach its server (as a new user offline would see it).
+fn network_help(last: &str) -> &'static str {
+    let unreachable = [
+        "dns error",
+        "Name or service not known",
+        "failed to lookup",
+        "Connection refused",
+        "timed out",
+        "Network is unreachable",
+        "No route to host",
+    ]
+    .iter()
+    .any(|s| last.contains(s));
+    if unreachable {
+        "the server could not be reached: check the network (or a proxy); or fetch from elsewhere with --mirror FROM=TO, point base.path at a file you downloaded by hand, or build with --offline from a cache that already holds every input (`imgbuild cache ls`)"
+    } else {
+        "try again; if it keeps failing, fetch from elsewhere with --mirror FROM=TO or point base.path at a local copy"
+    }
+}
+
+/// Download options shared by `build` and `lock`.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct FetchArgs {
     /// Download cache [default: $XDG_CACHE_HOME/imgbuild, else ~/.cache/imgbuild].
     #[arg(long, env = "IMGBUILD_CACHE_DIR", value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
-    /// Rewrite URLs that start with FROM to start with TO instead (repeatable; also
-    /// IMGBUILD_MIRROR, comma- or space-separated). The lock keeps the original URLs.
-    #[arg(long, value_name = "FROM=TO")]
-    pub mirror: Vec<String>,
+    #[command(flatten)]
+    pub mirror: MirrorArgs,
     /// Use only the download cache; never touch the network.
     #[arg(long)]
     pub offline: bool,
     /// Refuse to add or change entries of imgbuild.lock (for CI).
     #[arg(long)]
     pub locked: bool,
+    #[command(flatten)]
+    pub lockfile: LockfileArg,
+}
+
+/// URL rewrites, for every command that downloads or hands out download URLs.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct MirrorArgs {
+    /// Rewrite URLs that start with FROM to start with TO instead (repeatable; also
+    /// IMGBUILD_MIRROR, comma- or space-separated). The lock keeps the original URLs.
+    #[arg(long, value_name = "FROM=TO")]
+    pub mirror: Vec<String>,
+}
+
+impl MirrorArgs {
+    /// `IMGBUILD_MIRROR` first, then every `--mirror`; read here and nowhere else.
+    pub fn mirrors(&self) -> Result<Mirrors, FetchError> {
+        let env = std::env::var("IMGBUILD_MIRROR").unwrap_or_default();
+        Mirrors::parse(std::iter::once(env.as_str()).chain(self.mirror.iter().map(String::as_str)))
+    }
+}
+
+/// Which lockfile pins the inputs.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct LockfileArg {
     /// The lockfile [default: imgbuild.lock next to the profiles folder].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, alias = "lock", value_name = "FILE")]
     pub lockfile: Option<PathBuf>,
 }
 
-impl FetchArgs {
+impl LockfileArg {
     /// The lockfile: `--lockfile`, else `imgbuild.lock` in the folder that holds `profiles_dir`.
-    pub fn lock_path(&self, profiles_dir: &Path) -> PathBuf {
+    pub fn path(&self, profiles_dir: &Path) -> PathBuf {
         if let Some(p) = &self.lockfile {
             return p.clone();
         }
@@ -149,6 +194,13 @@ impl FetchArgs {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         parent.join("imgbuild.lock")
+    }
+}
+
+impl FetchArgs {
+    /// The lockfile these options select.
+    pub fn lock_path(&self, profiles_dir: &Path) -> PathBuf {
+        self.lockfile.path(profiles_dir)
     }
 
     /// The cache folder these options select.
@@ -176,7 +228,10 @@ impl Mirrors {
         for item in items {
             for one in item.split([',', ' ', '\t', '\n']).filter(|s| !s.is_empty()) {
                 match one.split_once('=') {
-                    Some((from, to)) if !from.is_empty() && !to.is_empty() => {
+                    Some((from, to))
+                        if !from.is_empty()
+                            && crate::profile::is_url(to, &["https", "http", "file"]) =>
+                    {
                         v.push((from.to_string(), to.to_string()));
                     }
                     _ => return Err(FetchError::Mirror(one.to_string())),
@@ -231,10 +286,7 @@ impl Fetcher {
 
     /// From command-line options and `IMGBUILD_MIRROR`.
     pub fn from_args(args: &FetchArgs, progress: Progress) -> Result<Fetcher, FetchError> {
-        let env = std::env::var("IMGBUILD_MIRROR").unwrap_or_default();
-        let mirrors = Mirrors::parse(
-            std::iter::once(env.as_str()).chain(args.mirror.iter().map(String::as_str)),
-        )?;
+        let mirrors = args.mirror.mirrors()?;
         let cache = Cache::open(args.cache_dir()?)?;
         Ok(Fetcher::new(cache, mirrors, args.offline, progress))
     }
@@ -497,5 +549,40 @@ mod tests {
             a.lock_path(Path::new("/srv/x/profiles")),
             PathBuf::from("/srv/x/imgbuild.lock")
         );
+    }
+
+    #[test]
+    fn an_unreachable_server_says_what_to_do() {
+        let e = FetchError::Network {
+            input: "base".into(),
+            url: "https://downloads.raspberrypi.com/x.img.xz".into(),
+            attempts: 4,
+            last: "error sending request: client error (Connect): dns error: failed to lookup address information: Name or service not known".into(),
+        };
+        let msg = e.to_string();
+        for want in [
+            "downloading https://downloads.raspberrypi.com/x.img.xz failed",
+            "check the network",
+            "--mirror",
+            "base.path",
+            "--offline",
+        ] {
+            assert!(msg.contains(want), "{want}: {msg}");
+        }
+    }
+
+    #[test]
+    fn mirrors_must_point_at_urls() {
+        let m = Mirrors::parse(["https://github.com/=http://mirror.lan/gh/"]).unwrap();
+        assert_eq!(m.rewrite("https://github.com/a"), "http://mirror.lan/gh/a");
+        for bad in [
+            "https://github.com/=http://x/$(id)`x`",
+            "https://github.com/=http://x/\"",
+            "https://github.com/=/no/scheme",
+            "https://github.com/=",
+            "=http://x/",
+        ] {
+            assert!(Mirrors::parse([bad]).is_err(), "{bad}");
+        }
     }
 }

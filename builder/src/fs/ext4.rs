@@ -22,7 +22,7 @@ use mkext4::{
 use sha2::{Digest, Sha256};
 
 use super::FileRecord;
-use crate::disk::region::Sink;
+use crate::blockio::region::Sink;
 use crate::progress::Progress;
 use crate::tree::{Content, Entry, Kind, Source, Tree, TreePath};
 
@@ -572,7 +572,7 @@ fn sparse_segments(content: &Content) -> Option<Vec<SparseSeg>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::disk::region::VecSink;
+    use crate::blockio::region::VecSink;
 
     fn params() -> Ext4Params {
         Ext4Params {

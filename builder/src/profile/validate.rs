@@ -86,7 +86,35 @@ pub(super) fn validate(resolved: &mut Resolved, top: &Origin) -> Vec<Diagnostic>
     };
     let concrete = !p.r#abstract;
 
-    // image
+    let (board, arch) = check_image(&mut c, &p, concrete);
+    check_base(&mut c, &p);
+    check_k3s(&mut c, &p, concrete, board);
+    check_mesh(&mut c, &p, concrete);
+    check_users(&mut c, &p);
+    check_kernel_and_pi(&mut c, &p, board);
+
+    let problems = std::mem::take(&mut c.problems);
+    let warnings = std::mem::take(&mut c.warnings);
+    resolved.warnings.extend(warnings);
+    // Fill the board-derived defaults so consumers and `profiles show` see concrete values.
+    let img = &mut resolved.profile.image;
+    if img.name.is_none() {
+        img.name = Some(resolved.name.clone());
+    }
+    img.arch = arch.or(img.arch);
+    if let Some(b) = board {
+        if img.formats.is_empty() {
+            img.formats = b.default_formats().to_vec();
+        }
+        if img.partition_table.is_none() {
+            img.partition_table = Some(b.default_partition_table());
+        }
+    }
+    problems
+}
+
+/// `[image]`: board, arch, sizes, formats. Returns the board and the arch it implies.
+fn check_image(c: &mut Checker<'_>, p: &Profile, concrete: bool) -> (Option<Board>, Option<Arch>) {
     let board = p.image.board;
     if board.is_none() && concrete {
         c.problem(
@@ -177,8 +205,11 @@ pub(super) fn validate(resolved: &mut Resolved, top: &Origin) -> Vec<Diagnostic>
             "use `auto` or a larger size, e.g. 4GiB",
         );
     }
+    (board, arch)
+}
 
-    // base
+/// `[base]`: one source, a valid checksum, partitions.
+fn check_base(c: &mut Checker<'_>, p: &Profile) {
     if p.base.url.is_some() && p.base.path.is_some() {
         let key = c.nearest(&["base.path", "base.url"]);
         c.problem(
@@ -188,15 +219,10 @@ pub(super) fn validate(resolved: &mut Resolved, top: &Origin) -> Vec<Diagnostic>
         );
     }
     if let Some(url) = &p.base.url {
-        check_url(&mut c, "base.url", url, &["https", "http", "file"]);
+        check_url(c, "base.url", url, &["https", "http", "file"]);
     }
     if let Some(url) = &p.base.checksums_url {
-        check_url(
-            &mut c,
-            "base.checksums-url",
-            url,
-            &["https", "http", "file"],
-        );
+        check_url(c, "base.checksums-url", url, &["https", "http", "file"]);
     }
     for (key, value) in [
         ("base.boot-partition", &p.base.boot_partition),
@@ -220,8 +246,10 @@ pub(super) fn validate(resolved: &mut Resolved, top: &Origin) -> Vec<Diagnostic>
             "write 64 hexadecimal digits, or remove it and let the lockfile pin the base",
         );
     }
+}
 
-    // k3s
+/// `[k3s]`: version, role, server, tokens, and what the board allows.
+fn check_k3s(c: &mut Checker<'_>, p: &Profile, concrete: bool, board: Option<Board>) {
     let k = &p.k3s;
     if let Some(v) = &k.version
         && !is_k3s_version(v)
@@ -313,7 +341,10 @@ pub(super) fn validate(resolved: &mut Resolved, top: &Origin) -> Vec<Diagnostic>
         );
     }
     if let Some(server) = &k.server {
-        check_url(&mut c, "k3s.server", server, &["https"]);
+        check_url(c, "k3s.server", server, &["https"]);
+    }
+    if let Some(url) = &k.url {
+        check_download_url(c, "k3s.url", url);
     }
     for (i, l) in k.labels.iter().enumerate() {
         if !is_label(l) {
@@ -355,9 +386,14 @@ pub(super) fn validate(resolved: &mut Resolved, top: &Origin) -> Vec<Diagnostic>
             );
         }
     }
+}
 
-    // mesh
+/// `[mesh]`: the provider's required values.
+fn check_mesh(c: &mut Checker<'_>, p: &Profile, concrete: bool) {
     let m = &p.mesh;
+    if let Some(url) = &m.url {
+        check_download_url(c, "mesh.url", url);
+    }
     match m.provider {
         MeshProvider::Tailscale => {
             if concrete && m.version.is_none() {
@@ -391,7 +427,7 @@ pub(super) fn validate(resolved: &mut Resolved, top: &Origin) -> Vec<Diagnostic>
                 }
             }
             if let Some(ls) = &m.login_server {
-                check_url(&mut c, "mesh.login-server", ls, &["https", "http"]);
+                check_url(c, "mesh.login-server", ls, &["https", "http"]);
             }
         }
         MeshProvider::Zerotier => {
@@ -447,8 +483,10 @@ pub(super) fn validate(resolved: &mut Resolved, top: &Origin) -> Vec<Diagnostic>
             }
         }
     }
+}
 
-    // users
+/// `[[users]]`: names and SSH keys.
+fn check_users(c: &mut Checker<'_>, p: &Profile) {
     let mut names = std::collections::BTreeSet::new();
     for (i, u) in p.users.iter().enumerate() {
         if !is_user_name(&u.name) {
@@ -464,6 +502,24 @@ pub(super) fn validate(resolved: &mut Resolved, top: &Origin) -> Vec<Diagnostic>
                 "merge the two [[users]] entries",
             );
         }
+        for (j, g) in u.groups.iter().enumerate() {
+            if !is_user_name(g) {
+                c.problem(
+                    &format!("users[{i}].groups[{j}]"),
+                    format!("group name {g:?} is not a valid Linux group name"),
+                    "list one group per string (\"adm\", \"docker\"), each lowercase letters, digits, `_` and `-`, starting with a letter or `_`, at most 32 characters",
+                );
+            }
+        }
+        if let Some(sh) = &u.shell
+            && !is_shell_path(sh)
+        {
+            c.problem(
+                &format!("users[{i}].shell"),
+                format!("shell {sh:?} is not an absolute path to a program"),
+                "give the login shell's path, e.g. \"/bin/bash\" (letters, digits and `/._+-` only)",
+            );
+        }
         for (j, key) in u.ssh_keys.iter().enumerate() {
             if !is_ssh_public_key(key) {
                 c.problem(
@@ -474,13 +530,18 @@ pub(super) fn validate(resolved: &mut Resolved, top: &Origin) -> Vec<Diagnostic>
             }
         }
     }
+}
 
-    // kernel and Pi
+/// `[kernel]` and `[pi.config-txt]`.
+fn check_kernel_and_pi(c: &mut Checker<'_>, p: &Profile, board: Option<Board>) {
     for (i, a) in p.kernel.cmdline.iter().enumerate() {
-        if a.is_empty() || a.chars().any(char::is_whitespace) {
+        if a.is_empty()
+            || a.chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '"')
+        {
             c.problem(
                 &format!("kernel.cmdline[{i}]"),
-                format!("kernel argument {a:?} is empty or contains white space"),
+                format!("kernel argument {a:?} is empty or contains white space, a quote or a control character"),
                 "list one argument per string: [\"quiet\", \"console=ttyS0\"]",
             );
         }
@@ -506,34 +567,10 @@ pub(super) fn validate(resolved: &mut Resolved, top: &Origin) -> Vec<Diagnostic>
             }
         }
     }
-
-    let problems = std::mem::take(&mut c.problems);
-    let warnings = std::mem::take(&mut c.warnings);
-    resolved.warnings.extend(warnings);
-    // Fill the board-derived defaults so consumers and `profiles show` see concrete values.
-    let img = &mut resolved.profile.image;
-    if img.name.is_none() {
-        img.name = Some(resolved.name.clone());
-    }
-    img.arch = arch.or(img.arch);
-    if let Some(b) = board {
-        if img.formats.is_empty() {
-            img.formats = b.default_formats().to_vec();
-        }
-        if img.partition_table.is_none() {
-            img.partition_table = Some(b.default_partition_table());
-        }
-    }
-    problems
 }
 
 fn check_url(c: &mut Checker<'_>, key: &str, url: &str, schemes: &[&str]) {
-    let ok = url.split_once("://").is_some_and(|(scheme, rest)| {
-        schemes.contains(&scheme)
-            && (scheme == "file" || !rest.is_empty() && !rest.starts_with('/'))
-            && !url.chars().any(char::is_whitespace)
-    });
-    if !ok {
+    if !super::is_url(url, schemes) {
         c.problem(
             key,
             format!("{key} {url:?} is not a usable URL"),
@@ -543,6 +580,12 @@ fn check_url(c: &mut Checker<'_>, key: &str, url: &str, schemes: &[&str]) {
             ),
         );
     }
+}
+
+/// A download URL template: `{version}` and `{arch}` are substituted, the rest must be a URL.
+fn check_download_url(c: &mut Checker<'_>, key: &str, url: &str) {
+    let filled = url.replace("{version}", "v").replace("{arch}", "a");
+    check_url(c, key, &filled, &["https", "http", "file"]);
 }
 
 fn is_sha256(s: &str) -> bool {
@@ -600,7 +643,20 @@ fn is_user_name(n: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
+fn is_shell_path(s: &str) -> bool {
+    s.starts_with('/')
+        && s.len() <= 256
+        && !s.contains("//")
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._+-".contains(&b))
+}
+
+/// One `authorized_keys` line: type, base64 blob, optional comment; a line break would make it
+/// two lines (the second could carry `command=` options), so control characters are refused.
 fn is_ssh_public_key(k: &str) -> bool {
+    if k.chars().any(char::is_control) {
+        return false;
+    }
     let mut parts = k.split_whitespace();
     let (Some(kind), Some(blob)) = (parts.next(), parts.next()) else {
         return false;
