@@ -112,6 +112,30 @@ fn netboot_artifacts_hold_the_disk_images_root_and_reproduce() {
     netboot::build(&setup, &mirror, &a, "022", "UTC");
     netboot::build(&setup, &mirror, &b, "077", "Asia/Tokyo");
 
+    // Bad input, same command: a clear error, exit 2, nothing of the user's touched.
+    let (code, _, err) =
+        run(imgbuild()
+            .current_dir(&setup.dir)
+            .args(["netboot", "build", "amd64-base"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("abstract"), "{err}");
+    let theirs = work.join("theirs");
+    fs::create_dir_all(&theirs).unwrap();
+    fs::write(theirs.join("notes.txt"), "mine").unwrap();
+    let (code, _, err) = run(imgbuild()
+        .current_dir(&setup.dir)
+        .args(["netboot", "build", "pc-node", "--offline", "--out"])
+        .arg(&theirs)
+        .arg("--cache-dir")
+        .arg(setup.dir.join("cache")));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not created by imgbuild"), "{err}");
+    assert_eq!(fs::read_dir(&theirs).unwrap().count(), 1);
+    assert_eq!(
+        fs::read_to_string(theirs.join("notes.txt")).unwrap(),
+        "mine"
+    );
+
     // Reproducible: every file byte-identical.
     let (fa, fb) = (files_of(&a), files_of(&b));
     assert_eq!(fa.keys().collect::<Vec<_>>(), fb.keys().collect::<Vec<_>>());

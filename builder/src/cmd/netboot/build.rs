@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 
-use crate::cmd::Context;
+use crate::cmd::{Context, ProfileSelection};
 use crate::fetch::plan::InputKind;
 use crate::fetch::{self, FetchArgs, Fetcher, lock::Lock};
 use crate::fs::squashfs::SquashfsSettings;
@@ -14,29 +14,18 @@ use crate::output::{OutputDir, PendingFile};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// The profile to build (`imgbuild profiles list`).
-    pub profile: String,
+    #[command(flatten)]
+    pub profile: ProfileSelection,
     /// Output folder (default: images/<profile>/netboot).
     #[arg(long, short, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Override a profile value, e.g. --set k3s.version=v1.36.2+k3s1 (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
     #[command(flatten)]
     pub fetch: FetchArgs,
 }
 
 pub fn run(args: &Args, ctx: &Context) -> Result<()> {
-    let resolved = ctx.profiles().resolve(&args.profile, &args.set)?;
-    crate::cmd::profiles::print_warnings(&resolved);
-    if resolved.profile.r#abstract {
-        anyhow::bail!(
-            "profile {} is abstract (only meant to be extended); build one of the profiles that extend it (`imgbuild profiles list`)",
-            resolved.name
-        );
-    }
-    // Until node::inputs lands, the one call that loads templates.
-    let templates = crate::cmd::seed::load_templates(&resolved)?;
+    let resolved = args.profile.resolve(ctx)?;
+    let templates = crate::node::inputs::load_templates(&resolved)?;
     let out_path = args.out.clone().unwrap_or_else(|| {
         Path::new("images")
             .join(resolved.image_name())
