@@ -6,8 +6,9 @@
 //!
 //! With a blank data partition attached, the first boot must give the node its identity from the
 //! seed, a read-only squashfs root, the mesh before k3s and no secret in the logs; a second boot
-//! of the same VM keeps its identity from the data partition. A root image whose SHA-256 does
-//! not match the command line stops the boot with the hook's message.
+//! of the same VM keeps its identity from the data partition; without a data partition the node
+//! boots with its state in RAM. A root image whose SHA-256 does not match the command line stops
+//! the boot with the hook's message.
 
 mod support;
 
@@ -88,7 +89,8 @@ fn start(
     b.start(vm)
 }
 
-fn boot(a: &Artifacts<'_>, data: &Path, work: &Path, name: &str, http: u16) -> Seen {
+/// Boots with `data` (the data disk) attached, or none (state in RAM).
+fn boot(a: &Artifacts<'_>, data: Option<&Path>, work: &Path, name: &str, http: u16) -> Seen {
     let results = ResultsDisk::create(&work.join(format!("results-{name}.img")));
     // `nocloud-net`: cloud-init 22.4 (Debian 12) treats `ds=nocloud` as a local-only seed and,
     // with an http:// seed, then skips the modules that apply it.
@@ -96,13 +98,9 @@ fn boot(a: &Artifacts<'_>, data: &Path, work: &Path, name: &str, http: u16) -> S
         "{} ds=nocloud-net;s=http://{SEED_ADDR}/seed/pc-1/ panic=-1",
         a.cmdline
     );
-    let mut vm = start(
-        a,
-        &cmdline,
-        &[(data, "data"), (&results.image, "results")],
-        http,
-        &work.join(format!("vm-{name}")),
-    );
+    let mut disks: Vec<(&Path, &str)> = data.map(|d| (d, "data")).into_iter().collect();
+    disks.push((&results.image, "results"));
+    let mut vm = start(a, &cmdline, &disks, http, &work.join(format!("vm-{name}")));
     vm.wait_for_poweroff(node::DONE, node::FAILED, BOOT_TIMEOUT);
     eprintln!("boot {name}: {:.1?}", vm.elapsed());
     drop(vm);
@@ -111,7 +109,7 @@ fn boot(a: &Artifacts<'_>, data: &Path, work: &Path, name: &str, http: u16) -> S
 
 /// What a netbooted first boot must show (the disk-only checks of `assert_first_boot` — boot
 /// partition, grown disk — do not apply).
-fn assert_first_netboot(s: &Seen, served: &[String]) {
+fn assert_first_netboot(s: &Seen, served: &[String], persist_on_disk: bool) {
     let show = s.show();
     assert_eq!(s.get("hostname"), "pc-1", "{show}");
     assert_eq!(s.get("boots"), "1", "{show}");
@@ -122,7 +120,15 @@ fn assert_first_netboot(s: &Seen, served: &[String]) {
     );
     assert_eq!(s.get("usr_writable"), "no", "{show}");
     assert_eq!(s.get("rancher_fs"), "overlay", "{show}");
-    assert!(s.get("persist_source").starts_with("/dev/vda"), "{show}");
+    if persist_on_disk {
+        assert!(s.get("persist_source").starts_with("/dev/vda"), "{show}");
+    } else {
+        assert_eq!(s.get("persist_source"), "tmpfs", "{show}");
+        assert!(
+            s.journal.contains("state lives in RAM"),
+            "the preinit did not say where state lives: {show}"
+        );
+    }
     assert!(
         s.cloud_init.contains("DataSourceNoCloudNet")
             && s.cloud_init
@@ -222,8 +228,8 @@ fn netboot_artifacts_boot_the_node_and_refuse_a_wrong_root() {
     // First boot with a blank data partition, then a second boot of the same VM.
     let data = work.join("data.img");
     blank_data_disk(&data);
-    let first = boot(&a, &data, work, "first", http.port);
-    assert_first_netboot(&first, &http.requests());
+    let first = boot(&a, Some(&data), work, "first", http.port);
+    assert_first_netboot(&first, &http.requests(), true);
     eprintln!(
         "RAM after the first boot (2048 MiB VM): total {} MiB, used {}, shared {}, available {}",
         first.get("mem_total_mib"),
@@ -231,7 +237,18 @@ fn netboot_artifacts_boot_the_node_and_refuse_a_wrong_root() {
         first.get("mem_shared_mib"),
         first.get("mem_available_mib")
     );
-    let second = boot(&a, &data, work, "second", http.port);
+    let second = boot(&a, Some(&data), work, "second", http.port);
     second.assert_later_boot(&first, "pc-1", 2);
     assert_eq!(second.get("root_fstype"), "squashfs", "{}", second.show());
+
+    // No data partition: the same artifacts boot a node whose state lives in RAM.
+    let ram = boot(&a, None, work, "ram", http.port);
+    assert_first_netboot(&ram, &http.requests(), false);
+    eprintln!(
+        "RAM with state in tmpfs (2048 MiB VM): total {} MiB, used {}, shared {}, available {}",
+        ram.get("mem_total_mib"),
+        ram.get("mem_used_mib"),
+        ram.get("mem_shared_mib"),
+        ram.get("mem_available_mib")
+    );
 }
