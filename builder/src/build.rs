@@ -147,10 +147,15 @@ pub fn default_epoch(root: &Tree) -> i64 {
 
 /// The seed every identifier of the image is derived from: a hash of the resolved profile and
 /// the pinned inputs (systemd-repart keys its identifiers the same way).
+///
+/// Only what changes the disk feeds it: the output formats do not (adding `.img.xz` later must
+/// give the same disk), nor does the output folder or `--node` (which are not in the profile).
 pub fn image_seed(resolved: &Resolved, records: &[InputRecord]) -> Result<ImageSeed> {
+    let mut disk_profile = resolved.profile.clone();
+    disk_profile.image.formats.clear();
     let mut h = Sha256::new();
     h.update(b"imgbuild image seed v1\0");
-    h.update(serde_json::to_vec(&resolved.profile)?);
+    h.update(serde_json::to_vec(&disk_profile)?);
     for r in records {
         h.update(b"\0");
         h.update(r.name.as_bytes());
@@ -367,4 +372,31 @@ pub fn prepare(
         seed,
         trees,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::ProfileStore;
+
+    #[test]
+    fn output_formats_do_not_change_the_disk_identifiers() {
+        let store = ProfileStore::stock_only();
+        let seed_of = |set: &[&str]| {
+            let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+            let r = store.resolve("amd64-worker", &set).unwrap();
+            root_partuuid(&r, &image_seed(&r, &[]).unwrap())
+        };
+        let base = seed_of(&["image.formats=[\"img\", \"bmap\"]"]);
+        assert_eq!(
+            base,
+            seed_of(&["image.formats=[\"img\", \"img.xz\", \"bmap\"]"])
+        );
+        assert_eq!(base, seed_of(&["image.formats=[\"qcow2\"]"]));
+        // What does change the disk still changes them.
+        assert_ne!(
+            base,
+            seed_of(&["image.formats=[\"img\"]", "k3s.labels=[\"a=b\"]"])
+        );
+    }
 }

@@ -44,10 +44,28 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
     }
     eprintln!(
         "wrote the seed of node {} (profile {}) to {}: meta-data, network-config, user-data\n\
-         it holds the node's credentials; copy it to the node's boot partition and delete it",
+         it holds the node's credentials; {}",
         inputs.node.name,
         resolved.name,
-        out.path().display()
+        out.path().display(),
+        where_it_goes(&resolved, &out.path().display().to_string())
     );
     Ok(())
+}
+
+/// What to do with the seed, for the kind of machine the profile is for.
+fn where_it_goes(resolved: &crate::profile::Resolved, dir: &str) -> String {
+    if resolved.board() == crate::profile::Board::Cloud {
+        format!(
+            "a cloud VM reads it from its provider, not a boot partition: pass the user-data \
+             (`imgbuild userdata {} --node NAME`), or attach it as a NoCloud disk \
+             (`cloud-localds seed.img {dir}/user-data {dir}/meta-data`, or an ISO labelled \
+             cidata) or an OpenStack config drive; delete it afterwards",
+            resolved.name
+        )
+    } else {
+        "copy it to the node's boot partition (or flash with `imgbuild flash … --node NAME`, \
+         which writes it there) and delete it"
+            .to_string()
+    }
 }
