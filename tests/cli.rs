@@ -62,11 +62,3 @@ fn version_and_generated_docs() {
     assert_eq!(code, 0);
     assert!(out.contains(".TH imgbuild"), "{out}");
 }
-
-#[test]
-fn unbuilt_commands_say_so_and_exit_2() {
-    let cmd = ["flash", "pi-worker", "/dev/null"];
-    let (code, _, err) = run(imgbuild().args(cmd));
-    assert_eq!(code, 2, "{cmd:?}");
-    assert!(err.contains("not implemented yet"), "{cmd:?}: {err}");
-}
