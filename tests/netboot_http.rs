@@ -111,7 +111,7 @@ fn ranges_and_etags() {
 /// The seed URL in a node's boot script, and the script's kernel and initrd URLs.
 fn script_urls(script: &str) -> (String, Vec<String>) {
     let seed = script
-        .split("ds=nocloud;s=")
+        .split("ds=nocloud-net;s=")
         .nth(1)
         .expect("a seed URL")
         .split_whitespace()

@@ -141,7 +141,7 @@ impl Lab {
         loop {
             let console = std::fs::read_to_string(&serial).unwrap_or_default();
             if self.log().contains(done)
-                && console.contains("ds=nocloud;s=http://10.33.0.1:8080/seed/")
+                && console.contains("ds=nocloud-net;s=http://10.33.0.1:8080/seed/")
             {
                 break;
             }

@@ -340,6 +340,40 @@ pub fn layout(resolved: &Resolved, trees: ImageTrees, epoch: i64) -> Result<Layo
     })
 }
 
+/// Everything one build composes from its inputs: the opened inputs (kept alive: the trees'
+/// contents point into them), the epoch, the identifier seed and the image's trees. The disk
+/// image and the netboot artifacts both start here, so they hold the same files.
+pub struct Prepared {
+    pub opened: Opened,
+    pub epoch: i64,
+    pub seed: ImageSeed,
+    pub trees: ImageTrees,
+}
+
+/// Opens the inputs and composes the image's trees.
+pub fn prepare(
+    resolved: &Resolved,
+    inputs: &[FetchedInput],
+    cache: &Cache,
+    scratch: &Path,
+    templates: &Templates,
+) -> Result<Prepared> {
+    let opened = open_inputs(resolved, inputs, cache, scratch)?;
+    let epoch = resolved
+        .profile
+        .image
+        .source_date_epoch
+        .unwrap_or_else(|| default_epoch(&opened.root));
+    let seed = image_seed(resolved, &opened.records)?;
+    let trees = compose_image(resolved, &opened, templates, &seed, epoch)?;
+    Ok(Prepared {
+        opened,
+        epoch,
+        seed,
+        trees,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

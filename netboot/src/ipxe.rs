@@ -1,7 +1,9 @@
 //! iPXE scripts: a node's boot (kernel, initrds, command line with its seed URL), the chain that
 //! adds the MAC to a request that came without one, and the answer for a MAC we do not know.
 //!
-//! `;` in `ds=nocloud;s=URL` needs no quoting: iPXE splits a line into words at white space and
+//! The seed is `ds=nocloud-net;s=URL`: cloud-init 22.4 (Debian 12) takes `ds=nocloud` for a
+//! local-only seed and, given an http URL there, fetches it but skips the modules that apply it.
+//! `;` needs no quoting: iPXE splits a line into words at white space and
 //! only a word that *is* `||`, `&&` or `;` separates commands. `$` would be expanded by iPXE, so a
 //! command line may hold no `$` other than the `${base}` the server replaces.
 
@@ -56,7 +58,7 @@ fn base_name(name: &str) -> &str {
 pub fn node_script(http: &str, boot: &NodeBoot, token: &str) -> String {
     let base = format!("{http}/a/{}", boot.profile);
     let mut cmdline = boot.cmdline.replace("${base}", &base);
-    cmdline.push_str(&format!(" ds=nocloud;s={http}/seed/{token}/"));
+    cmdline.push_str(&format!(" ds=nocloud-net;s={http}/seed/{token}/"));
     // The UEFI stub finds initrds by these names (older kernels, and iPXE builds without
     // LoadFile2); on BIOS the kernel ignores them.
     for i in &boot.initrds {
@@ -122,7 +124,7 @@ mod tests {
             s,
             "#!ipxe\n# imgbuild: node pc-1, profile pc-node\necho imgbuild: booting node pc-1 (profile pc-node)\n\
              kernel http://10.0.0.1:8080/a/pc-node/vmlinuz ro console=ttyS0 imgbuild.root=http://10.0.0.1:8080/a/pc-node/root.squashfs \
-             ds=nocloud;s=http://10.0.0.1:8080/seed/ab12/ initrd=initrd.img initrd=imgbuild.cpio || goto failed\n\
+             ds=nocloud-net;s=http://10.0.0.1:8080/seed/ab12/ initrd=initrd.img initrd=imgbuild.cpio || goto failed\n\
              initrd --name initrd.img http://10.0.0.1:8080/a/pc-node/initrd.img || goto failed\n\
              initrd --name imgbuild.cpio http://10.0.0.1:8080/a/pc-node/imgbuild.cpio || goto failed\n\
              boot || goto failed\n:failed\necho imgbuild: the network boot of node pc-1 failed, trying the next boot device in 10 s\nsleep 10\nexit 1\n"

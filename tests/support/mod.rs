@@ -4,6 +4,7 @@
 pub mod flash;
 pub mod http;
 pub mod netboot;
+pub mod netbuild;
 pub mod netns;
 pub mod node;
 pub mod pi;

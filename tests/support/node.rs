@@ -52,6 +52,8 @@ disk=$(lsblk -no PKNAME "$(findfs LABEL=imgbuild-data)")
     echo "disk_size=$(lsblk -bdno SIZE "/dev/$disk")"
     echo "data_fs_size=$(df -B1 --output=size /persist | tail -n 1 | tr -d ' ')"
     echo "machine_id=$(cat /etc/machine-id)"
+    free -m | awk '/^Mem:/ {print "mem_total_mib=" $2 "\nmem_used_mib=" $3 "\nmem_shared_mib=" $5 "\nmem_available_mib=" $7}'
+    echo "root_fstype=$(findmnt -no FSTYPE /)"
     echo "host_key=$(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub 2>/dev/null | awk '{print $2}')"
     echo "user_ops=$(id -nG ops 2>/dev/null)"
     echo "authorized_keys=$(cat ~ops/.ssh/authorized_keys 2>/dev/null | head -n 1)"

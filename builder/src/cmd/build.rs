@@ -133,14 +133,12 @@ fn build_into(
         .prefix("imgbuild-scratch-")
         .tempdir_in(fetcher.cache.root())
         .context("creating a scratch folder in the cache")?;
-    let opened = build::open_inputs(resolved, inputs, &fetcher.cache, scratch.path())?;
-    let epoch = resolved
-        .profile
-        .image
-        .source_date_epoch
-        .unwrap_or_else(|| build::default_epoch(&opened.root));
-    let seed = build::image_seed(resolved, &opened.records)?;
-    let trees = build::compose_image(resolved, &opened, templates, &seed, epoch)?;
+    let build::Prepared {
+        opened,
+        epoch,
+        seed,
+        trees,
+    } = build::prepare(resolved, inputs, &fetcher.cache, scratch.path(), templates)?;
     let warnings = trees.warnings.clone();
     let node_trees = node.map(|n| (n, trees.clone()));
     let layout = build::layout(resolved, trees, epoch)?;

@@ -143,7 +143,9 @@ impl Transport {
     /// Fetches a small text file (a checksum list) into memory, with the same retries.
     pub fn get_text(&self, input: &str, url: &str) -> Result<String, FetchError> {
         if let Some(p) = local_path(url) {
-            return fs::read_to_string(&p).map_err(|source| FetchError::Io { path: p, source });
+            return fs::read(&p)
+                .map(decode_text)
+                .map_err(|source| FetchError::Io { path: p, source });
         }
         let mut last = String::new();
         for attempt in 0..self.attempts {
@@ -172,7 +174,7 @@ impl Transport {
             // Checksum lists are small; refuse anything that is not.
             let mut body = Vec::new();
             match resp.take(64 << 20).read_to_end(&mut body) {
-                Ok(_) => return Ok(String::from_utf8_lossy(&body).into_owned()),
+                Ok(_) => return Ok(decode_text(body)),
                 Err(e) => last = e.to_string(),
             }
         }
@@ -458,6 +460,20 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// A checksum list as text; an `.xz` one (Debian's `Packages.xz`) is decompressed first (at most
+/// 256 MiB; a damaged stream yields what decoded, which then lists nothing).
+fn decode_text(body: Vec<u8>) -> String {
+    const XZ_MAGIC: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0];
+    if !body.starts_with(XZ_MAGIC) {
+        return String::from_utf8_lossy(&body).into_owned();
+    }
+    let mut out = Vec::new();
+    let _ = liblzma::read::XzDecoder::new(&body[..])
+        .take(256 << 20)
+        .read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -26,6 +26,8 @@ pub enum InputKind {
     K3sAirgapImages,
     Tailscale,
     Zerotier,
+    /// Debian's `ipxe` package (netboot artifacts only).
+    Ipxe,
 }
 
 /// How the first download of an input is checked.
@@ -229,6 +231,28 @@ pub fn plan(resolved: &Resolved, fallback_dir: &Path) -> Result<Vec<PlannedInput
         }
     }
     Ok(out)
+}
+
+/// Debian's `ipxe` package: the iPXE boot loaders a netboot artifact set ships. One pinned
+/// release (bookworm's), verified by the archive's `Packages` index; `--mirror` points both at a
+/// local mirror.
+pub const IPXE_DEB: &str =
+    "https://deb.debian.org/debian/pool/main/i/ipxe/ipxe_1.0.0+git-20190125.36a4c85-5.1_all.deb";
+pub const IPXE_PACKAGES: &str =
+    "https://deb.debian.org/debian/dists/bookworm/main/binary-all/Packages.xz";
+
+/// The iPXE input of a netboot build. Debian packages iPXE for x86 clients only (BIOS and x64
+/// UEFI), so arm64 profiles get none.
+pub fn plan_ipxe(resolved: &Resolved) -> Option<PlannedInput> {
+    (resolved.arch() == Arch::Amd64).then(|| PlannedInput {
+        name: "ipxe/1.0.0+git-20190125.36a4c85-5.1".into(),
+        kind: InputKind::Ipxe,
+        url: IPXE_DEB.into(),
+        trust: Trust::ChecksumFile {
+            url: IPXE_PACKAGES.into(),
+            file: file_name(IPXE_DEB).into(),
+        },
+    })
 }
 
 /// Finds `file` in an upstream checksum list: `sha256sum`/`sha512sum` output (`<hex>  name`,

@@ -1,8 +1,10 @@
 //! Filesystem writers: a [`crate::tree::Tree`] in, a filesystem image out (through a
 //! [`crate::blockio::region::Sink`]).
 
+pub mod cpio;
 pub mod ext4;
 pub mod fat;
+pub mod squashfs;
 
 use serde::Serialize;
 

@@ -1,13 +1,16 @@
-//! `imgbuild netboot …`: serve nodes over the network, and set up the Pi-hole host for it.
+//! `imgbuild netboot …`: build a profile's netboot artifacts, serve nodes over the network, and
+//! set up the Pi-hole host for it. One module per subcommand.
 
 use anyhow::Result;
 
 use super::Context;
 
+pub mod build;
 pub mod dnsmasq;
 pub mod install_unit;
 pub mod serve;
 
+/// Arguments of `imgbuild netboot`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(subcommand)]
@@ -16,6 +19,9 @@ pub struct Args {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
+    /// Build a profile's netboot artifacts (kernel, initrds with the root image, iPXE binaries,
+    /// netboot.json) into images/<profile>/netboot.
+    Build(build::Args),
     /// Serve the inventory's nodes over TFTP and HTTP (iPXE scripts, kernels, initrds, seeds).
     Serve(serve::Args),
     /// Write the dnsmasq snippet that makes Pi-hole's DHCP send PXE clients to this server.
@@ -26,6 +32,7 @@ pub enum Command {
 
 pub fn run(args: &Args, ctx: &Context) -> Result<()> {
     match &args.command {
+        Command::Build(a) => build::run(a, ctx),
         Command::Serve(a) => serve::run(a, ctx),
         Command::Dnsmasq(a) => dnsmasq::run(a, ctx),
         Command::InstallUnit(a) => install_unit::run(a, ctx),

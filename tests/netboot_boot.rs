@@ -1,0 +1,254 @@
+//! The netboot artifacts of a node profile boot a node: `imgbuild netboot build pc-node` from
+//! the cached Debian base, then QEMU boots `vmlinuz` directly with `initrd.img` + `imgbuild.cpio`
+//! (concatenated, as a boot loader loads several initrds) and the artifact set's command line,
+//! plus the node's NoCloud seed served over HTTP from the host's loopback, reached through
+//! QEMU's restricted user network (`guestfwd`; nothing else is reachable).
+//!
+//! With a blank data partition attached, the first boot must give the node its identity from the
+//! seed, a read-only squashfs root, the mesh before k3s and no secret in the logs; a second boot
+//! of the same VM keeps its identity from the data partition; without a data partition the node
+//! boots with its state in RAM. A root image whose SHA-256 does not match the command line stops
+//! the boot with the hook's message.
+
+mod support;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use support::netbuild::{self, IpxeMirror};
+use support::node::{self, NodeProfile, SECRETS, Seen, Setup};
+use support::qemu::{self, Arch, GuestFwd, LoopbackHttp, ResultsDisk, VmBuilder};
+use support::{imgbuild, require_tool, run};
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(1200);
+const SEED_ADDR: &str = "10.0.2.100";
+const DATA_DISK: u64 = 2 << 30;
+
+fn tools_present() -> bool {
+    qemu::require_qemu(Arch::X86_64, false)
+        && require_tool("socat")
+        && require_tool("mksquashfs")
+        && require_tool("sgdisk")
+        && require_tool("mkfs.ext4")
+        && require_tool("mtype")
+}
+
+/// A disk with one GPT partition holding an empty ext4 labelled `imgbuild-data`.
+fn blank_data_disk(path: &Path) {
+    fs::File::create(path).unwrap().set_len(DATA_DISK).unwrap();
+    let (code, _, err) = run(Command::new("sgdisk")
+        .args(["-n", "1:2048:+1G", "-c", "1:imgbuild-data"])
+        .arg(path));
+    assert_eq!(code, 0, "sgdisk: {err}");
+    let (code, _, err) = run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "imgbuild-data", "-E", "offset=1048576"])
+        .arg(path)
+        .arg("1G"));
+    assert_eq!(code, 0, "mkfs.ext4: {err}");
+}
+
+/// Writes the node's seed (`imgbuild seed`) where the loopback server serves it.
+fn write_seed(setup: &Setup, node: &str, dir: &Path) {
+    let (code, out, err) = run(imgbuild()
+        .current_dir(&setup.dir)
+        .args(["seed", &setup.profile, "--node", node, "--out"])
+        .arg(dir));
+    assert_eq!(code, 0, "imgbuild seed: {out}{err}");
+}
+
+struct Artifacts<'a> {
+    dir: &'a Path,
+    initrd: &'a Path,
+    cmdline: String,
+}
+
+fn start(
+    a: &Artifacts<'_>,
+    cmdline: &str,
+    disks: &[(&Path, &str)],
+    http: u16,
+    vm: &Path,
+) -> qemu::Vm {
+    let mut b = VmBuilder::kernel(
+        Arch::X86_64,
+        &a.dir.join("vmlinuz"),
+        Some(a.initrd),
+        cmdline,
+    )
+    .memory_mib(2048)
+    .restricted_net(vec![GuestFwd {
+        guest_addr: SEED_ADDR.into(),
+        guest_port: 80,
+        host_port: http,
+    }]);
+    for (d, serial) in disks {
+        b = b.disk(d, serial);
+    }
+    b.start(vm)
+}
+
+/// Boots with `data` (the data disk) attached, or none (state in RAM).
+fn boot(a: &Artifacts<'_>, data: Option<&Path>, work: &Path, name: &str, http: u16) -> Seen {
+    let results = ResultsDisk::create(&work.join(format!("results-{name}.img")));
+    // `nocloud-net`: cloud-init 22.4 (Debian 12) treats `ds=nocloud` as a local-only seed and,
+    // with an http:// seed, then skips the modules that apply it.
+    let cmdline = format!(
+        "{} ds=nocloud-net;s=http://{SEED_ADDR}/seed/pc-1/ panic=-1",
+        a.cmdline
+    );
+    let mut disks: Vec<(&Path, &str)> = data.map(|d| (d, "data")).into_iter().collect();
+    disks.push((&results.image, "results"));
+    let mut vm = start(a, &cmdline, &disks, http, &work.join(format!("vm-{name}")));
+    vm.wait_for_poweroff(node::DONE, node::FAILED, BOOT_TIMEOUT);
+    eprintln!("boot {name}: {:.1?}", vm.elapsed());
+    drop(vm);
+    Seen::read(&results)
+}
+
+/// What a netbooted first boot must show (the disk-only checks of `assert_first_boot` — boot
+/// partition, grown disk — do not apply).
+fn assert_first_netboot(s: &Seen, served: &[String], persist_on_disk: bool) {
+    let show = s.show();
+    assert_eq!(s.get("hostname"), "pc-1", "{show}");
+    assert_eq!(s.get("boots"), "1", "{show}");
+    assert_eq!(s.get("root_fstype"), "squashfs", "{show}");
+    assert!(
+        s.get("root_options").split(',').any(|o| o == "ro"),
+        "{show}"
+    );
+    assert_eq!(s.get("usr_writable"), "no", "{show}");
+    assert_eq!(s.get("rancher_fs"), "overlay", "{show}");
+    if persist_on_disk {
+        assert!(s.get("persist_source").starts_with("/dev/vda"), "{show}");
+    } else {
+        assert_eq!(s.get("persist_source"), "tmpfs", "{show}");
+        assert!(
+            s.journal.contains("state lives in RAM"),
+            "the preinit did not say where state lives: {show}"
+        );
+    }
+    assert!(
+        s.cloud_init.contains("DataSourceNoCloudNet")
+            && s.cloud_init
+                .contains(&format!("http://{SEED_ADDR}/seed/pc-1/")),
+        "cloud-init did not take the seed from the boot server: {show}"
+    );
+    assert!(
+        served.iter().any(|r| r.contains("/seed/pc-1/user-data")),
+        "{served:?}"
+    );
+    assert!(s.get("user_ops").contains("sudo"), "{show}");
+    assert_eq!(s.get("authorized_keys"), node::SSH_KEY, "{show}");
+    for u in [
+        "k3s-agent",
+        "tailscaled",
+        "imgbuild-mesh-join",
+        "imgbuild-nodeip",
+    ] {
+        assert_eq!(s.get(&format!("active.{u}")), "active", "{u}: {show}");
+    }
+    for (f, want) in [
+        ("/var/lib/imgbuild/mesh-authkey", "no"),
+        ("/etc/cloud/cloud-init.disabled", "yes"),
+        ("/var/lib/imgbuild/firstboot-done", "yes"),
+        ("/etc/rancher/k3s/token", "yes"),
+    ] {
+        assert_eq!(s.get(&format!("exists.{f}")), want, "{f}: {show}");
+    }
+    let log = &s.standin;
+    let pos = |needle: &str| {
+        log.find(needle)
+            .unwrap_or_else(|| panic!("no {needle:?} in the stand-in log: {show}"))
+    };
+    assert!(
+        pos("tailscale up flags=") < pos("k3s start role=agent"),
+        "{show}"
+    );
+    for (name, value) in SECRETS {
+        assert!(
+            !log.contains(value) && !s.journal.contains(value) && !s.cloud_init.contains(value),
+            "secret {name} was logged"
+        );
+    }
+}
+
+#[test]
+fn netboot_artifacts_boot_the_node_and_refuse_a_wrong_root() {
+    if !tools_present() {
+        return;
+    }
+    let (Some(base), Some(deb)) = (qemu::debian_base(), netbuild::ipxe_deb()) else {
+        return;
+    };
+    let tmp = support::scratch();
+    let work = tmp.path();
+    let profile = NodeProfile {
+        name: "pc-node",
+        extends: "amd64-worker",
+        base: &base,
+        arch: "amd64",
+        boot_mount: "/boot/efi",
+    };
+    let setup = Setup::new(work, &profile, "pc");
+    let mirror = IpxeMirror::serve(&deb, &work.join("mirror"));
+    let art = work.join("netboot");
+    netbuild::build(&setup, &mirror, &art, "022", "UTC");
+    let json = netbuild::netboot_json(&art);
+    let initrd = netbuild::combined_initrd(&art, &work.join("initrds.img"));
+    let a = Artifacts {
+        dir: &art,
+        initrd: &initrd,
+        cmdline: json["cmdline"].as_str().unwrap().to_string(),
+    };
+
+    // The seed, served where the command line says.
+    let www = work.join("www");
+    write_seed(&setup, "pc-1", &www.join("seed/pc-1"));
+    let http = LoopbackHttp::serve(&www);
+
+    // A wrong root hash stops the boot in the initramfs, before anything mounts the root.
+    let sha = a
+        .cmdline
+        .split(' ')
+        .find_map(|w| w.strip_prefix("imgbuild.root-sha256="))
+        .expect("the command line names the root's SHA-256")
+        .to_string();
+    let bad = a.cmdline.replace(&sha, &"0".repeat(64));
+    assert_ne!(bad, a.cmdline);
+    let mut vm = start(&a, &bad, &[], http.port, &work.join("vm-bad"));
+    vm.wait_for(
+        "imgbuild: root image SHA-256 mismatch",
+        &["Kernel panic", "imgbuild-preinit", "Welcome to"],
+        Duration::from_secs(600),
+    );
+    drop(vm);
+
+    // First boot with a blank data partition, then a second boot of the same VM.
+    let data = work.join("data.img");
+    blank_data_disk(&data);
+    let first = boot(&a, Some(&data), work, "first", http.port);
+    assert_first_netboot(&first, &http.requests(), true);
+    eprintln!(
+        "RAM after the first boot (2048 MiB VM): total {} MiB, used {}, shared {}, available {}",
+        first.get("mem_total_mib"),
+        first.get("mem_used_mib"),
+        first.get("mem_shared_mib"),
+        first.get("mem_available_mib")
+    );
+    let second = boot(&a, Some(&data), work, "second", http.port);
+    second.assert_later_boot(&first, "pc-1", 2);
+    assert_eq!(second.get("root_fstype"), "squashfs", "{}", second.show());
+
+    // No data partition: the same artifacts boot a node whose state lives in RAM.
+    let ram = boot(&a, None, work, "ram", http.port);
+    assert_first_netboot(&ram, &http.requests(), false);
+    eprintln!(
+        "RAM with state in tmpfs (2048 MiB VM): total {} MiB, used {}, shared {}, available {}",
+        ram.get("mem_total_mib"),
+        ram.get("mem_used_mib"),
+        ram.get("mem_shared_mib"),
+        ram.get("mem_available_mib")
+    );
+}
