@@ -4,8 +4,10 @@
 //! profile → plan → fetched inputs → [`tree::Tree`] → filesystems → disk image → outputs.
 //! Only the outermost layer ([`cmd`], [`fetch`], [`output`]) touches paths, sockets or the clock.
 
+pub mod blockio;
 pub mod boot;
 pub mod build;
+pub mod civil;
 pub mod cli;
 pub mod cmd;
 pub mod disk;

@@ -164,6 +164,13 @@ impl fmt::Debug for TreePath {
 pub trait ContentReader: Send + Sync + fmt::Debug {
     /// A reader positioned at the first byte of the content.
     fn open(&self) -> io::Result<Box<dyn Read + '_>>;
+
+    /// The byte ranges `[start, end)` that hold data, ascending, when the source knows where its
+    /// holes are (a sparse file of a base image); everything else reads as zeros. `None`: no
+    /// map, treat it all as data.
+    fn data_ranges(&self) -> Option<Vec<(u64, u64)>> {
+        None
+    }
 }
 
 /// Where the bytes of a regular file come from.

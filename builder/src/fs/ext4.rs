@@ -22,6 +22,7 @@ use mkext4::{
 use sha2::{Digest, Sha256};
 
 use super::FileRecord;
+use super::ext4_read::xattr::{ACL_ACCESS, ACL_DEFAULT, acl_to_disk};
 use crate::disk::region::Sink;
 use crate::progress::Progress;
 use crate::tree::{Content, Entry, Kind, Source, Tree, TreePath};
@@ -294,6 +295,18 @@ fn set_xattrs(
 ) -> Result<(), Ext4Error> {
     for (k, v) in &e.xattrs {
         let name = utf8(path, k, "an xattr name")?;
+        // The tree holds ACLs as the xattr calls see them; ext4 stores a compact form (the
+        // kernel converts on every call; mkext4 stores bytes as given).
+        let disk;
+        let v = if k == ACL_ACCESS || k == ACL_DEFAULT {
+            disk = acl_to_disk(v).ok_or_else(|| Ext4Error::Entry {
+                path: path.display(),
+                why: format!("{name} is not a valid POSIX ACL (xattr form, version 2)"),
+            })?;
+            &disk
+        } else {
+            v
+        };
         b.set_xattr(h, name, v).map_err(|r| Ext4Error::Entry {
             path: path.display(),
             why: format!("xattr {name}: {r}"),
@@ -516,22 +529,24 @@ fn data_spans(segs: &[SparseSeg]) -> Vec<(u64, u64)> {
     out
 }
 
-/// Below this a file is not worth probing for holes.
-const PROBE_MIN: u64 = 16 * 1024;
-
-/// Sparse segments of a host-file source, from the host's own map of data and holes
-/// (`SEEK_DATA`/`SEEK_HOLE`), widened to whole 4 KiB blocks. `None` when the content has no
-/// holes or the source cannot tell.
-fn sparse_segments(content: &Content) -> Option<Vec<SparseSeg>> {
-    let Source::HostFile { path, offset } = &content.source else {
-        return None;
-    };
-    if content.len < PROBE_MIN {
-        return None;
-    }
-    let f = std::fs::File::open(path).ok()?;
-    let (base, len) = (*offset, content.len);
+/// Data ranges widened to whole blocks and merged.
+fn block_spans(ranges: Vec<(u64, u64)>, len: u64) -> Vec<(u64, u64)> {
     let mut spans: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in ranges {
+        let (s, e) = ((s / BLOCK) * BLOCK, e.next_multiple_of(BLOCK).min(len));
+        match spans.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ if s < e => spans.push((s, e)),
+            _ => {}
+        }
+    }
+    spans
+}
+
+/// The host's own map of data and holes in `len` bytes of `path` from `base`.
+fn host_spans(path: &std::path::Path, base: u64, len: u64) -> Option<Vec<(u64, u64)>> {
+    let f = std::fs::File::open(path).ok()?;
+    let mut ranges = Vec::new();
     let mut at = base;
     while at < base + len {
         let start = match rustix::fs::seek(&f, rustix::fs::SeekFrom::Data(at)) {
@@ -543,14 +558,28 @@ fn sparse_segments(content: &Content) -> Option<Vec<SparseSeg>> {
             break;
         }
         let end = rustix::fs::seek(&f, rustix::fs::SeekFrom::Hole(start)).ok()?;
-        let (s, e) = (start - base, end.min(base + len) - base);
-        let (s, e) = ((s / BLOCK) * BLOCK, e.next_multiple_of(BLOCK).min(len));
-        match spans.last_mut() {
-            Some(last) if s <= last.1 => last.1 = last.1.max(e),
-            _ => spans.push((s, e)),
-        }
+        ranges.push((start - base, end.min(base + len) - base));
         at = end;
     }
+    Some(block_spans(ranges, len))
+}
+
+/// Below this a file is not worth probing for holes.
+const PROBE_MIN: u64 = 16 * 1024;
+
+/// Sparse segments of a host-file source, from the host's own map of data and holes
+/// (`SEEK_DATA`/`SEEK_HOLE`), widened to whole 4 KiB blocks. `None` when the content has no
+/// holes or the source cannot tell.
+fn sparse_segments(content: &Content) -> Option<Vec<SparseSeg>> {
+    if content.len < PROBE_MIN {
+        return None;
+    }
+    let spans = match &content.source {
+        Source::HostFile { path, offset } => host_spans(path, *offset, content.len)?,
+        Source::Reader(r) => block_spans(r.data_ranges()?, content.len),
+        Source::Bytes(_) => return None,
+    };
+    let len = content.len;
     if spans == [(0, len)] {
         return None;
     }

@@ -2,7 +2,9 @@
 //! [`crate::disk::region::Sink`]).
 
 pub mod ext4;
+pub mod ext4_read;
 pub mod fat;
+pub mod probe;
 
 use serde::Serialize;
 
