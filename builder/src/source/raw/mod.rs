@@ -79,6 +79,12 @@ pub enum RawError {
         fs: &'static str,
         why: String,
     },
+    #[error("{image} (a bare {fs} filesystem): {why}")]
+    BareFilesystem {
+        image: String,
+        fs: &'static str,
+        why: String,
+    },
     #[error("{image}, partition {number}: {path}: {why}")]
     Entry {
         image: String,

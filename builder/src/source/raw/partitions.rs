@@ -89,7 +89,7 @@ impl Partition {
 /// Reads the partition table of a disk image of `size` bytes and probes each partition's
 /// filesystem. Empty slots are skipped; MBR extended partitions (logical partitions) are not
 /// read. A partition reaching past the end of the image is an error.
-pub fn read_partitions<R: ReadAt>(
+pub fn read_partitions<R: ReadAt + ?Sized>(
     src: &R,
     size: u64,
     image: &str,
