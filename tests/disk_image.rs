@@ -7,6 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use imgbuild::blockio::region::Sink;
 use imgbuild::disk::compare::compare_dirs;
 use imgbuild::disk::layout::{
     ContentError, ContentInfo, EmptyContent, Layout, MIB, PartType, Partition, PartitionContent,
@@ -14,7 +15,6 @@ use imgbuild::disk::layout::{
 };
 use imgbuild::disk::manifest::{InputRecord, Manifest};
 use imgbuild::disk::outputs::{BuiltOutputs, Formats, OutputRequest, build_outputs};
-use imgbuild::disk::region::Sink;
 use imgbuild::disk::xz::XzSettings;
 use imgbuild::fs::FileRecord;
 use imgbuild::ids::ImageSeed;
@@ -741,7 +741,7 @@ fn bench_assemble() {
     let mut raw = out.create("bench.img").unwrap();
     raw.file().set_len(plan.disk_size).unwrap();
     let report = {
-        let mut sink = imgbuild::disk::region::SeekSink::new(&mut *raw.file());
+        let mut sink = imgbuild::blockio::region::SeekSink::new(&mut *raw.file());
         image::assemble(
             &layout,
             &plan,

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use ext4_view::Ext4;
-use imgbuild::disk::region::SeekSink;
+use imgbuild::blockio::region::SeekSink;
 use imgbuild::fs::ext4::{self, Ext4Params};
 use imgbuild::progress::Progress;
 use imgbuild::tree::{Content, Entry, Kind, Tree, TreePath};
@@ -443,7 +443,7 @@ fn records_hash_every_file() {
     let dir = tempfile::tempdir().unwrap();
     let tree = fixture_tree(dir.path());
     let size = ext4::auto_size(ext4::required_size(&tree, &params()).unwrap());
-    let mut sink = imgbuild::disk::region::VecSink::default();
+    let mut sink = imgbuild::blockio::region::VecSink::default();
     let recs = ext4::write(&tree, size, &params(), &mut sink, &Progress::quiet()).unwrap();
     assert_eq!(recs.len(), tree.len());
     let by: BTreeMap<_, _> = recs.iter().map(|r| (r.path.clone(), r)).collect();

@@ -7,7 +7,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use imgbuild::disk::region::SeekSink;
+use imgbuild::blockio::region::SeekSink;
 use imgbuild::fs::fat::{self, FatParams};
 use imgbuild::progress::Progress;
 use imgbuild::tree::{Content, Entry, Kind, Tree, TreePath};
@@ -221,7 +221,7 @@ fn too_small_says_how_much_is_needed() {
         &t,
         34 << 20,
         &params(),
-        &mut imgbuild::disk::region::VecSink::default(),
+        &mut imgbuild::blockio::region::VecSink::default(),
         &Progress::quiet(),
     )
     .unwrap_err();

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use crate::boot::efi::{self, EspSpec};
 use crate::boot::rpi::{self, PiSpec};
 use crate::disk::contents::{Ext4Content, FatContent};
-use crate::disk::layout::{Layout, PartType, Partition, Size};
+use crate::disk::layout::{Layout, PartType, Partition, Size, TableKind};
 use crate::disk::manifest::InputRecord;
 use crate::fetch::FetchedInput;
 use crate::fetch::cache::Cache;
@@ -23,7 +23,7 @@ use crate::node::templates::Templates;
 use crate::profile::{Arch, Board, PartitionTable, Resolved};
 use crate::source::overlay::{self, OverlaySource};
 use crate::source::{deb, raw, tar};
-use crate::tree::{Content, Entry, Tree, TreePath};
+use crate::tree::{Content, Tree, TreePath};
 
 /// Opened inputs: the trees read from them and the scratch files their contents point into
 /// (kept alive until the image is written).
@@ -231,28 +231,30 @@ fn root_type(arch: Arch) -> PartType {
     }
 }
 
-/// The PARTUUID the root partition will have: derived from the seed exactly as the disk
-/// assembly derives it (first partition of its type), so the boot entry can name it before the
-/// disk is written.
-pub fn root_partuuid(resolved: &Resolved, seed: &ImageSeed) -> String {
-    match resolved.partition_table() {
-        PartitionTable::Gpt => seed
-            .partition_guid(root_type(resolved.arch()).gpt_type(), 0)
-            .to_string(),
-        PartitionTable::Mbr => crate::disk::mbr::MbrTable::partuuid(seed.mbr_disk_signature(), 2),
-    }
+/// The image's partitions, in order: labels and types. [`layout`] builds exactly these, and
+/// [`root_partuuid`] names the root among them before anything is written.
+fn partition_shape(resolved: &Resolved) -> (TableKind, [(&'static str, PartType); 3]) {
+    let (table, boot_type) = match resolved.partition_table() {
+        PartitionTable::Gpt => (TableKind::Gpt, PartType::Esp),
+        PartitionTable::Mbr => (TableKind::Mbr, PartType::Fat32),
+    };
+    let shape = [
+        (BOOT_LABEL, boot_type),
+        (ROOT_LABEL, root_type(resolved.arch())),
+        (DATA_LABEL, PartType::LinuxGeneric),
+    ];
+    (table, shape)
 }
 
-/// Adds a node's seed (`user-data`, `meta-data`, `network-config`) to the root of a boot
-/// partition, where the image's NoCloud datasource reads it.
-pub fn add_seed(boot: &mut Tree, seed: &crate::node::seed::Seed, epoch: i64) -> Result<()> {
-    for (name, text) in seed.files() {
-        boot.insert(
-            TreePath::new(name)?,
-            Entry::file(0o600, Content::bytes(text.as_bytes().to_vec())).at(epoch),
-        )?;
-    }
-    Ok(())
+/// The PARTUUID the root partition will have, derived as the disk assembly derives it, so the
+/// boot entry can name it before the disk is written.
+pub fn root_partuuid(resolved: &Resolved, seed: &ImageSeed) -> String {
+    let (table, shape) = partition_shape(resolved);
+    crate::disk::image::ids_for_shape(table, &shape, seed)
+        .into_iter()
+        .find(|p| p.label == ROOT_LABEL)
+        .expect("the shape has a root partition")
+        .partuuid
 }
 
 /// The disk layout: boot (ESP / FAT32), root (ext4, sized to fit), data (ext4, grows at first
@@ -268,10 +270,7 @@ pub fn layout(resolved: &Resolved, trees: ImageTrees, epoch: i64) -> Result<Layo
     // An empty filesystem (the ext4 writer adds lost+found itself).
     let mut data = Tree::new();
     data.get_mut(&TreePath::root()).expect("root").mtime = epoch;
-    let boot_type = match resolved.partition_table() {
-        PartitionTable::Gpt => PartType::Esp,
-        PartitionTable::Mbr => PartType::Fat32,
-    };
+    let (table, [(_, boot_type), (_, root_type), (_, data_type)]) = partition_shape(resolved);
     let partitions = vec![
         Partition {
             label: BOOT_LABEL.to_string(),
@@ -285,7 +284,7 @@ pub fn layout(resolved: &Resolved, trees: ImageTrees, epoch: i64) -> Result<Layo
         },
         Partition {
             label: ROOT_LABEL.to_string(),
-            ptype: root_type(resolved.arch()),
+            ptype: root_type,
             size: Size::Auto,
             offset: None,
             content: Box::new(Ext4Content {
@@ -295,7 +294,7 @@ pub fn layout(resolved: &Resolved, trees: ImageTrees, epoch: i64) -> Result<Layo
         },
         Partition {
             label: DATA_LABEL.to_string(),
-            ptype: PartType::LinuxGeneric,
+            ptype: data_type,
             size: match img.size {
                 crate::profile::Size::Auto => bytes(img.data_size, "data-size")?,
                 crate::profile::Size::Bytes(_) => Size::Grow,
@@ -311,12 +310,12 @@ pub fn layout(resolved: &Resolved, trees: ImageTrees, epoch: i64) -> Result<Layo
         crate::profile::Size::Auto => None,
         crate::profile::Size::Bytes(b) => Some(b),
     };
-    Ok(match resolved.partition_table() {
-        PartitionTable::Gpt => Layout {
+    Ok(match table {
+        TableKind::Gpt => Layout {
             disk_size,
             ..Layout::gpt(partitions)
         },
-        PartitionTable::Mbr => Layout {
+        TableKind::Mbr => Layout {
             disk_size,
             ..Layout::mbr_pi(partitions)
         },

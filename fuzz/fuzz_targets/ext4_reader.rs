@@ -57,7 +57,7 @@ fn sample() -> &'static [u8] {
             t.insert(p(&format!("many/f{i:03}")), Entry::file(0o644, Content::bytes(vec![i as u8; i * 37]))).unwrap();
         }
         let params = Ext4Params { uuid: [1; 16], hash_seed: [2; 16], label: None, epoch: 1_700_000_000 };
-        let mut sink = imgbuild::disk::region::VecSink::default();
+        let mut sink = imgbuild::blockio::region::VecSink::default();
         ext4::write(&t, SIZE, &params, &mut sink, &Progress::quiet()).unwrap();
         let mut img = sink.buf;
         img.resize(SIZE as usize, 0);

@@ -4,12 +4,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 
-use super::Context;
-use super::seed::NodeInputs;
+use super::{Context, ProfileSelection};
 use crate::build;
 use crate::disk::outputs::{self, Formats, OutputRequest};
 use crate::disk::xz::XzSettings;
 use crate::fetch::{self, FetchArgs, Fetcher, lock::Lock};
+use crate::node::inputs::{self, NodeInputs, NodeSource};
 use crate::node::templates::Templates;
 use crate::output::{OutputDir, PendingFile};
 use crate::profile::{Format, Resolved};
@@ -19,14 +19,11 @@ use crate::progress::Progress;
 /// any profile key).
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// The profile to build (`imgbuild profiles list`).
-    pub profile: String,
+    #[command(flatten)]
+    pub profile: ProfileSelection,
     /// Output folder (default: images/<profile>).
     #[arg(long, short, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Override a profile value, e.g. --set k3s.version=v1.36.2+k3s1 (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
     /// Build twice (other temp folder, other thread count) and compare every output byte.
     #[arg(long)]
     pub verify_repro: bool,
@@ -34,40 +31,20 @@ pub struct Args {
     /// mesh key) in the boot partition: nodes/<image>-<node>.img, readable by you only.
     #[arg(long, value_name = "NAME")]
     pub node: Option<String>,
-    /// The inventory that lists the nodes (with --node).
-    #[arg(long, env = "IMGBUILD_INVENTORY", default_value = super::seed::DEFAULT_INVENTORY, value_name = "FILE")]
-    pub inventory: PathBuf,
-    /// The secrets file (with --node).
-    #[arg(long, env = "IMGBUILD_SECRETS", default_value = super::secrets::DEFAULT_FILE, value_name = "FILE")]
-    pub secrets: PathBuf,
+    #[command(flatten)]
+    pub nodes: NodeSource,
     #[command(flatten)]
     pub fetch: FetchArgs,
 }
 
 pub fn run(args: &Args, ctx: &Context) -> Result<()> {
-    let resolved = ctx.profiles().resolve(&args.profile, &args.set)?;
-    super::profiles::print_warnings(&resolved);
-    if resolved.profile.r#abstract {
-        anyhow::bail!(
-            "profile {} is abstract (only meant to be extended); build one of the profiles that extend it (`imgbuild profiles list`)",
-            resolved.name
-        );
-    }
+    let resolved = args.profile.resolve(ctx)?;
     // A node's seed needs its inventory entry and secrets: check them before writing anything.
     let node = match &args.node {
-        Some(name) => Some(
-            super::seed::NodeArgs {
-                profile: args.profile.clone(),
-                node: name.clone(),
-                inventory: args.inventory.clone(),
-                secrets: args.secrets.clone(),
-                set: args.set.clone(),
-            }
-            .load(ctx)?,
-        ),
+        Some(name) => Some(args.nodes.load(&resolved, name, &super::env_var)?),
         None => None,
     };
-    let templates = super::seed::load_templates(&resolved)?;
+    let templates = inputs::load_templates(&resolved)?;
     let out_path = args
         .out
         .clone()
@@ -254,7 +231,7 @@ fn write_node_image(
     progress: &Progress,
 ) -> Result<PathBuf> {
     let node_seed = crate::node::seed::render(resolved, &n.node, &n.secrets, "", &n.templates)?;
-    build::add_seed(&mut trees.boot, &node_seed, epoch)?;
+    node_seed.add_to(&mut trees.boot, epoch)?;
     let layout = build::layout(resolved, trees, epoch)?;
     let dir = out.path().join("nodes");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -21,7 +21,7 @@ use anyhow::{Context as _, Result, bail};
 use sha2::{Digest, Sha256};
 
 use super::Context;
-use crate::disk::region::SeekSink;
+use crate::blockio::region::SeekSink;
 use crate::fs::{ext4, fat};
 use crate::ids::{Guid, ImageSeed};
 use crate::output::PendingFile;

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::profile::ProfileStore;
+use crate::profile::{ProfileStore, Resolved};
 use crate::progress::Progress;
 
 pub mod build;
@@ -32,6 +32,48 @@ impl Context {
     pub fn profiles(&self) -> ProfileStore {
         ProfileStore::new(Some(self.profiles_dir.clone()))
     }
+
+    /// Resolves a profile that can be built (not abstract), printing its warnings.
+    pub fn resolve_concrete(&self, name: &str, set: &[String]) -> anyhow::Result<Resolved> {
+        let resolved = self.profiles().resolve(name, set)?;
+        print_warnings(&resolved);
+        if resolved.profile.r#abstract {
+            anyhow::bail!(
+                "profile {} is abstract (only meant to be extended); use one of the profiles that extend it (`imgbuild profiles list`)",
+                resolved.name
+            );
+        }
+        Ok(resolved)
+    }
+}
+
+/// The profile's warnings, on stderr (so `--json` output stays clean).
+pub fn print_warnings(r: &Resolved) {
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
+}
+
+/// The profile a command works on, and overrides of its values.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ProfileSelection {
+    /// The profile (`imgbuild profiles list`).
+    pub profile: String,
+    /// Override a profile value, e.g. --set k3s.version=v1.36.2+k3s1 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+impl ProfileSelection {
+    /// The resolved, buildable profile.
+    pub fn resolve(&self, ctx: &Context) -> anyhow::Result<Resolved> {
+        ctx.resolve_concrete(&self.profile, &self.set)
+    }
+}
+
+/// Reads a secret from the environment (`IMGBUILD_SECRET_*`), for [`crate::node::inputs`].
+pub fn env_var(k: &str) -> Option<String> {
+    std::env::var(k).ok()
 }
 
 /// A capability that a later release will provide. Exits 2 like any other refusal, so scripts

@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use super::Context;
-use crate::profile::{Origin, Profile, Resolved};
+use crate::profile::{Origin, Profile};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
@@ -81,7 +81,7 @@ pub fn run(cmd: &Command, ctx: &Context) -> Result<()> {
         }
         Command::Show { profile, json, set } => {
             let r = store.resolve(profile, set)?;
-            print_warnings(&r);
+            super::print_warnings(&r);
             if *json {
                 serde_json::to_writer_pretty(
                     &mut out,
@@ -111,7 +111,7 @@ pub fn run(cmd: &Command, ctx: &Context) -> Result<()> {
                 match store.resolve(name, &[]) {
                     Ok(r) => {
                         writeln!(out, "ok      {name}")?;
-                        print_warnings(&r);
+                        super::print_warnings(&r);
                     }
                     Err(e) => {
                         writeln!(out, "FAILED  {name}")?;
@@ -131,11 +131,4 @@ pub fn run(cmd: &Command, ctx: &Context) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Warnings go to stderr, so `--json` output stays clean.
-pub fn print_warnings(r: &Resolved) {
-    for w in &r.warnings {
-        eprintln!("warning: {w}");
-    }
 }

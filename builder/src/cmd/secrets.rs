@@ -6,10 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result, bail};
 
 use super::Context;
-use crate::node::secrets::{self, Secrets};
-
-/// Default secrets file, next to the profiles.
-pub const DEFAULT_FILE: &str = "secrets.toml";
+use crate::node::inputs::{DEFAULT_SECRETS, load_secrets};
+use crate::node::secrets;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -23,7 +21,7 @@ pub enum Command {
     /// placeholder for the mesh key. Never overwrites an existing file.
     Init {
         /// The secrets file to create.
-        #[arg(long, env = "IMGBUILD_SECRETS", default_value = DEFAULT_FILE, value_name = "FILE")]
+        #[arg(long, env = "IMGBUILD_SECRETS", default_value = DEFAULT_SECRETS, value_name = "FILE")]
         file: PathBuf,
     },
     /// Check that a profile's nodes (or one node) have every secret they need; values are never
@@ -34,7 +32,7 @@ pub enum Command {
         /// Check the values for this node of the inventory (per-node secrets).
         #[arg(long, value_name = "NAME")]
         node: Option<String>,
-        #[arg(long, env = "IMGBUILD_SECRETS", default_value = DEFAULT_FILE, value_name = "FILE")]
+        #[arg(long, env = "IMGBUILD_SECRETS", default_value = DEFAULT_SECRETS, value_name = "FILE")]
         file: PathBuf,
         /// Override a profile value (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -52,7 +50,7 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
             set,
         } => {
             let resolved = ctx.profiles().resolve(profile, set)?;
-            let s = load(file)?;
+            let s = load_secrets(file)?;
             let env = |k: &str| std::env::var(k).ok();
             let mut problems = Vec::new();
             for need in secrets::needed(&resolved) {
@@ -70,27 +68,6 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
             Ok(())
         }
     }
-}
-
-/// Reads the secrets file, refusing one that others can read. A missing file is empty (the
-/// environment may still provide every secret).
-pub fn load(path: &Path) -> Result<Secrets> {
-    let shown = path.display().to_string();
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Secrets::empty(&shown)),
-        Err(e) => return Err(e).with_context(|| format!("reading {shown}")),
-    };
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)
-            .with_context(|| format!("reading {shown}"))?
-            .permissions()
-            .mode();
-        secrets::check_mode(mode, &shown)?;
-    }
-    Ok(Secrets::parse(&text, &shown)?)
 }
 
 fn init(path: &Path) -> Result<()> {

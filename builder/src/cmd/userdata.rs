@@ -1,13 +1,13 @@
 //! `imgbuild userdata PROFILE --node NAME`: `#cloud-config` for a stock cloud VM.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
 
-use super::Context;
-use super::seed::NodeArgs;
-use crate::fetch::{Lock, Mirrors};
+use super::{Context, ProfileSelection};
+use crate::fetch::{Lock, LockfileArg, MirrorArgs};
+use crate::node::inputs::NodeSource;
 use crate::node::userdata::{self, CloudTarget, ExtraFile, Pin, Pins};
 use crate::profile::{MeshProvider, Resolved};
 use crate::source::overlay::{self, OverlaySource};
@@ -17,7 +17,12 @@ use crate::tree::{Kind, Tree};
 #[command(after_long_help = USAGE)]
 pub struct Args {
     #[command(flatten)]
-    pub node: NodeArgs,
+    pub profile: ProfileSelection,
+    /// The node, by its name in the inventory.
+    #[arg(long, value_name = "NAME")]
+    pub node: String,
+    #[command(flatten)]
+    pub nodes: NodeSource,
     /// Where the user-data goes; sets the size limit (digitalocean: 64 KiB plain text;
     /// openstack: 65,535 bytes base64-encoded).
     #[arg(long, value_enum, default_value_t = CloudTarget::Generic)]
@@ -28,21 +33,14 @@ pub struct Args {
     /// Run every check (secrets, templates, size limit) and print nothing.
     #[arg(long)]
     pub check: bool,
-    /// Download artifacts from another place: replace URL prefix FROM with TO (repeatable).
-    #[arg(
-        long = "mirror",
-        value_name = "FROM=TO",
-        env = "IMGBUILD_MIRROR",
-        value_delimiter = ' '
-    )]
-    pub mirror: Vec<String>,
+    #[command(flatten)]
+    pub mirror: MirrorArgs,
     /// Add a unit that keeps pods away from the metadata service (169.254.169.254), which serves
     /// this user-data, credentials included, for the VM's lifetime.
     #[arg(long)]
     pub block_metadata: bool,
-    /// The lockfile pinning the k3s and mesh downloads.
-    #[arg(long, default_value = "imgbuild.lock", value_name = "FILE")]
-    pub lock: PathBuf,
+    #[command(flatten)]
+    pub lockfile: LockfileArg,
 }
 
 const USAGE: &str = "\
@@ -82,20 +80,18 @@ Pulumi (Python):
                        size=\"s-2vcpu-4gb\", user_data=ud)";
 
 pub fn run(args: &Args, ctx: &Context) -> Result<()> {
-    let env = std::env::var("IMGBUILD_MIRROR").unwrap_or_default();
-    let mirrors = Mirrors::parse(
-        std::iter::once(env.as_str()).chain(args.mirror.iter().map(String::as_str)),
-    )?;
-    let inputs = args.node.load(ctx)?;
-    let mut pins = pins_from_lock(&args.lock, &inputs.resolved)?;
+    let mirrors = args.mirror.mirrors()?;
+    let resolved = args.profile.resolve(ctx)?;
+    let inputs = args.nodes.load(&resolved, &args.node, &super::env_var)?;
+    let mut pins = pins_from_lock(&args.lockfile.path(&ctx.profiles_dir), &resolved)?;
     pins.k3s.url = mirrors.rewrite(&pins.k3s.url);
     if let Some(m) = &mut pins.mesh {
         m.url = mirrors.rewrite(&m.url);
     }
-    let extra = overlay_files(&inputs.resolved)?;
+    let extra = overlay_files(&resolved)?;
     let out = userdata::render(
         &userdata::Input {
-            resolved: &inputs.resolved,
+            resolved: &resolved,
             node: &inputs.node,
             secrets: &inputs.secrets,
             pins: &pins,

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use sha2::{Digest, Sha256};
 
-use crate::disk::region::Ranges;
+use crate::blockio::region::Ranges;
 
 /// Block size of the map: 4 KiB, as bmaptool uses.
 pub const BLOCK_SIZE: u64 = 4096;

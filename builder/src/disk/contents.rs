@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
+use crate::blockio::region::Sink;
 use crate::disk::layout::{ContentError, ContentInfo, PartitionContent, WriteParams};
-use crate::disk::region::Sink;
 use crate::fs::{FileRecord, ext4, fat};
 use crate::progress::Progress;
 use crate::tree::Tree;

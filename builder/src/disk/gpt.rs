@@ -9,10 +9,11 @@
 //! precise errors for truncated or damaged tables. `sgdisk -v` and `sfdisk --verify` judge the
 //! result in the tests.
 
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek};
 
+use crate::blockio::read_at;
+use crate::blockio::region::Sink;
 use crate::disk::layout::SECTOR;
-use crate::disk::region::Sink;
 use crate::ids::Guid;
 
 /// Entries in each array (the UEFI minimum, what every tool writes).
@@ -263,15 +264,10 @@ fn parse_header<R: Read + Seek>(
     ))
 }
 
-pub(crate) fn read_at<R: Read + Seek>(r: &mut R, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-    r.seek(SeekFrom::Start(offset))?;
-    r.read_exact(buf)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::disk::region::VecSink;
+    use crate::blockio::region::VecSink;
     use std::io::Cursor;
 
     fn table() -> GptTable {

@@ -10,12 +10,12 @@ use std::io;
 
 use serde::Serialize;
 
+use crate::blockio::region::{Ranges, SeekSink, Sink, Window};
 use crate::disk::gpt::{GptEntry, GptTable};
 use crate::disk::layout::{
     ContentError, Layout, LayoutError, PartType, Plan, SECTOR, TableKind, WriteParams,
 };
 use crate::disk::mbr::{MbrEntry, MbrTable};
-use crate::disk::region::{Ranges, SeekSink, Sink, Window};
 use crate::fs::FileRecord;
 use crate::ids::{FsIds, Guid, ImageSeed};
 use crate::progress::Progress;
@@ -113,15 +113,13 @@ impl Sink for Recording<'_> {
 
 /// The GUID a partition is known by: its GPT unique GUID, and on MBR disks the same derivation,
 /// so filesystem identifiers are derived the same way whatever the table.
-fn partition_guids(layout: &Layout, seed: &ImageSeed) -> Vec<Guid> {
-    let mut seen: Vec<PartType> = Vec::new();
-    layout
-        .partitions
+fn partition_guids(types: &[PartType], seed: &ImageSeed) -> Vec<Guid> {
+    types
         .iter()
-        .map(|p| {
-            let n = seen.iter().filter(|t| **t == p.ptype).count() as u64;
-            seen.push(p.ptype);
-            seed.partition_guid(p.ptype.gpt_type(), n)
+        .enumerate()
+        .map(|(i, t)| {
+            let n = types[..i].iter().filter(|u| *u == t).count() as u64;
+            seed.partition_guid(t.gpt_type(), n)
         })
         .collect()
 }
@@ -139,16 +137,31 @@ pub struct PartitionIds {
 /// Every partition's identifiers for `layout` and `seed`, in layout order, so boot
 /// configuration (`cmdline.txt`, `/etc/fstab`) written *into* the image can name them.
 pub fn partition_ids(layout: &Layout, seed: &ImageSeed) -> Vec<PartitionIds> {
-    let guids = partition_guids(layout, seed);
-    let signature = seed.mbr_disk_signature();
-    layout
+    let shape: Vec<(&str, PartType)> = layout
         .partitions
+        .iter()
+        .map(|p| (p.label.as_str(), p.ptype))
+        .collect();
+    ids_for_shape(layout.table, &shape, seed)
+}
+
+/// [`partition_ids`] from the table kind and the partitions' labels and types alone, for
+/// callers that need the identifiers before the partitions' contents exist.
+pub fn ids_for_shape(
+    table: TableKind,
+    shape: &[(&str, PartType)],
+    seed: &ImageSeed,
+) -> Vec<PartitionIds> {
+    let types: Vec<PartType> = shape.iter().map(|(_, t)| *t).collect();
+    let guids = partition_guids(&types, seed);
+    let signature = seed.mbr_disk_signature();
+    shape
         .iter()
         .zip(&guids)
         .enumerate()
-        .map(|(i, (p, g))| PartitionIds {
-            label: p.label.clone(),
-            partuuid: match layout.table {
+        .map(|(i, ((label, _), g))| PartitionIds {
+            label: label.to_string(),
+            partuuid: match table {
                 TableKind::Gpt => g.to_string(),
                 TableKind::Mbr => MbrTable::partuuid(signature, i + 1),
             },
@@ -170,7 +183,8 @@ pub fn assemble(
         inner: sink,
         written: Ranges::default(),
     };
-    let guids = partition_guids(layout, seed);
+    let types: Vec<PartType> = layout.partitions.iter().map(|p| p.ptype).collect();
+    let guids = partition_guids(&types, seed);
     let signature = seed.mbr_disk_signature();
     let disk_guid = seed.disk_guid();
     match plan.table {
@@ -293,8 +307,8 @@ pub fn write_raw(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::blockio::region::VecSink;
     use crate::disk::layout::{EmptyContent, MIB, Partition, RawContent, Size};
-    use crate::disk::region::VecSink;
     use std::io::Cursor;
 
     #[test]

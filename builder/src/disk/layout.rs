@@ -7,7 +7,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::disk::region::Sink;
+use crate::blockio::region::Sink;
 use crate::fs::FileRecord;
 use crate::ids::{FsIds, Guid};
 use crate::progress::Progress;

@@ -6,9 +6,9 @@
 
 use std::io::{self, Read, Seek};
 
-use crate::disk::gpt::read_at;
+use crate::blockio::read_at;
+use crate::blockio::region::Sink;
 use crate::disk::layout::SECTOR;
-use crate::disk::region::Sink;
 
 /// One primary partition.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,5 +14,4 @@ pub mod manifest;
 pub mod mbr;
 pub mod outputs;
 pub mod probe;
-pub mod region;
 pub mod xz;

@@ -18,11 +18,11 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
+use crate::blockio::region::Ranges;
 use crate::disk::bmap::{self, BlockMap};
 use crate::disk::image::{self, ImageReport};
 use crate::disk::layout::Layout;
 use crate::disk::manifest::{self, ImageEntry, InputRecord, Manifest};
-use crate::disk::region::Ranges;
 use crate::disk::xz::{self, XzSettings};
 use crate::ids::ImageSeed;
 use crate::output::{OutputDir, PendingFile};
@@ -261,9 +261,7 @@ pub fn scan<R: Read + Seek, W: Write>(
 fn sha256_file(f: &mut File) -> Result<String> {
     f.flush()?;
     f.seek(SeekFrom::Start(0))?;
-    let mut h = Sha256::new();
-    io::copy(f, &mut h)?;
-    Ok(hex::encode(h.finalize()))
+    Ok(crate::blockio::hash::sha256_reader(f)?)
 }
 
 fn qemu_img_convert(src: &Path, dst: &Path) -> Result<()> {

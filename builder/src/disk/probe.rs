@@ -8,7 +8,8 @@ use std::io::{self, Read, Seek, SeekFrom};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::disk::gpt::{GptError, GptTable, read_at};
+use crate::blockio::read_at;
+use crate::disk::gpt::{GptError, GptTable};
 use crate::disk::image::FsReport;
 use crate::disk::layout::{PartType, SECTOR, TableKind};
 use crate::disk::manifest::Manifest;
@@ -172,19 +173,8 @@ pub struct Verification {
 
 /// SHA-256 of `len` bytes from the start of `r`.
 pub fn sha256_of<R: Read + Seek>(r: &mut R, len: u64, progress: &Progress) -> io::Result<String> {
-    r.seek(SeekFrom::Start(0))?;
-    let mut h = Sha256::new();
     let mut step = progress.step("sha256", len);
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        r.read_exact(&mut buf[..n])?;
-        h.update(&buf[..n]);
-        step.inc(n as u64);
-        left -= n as u64;
-    }
-    Ok(hex::encode(h.finalize()))
+    crate::blockio::hash::sha256_range(r, 0, len, |n| step.inc(n))
 }
 
 /// An ext4 partition of an image file, for `ext4-view`.

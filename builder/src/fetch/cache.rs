@@ -79,17 +79,7 @@ pub fn is_sha256_hex(s: &str) -> bool {
 
 /// SHA-256 of a whole file, in lowercase hex.
 pub fn sha256_file(path: &Path) -> Result<String, FetchError> {
-    let mut f = File::open(path).map_err(io_err(path))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; BUF];
-    loop {
-        let n = f.read(&mut buf).map_err(io_err(path))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    crate::blockio::hash::sha256_path(path).map_err(io_err(path))
 }
 
 impl Cache {

@@ -117,30 +117,52 @@ pub struct Mismatch {
     pub from: String,
 }
 
-/// Download options shared by `build`, `lock` and `userdata`.
+/// Download options shared by `build` and `lock`.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct FetchArgs {
     /// Download cache [default: $XDG_CACHE_HOME/imgbuild, else ~/.cache/imgbuild].
     #[arg(long, env = "IMGBUILD_CACHE_DIR", value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
-    /// Rewrite URLs that start with FROM to start with TO instead (repeatable; also
-    /// IMGBUILD_MIRROR, comma- or space-separated). The lock keeps the original URLs.
-    #[arg(long, value_name = "FROM=TO")]
-    pub mirror: Vec<String>,
+    #[command(flatten)]
+    pub mirror: MirrorArgs,
     /// Use only the download cache; never touch the network.
     #[arg(long)]
     pub offline: bool,
     /// Refuse to add or change entries of imgbuild.lock (for CI).
     #[arg(long)]
     pub locked: bool,
+    #[command(flatten)]
+    pub lockfile: LockfileArg,
+}
+
+/// URL rewrites, for every command that downloads or hands out download URLs.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct MirrorArgs {
+    /// Rewrite URLs that start with FROM to start with TO instead (repeatable; also
+    /// IMGBUILD_MIRROR, comma- or space-separated). The lock keeps the original URLs.
+    #[arg(long, value_name = "FROM=TO")]
+    pub mirror: Vec<String>,
+}
+
+impl MirrorArgs {
+    /// `IMGBUILD_MIRROR` first, then every `--mirror`; read here and nowhere else.
+    pub fn mirrors(&self) -> Result<Mirrors, FetchError> {
+        let env = std::env::var("IMGBUILD_MIRROR").unwrap_or_default();
+        Mirrors::parse(std::iter::once(env.as_str()).chain(self.mirror.iter().map(String::as_str)))
+    }
+}
+
+/// Which lockfile pins the inputs.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct LockfileArg {
     /// The lockfile [default: imgbuild.lock next to the profiles folder].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, alias = "lock", value_name = "FILE")]
     pub lockfile: Option<PathBuf>,
 }
 
-impl FetchArgs {
+impl LockfileArg {
     /// The lockfile: `--lockfile`, else `imgbuild.lock` in the folder that holds `profiles_dir`.
-    pub fn lock_path(&self, profiles_dir: &Path) -> PathBuf {
+    pub fn path(&self, profiles_dir: &Path) -> PathBuf {
         if let Some(p) = &self.lockfile {
             return p.clone();
         }
@@ -149,6 +171,13 @@ impl FetchArgs {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         parent.join("imgbuild.lock")
+    }
+}
+
+impl FetchArgs {
+    /// The lockfile these options select.
+    pub fn lock_path(&self, profiles_dir: &Path) -> PathBuf {
+        self.lockfile.path(profiles_dir)
     }
 
     /// The cache folder these options select.
@@ -231,10 +260,7 @@ impl Fetcher {
 
     /// From command-line options and `IMGBUILD_MIRROR`.
     pub fn from_args(args: &FetchArgs, progress: Progress) -> Result<Fetcher, FetchError> {
-        let env = std::env::var("IMGBUILD_MIRROR").unwrap_or_default();
-        let mirrors = Mirrors::parse(
-            std::iter::once(env.as_str()).chain(args.mirror.iter().map(String::as_str)),
-        )?;
+        let mirrors = args.mirror.mirrors()?;
         let cache = Cache::open(args.cache_dir()?)?;
         Ok(Fetcher::new(cache, mirrors, args.offline, progress))
     }

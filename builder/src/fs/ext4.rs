@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use super::FileRecord;
 use super::ext4_read::xattr::{ACL_ACCESS, ACL_DEFAULT, acl_to_disk};
-use crate::disk::region::Sink;
+use crate::blockio::region::Sink;
 use crate::progress::Progress;
 use crate::tree::{Content, Entry, Kind, Source, Tree, TreePath};
 
@@ -601,7 +601,7 @@ fn sparse_segments(content: &Content) -> Option<Vec<SparseSeg>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::disk::region::VecSink;
+    use crate::blockio::region::VecSink;
 
     fn params() -> Ext4Params {
         Ext4Params {

@@ -27,7 +27,7 @@ use std::io::{self, Read};
 use sha2::{Digest, Sha256};
 
 use super::FileRecord;
-use crate::disk::region::Sink;
+use crate::blockio::region::Sink;
 use crate::progress::Progress;
 use crate::tree::{Content, Kind, Tree, TreePath};
 
@@ -696,7 +696,7 @@ fn fs_info(free: u32, next_free: u32) -> [u8; 512] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::disk::region::VecSink;
+    use crate::blockio::region::VecSink;
     use crate::tree::Entry;
 
     fn p(s: &str) -> TreePath {

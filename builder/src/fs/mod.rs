@@ -1,5 +1,5 @@
 //! Filesystem writers: a [`crate::tree::Tree`] in, a filesystem image out (through a
-//! [`crate::disk::region::Sink`]).
+//! [`crate::blockio::region::Sink`]).
 
 pub mod ext4;
 pub mod ext4_read;

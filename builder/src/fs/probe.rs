@@ -65,7 +65,7 @@ pub fn probe<R: ReadAt + ?Sized>(r: &R, offset: u64, size: u64) -> io::Result<Fs
         return Ok(FsInfo::unknown());
     }
     let mut b = [0u8; 2048];
-    r.read_exact_at(offset, &mut b)?;
+    r.read_exact_at(&mut b, offset)?;
     let sb = &b[1024..];
     if sb[0x38..0x3A] == [0x53, 0xEF] {
         let uuid = crate::ids::Guid(sb[0x68..0x78].try_into().expect("16 bytes"));

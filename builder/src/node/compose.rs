@@ -38,8 +38,8 @@ use super::inventory;
 use super::templates::{TemplateError, Templates};
 use std::io::Read;
 
+use crate::node::systemd::{self, SystemdError};
 use crate::profile::{Arch, MeshProvider, Resolved};
-use crate::source::systemd::{self, SystemdError};
 use crate::tree::{Content, Entry, Kind, Tree, TreeError, TreePath};
 
 pub use super::files::{DATA_LABEL, DATA_MOUNT, PERSISTENT_DIRS};

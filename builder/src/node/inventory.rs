@@ -28,9 +28,12 @@ pub struct Node {
     pub name: String,
     /// The profile this node runs.
     pub profile: String,
-    /// MAC address of the wired interface (netboot matching, network-config).
+    /// MAC address of the wired interface (netboot matching, network-config), as written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+    /// `mac`, parsed once when the inventory is loaded.
+    #[serde(skip)]
+    pub mac_address: Option<Mac>,
     /// Board serial (Raspberry Pi netboot folder) or SMBIOS UUID.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<String>,
@@ -204,7 +207,7 @@ impl Inventory {
             });
         };
         let mut names: BTreeMap<&str, usize> = BTreeMap::new();
-        let mut macs: BTreeMap<String, &str> = BTreeMap::new();
+        let mut macs: BTreeMap<Mac, &str> = BTreeMap::new();
         let mut serials: BTreeMap<String, &str> = BTreeMap::new();
         for (i, n) in parsed.node.iter().enumerate() {
             if !is_dns_label(&n.name) {
@@ -241,7 +244,7 @@ impl Inventory {
                 );
             }
             if let Some(mac) = &n.mac {
-                match normalize_mac(mac) {
+                match mac.parse::<Mac>().ok() {
                     None => problem(
                         i,
                         "mac",
@@ -324,7 +327,11 @@ impl Inventory {
         if !problems.is_empty() {
             return Err(err(problems));
         }
-        Ok(Inventory { nodes: parsed.node })
+        let mut nodes = parsed.node;
+        for n in &mut nodes {
+            n.mac_address = n.mac.as_deref().and_then(|m| m.parse().ok());
+        }
+        Ok(Inventory { nodes })
     }
 
     /// The node called `name`.
@@ -341,12 +348,9 @@ impl Inventory {
 }
 
 impl Inventory {
-    /// The node with this MAC address (any case, `:` or `-` separated), for netboot matching.
-    pub fn by_mac(&self, mac: &str) -> Option<&Node> {
-        let want = normalize_mac(mac)?;
-        self.nodes
-            .iter()
-            .find(|n| n.mac.as_deref().and_then(normalize_mac).as_deref() == Some(want.as_str()))
+    /// The node with this MAC address, for netboot matching.
+    pub fn by_mac(&self, mac: Mac) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.mac_address == Some(mac))
     }
 
     /// The node with this board serial or SMBIOS UUID (case-insensitive).
@@ -359,14 +363,41 @@ impl Inventory {
     }
 }
 
-/// `aa:bb:cc:dd:ee:ff` in lower case, from `:` or `-` separated input.
-pub fn normalize_mac(mac: &str) -> Option<String> {
-    let parts: Vec<&str> = mac.split([':', '-']).collect();
-    (parts.len() == 6
-        && parts
-            .iter()
-            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit())))
-    .then(|| parts.join(":").to_ascii_lowercase())
+/// A MAC address. Parsed from six hex pairs separated by `:` or `-` (any case); shown as
+/// `aa:bb:cc:dd:ee:ff`, the form cloud-init's network-config and iPXE's `${mac}` use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Mac(pub [u8; 6]);
+
+/// Not a MAC address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a MAC address (six hex pairs, e.g. dc:a6:32:01:02:03)")]
+pub struct BadMac(pub String);
+
+impl std::str::FromStr for Mac {
+    type Err = BadMac;
+    fn from_str(s: &str) -> Result<Mac, BadMac> {
+        let mut out = [0u8; 6];
+        let mut parts = s.split([':', '-']);
+        for b in &mut out {
+            // Checked by hand: from_str_radix would take a sign ("+c").
+            let p = parts
+                .next()
+                .filter(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+                .ok_or_else(|| BadMac(s.into()))?;
+            *b = u8::from_str_radix(p, 16).map_err(|_| BadMac(s.into()))?;
+        }
+        match parts.next() {
+            None => Ok(Mac(out)),
+            Some(_) => Err(BadMac(s.into())),
+        }
+    }
+}
+
+impl std::fmt::Display for Mac {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
 }
 
 fn is_dns_label(s: &str) -> bool {
@@ -433,10 +464,18 @@ profile = "droplet-worker"
         assert_eq!(inv.node("do-1", "nodes.toml").unwrap().hostname(), "do-1");
         let err = inv.node("pi-9", "nodes.toml").unwrap_err().to_string();
         assert!(err.contains("pi-03, do-1"), "{err}");
-        assert_eq!(
-            normalize_mac("DC-A6-32-01-02-03").unwrap(),
-            "dc:a6:32:01:02:03"
-        );
+        let mac: Mac = "DC-A6-32-01-02-03".parse().unwrap();
+        assert_eq!(mac.to_string(), "dc:a6:32:01:02:03");
+        assert_eq!(inv.by_mac(mac).unwrap().name, "pi-03");
+        for bad in [
+            "dc:a6:32:01:02",
+            "dc:a6:32:01:02:03:04",
+            "dc:a6:32:01:02:0g",
+            "+c:a6:32:01:02:03",
+            "",
+        ] {
+            assert!(bad.parse::<Mac>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ use super::secrets::Needed;
 use super::templates::{TemplateError, Templates, shell_quote};
 use super::yaml;
 use crate::profile::{MeshProvider, Resolved};
+use crate::tree::{Content, Entry, Tree, TreeError, TreePath};
 
 /// The three files of a NoCloud seed.
 #[derive(Clone, PartialEq, Eq)]
@@ -37,6 +38,18 @@ impl Seed {
             ("network-config", &self.network_config),
             ("user-data", &self.user_data),
         ]
+    }
+
+    /// Adds the seed files to the root of a boot partition's tree, where the image's NoCloud
+    /// datasource reads them. Owner-only: they hold the node's credentials.
+    pub fn add_to(&self, boot: &mut Tree, epoch: i64) -> Result<(), TreeError> {
+        for (name, text) in self.files() {
+            boot.insert(
+                TreePath::new(name)?,
+                Entry::file(0o600, Content::bytes(text.as_bytes().to_vec())).at(epoch),
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -160,7 +173,7 @@ pub fn user_data_context(
         "node": {
             "name": node.name,
             "hostname": node.hostname(),
-            "mac": node.mac.as_deref().and_then(super::inventory::normalize_mac),
+            "mac": node.mac_address.map(|m| m.to_string()),
             "serial": node.serial,
             "labels": node.labels,
             "taints": node.taints,

@@ -86,7 +86,35 @@ pub(super) fn validate(resolved: &mut Resolved, top: &Origin) -> Vec<Diagnostic>
     };
     let concrete = !p.r#abstract;
 
-    // image
+    let (board, arch) = check_image(&mut c, &p, concrete);
+    check_base(&mut c, &p);
+    check_k3s(&mut c, &p, concrete, board);
+    check_mesh(&mut c, &p, concrete);
+    check_users(&mut c, &p);
+    check_kernel_and_pi(&mut c, &p, board);
+
+    let problems = std::mem::take(&mut c.problems);
+    let warnings = std::mem::take(&mut c.warnings);
+    resolved.warnings.extend(warnings);
+    // Fill the board-derived defaults so consumers and `profiles show` see concrete values.
+    let img = &mut resolved.profile.image;
+    if img.name.is_none() {
+        img.name = Some(resolved.name.clone());
+    }
+    img.arch = arch.or(img.arch);
+    if let Some(b) = board {
+        if img.formats.is_empty() {
+            img.formats = b.default_formats().to_vec();
+        }
+        if img.partition_table.is_none() {
+            img.partition_table = Some(b.default_partition_table());
+        }
+    }
+    problems
+}
+
+/// `[image]`: board, arch, sizes, formats. Returns the board and the arch it implies.
+fn check_image(c: &mut Checker<'_>, p: &Profile, concrete: bool) -> (Option<Board>, Option<Arch>) {
     let board = p.image.board;
     if board.is_none() && concrete {
         c.problem(
@@ -177,8 +205,11 @@ pub(super) fn validate(resolved: &mut Resolved, top: &Origin) -> Vec<Diagnostic>
             "use `auto` or a larger size, e.g. 4GiB",
         );
     }
+    (board, arch)
+}
 
-    // base
+/// `[base]`: one source, a valid checksum, partitions.
+fn check_base(c: &mut Checker<'_>, p: &Profile) {
     if p.base.url.is_some() && p.base.path.is_some() {
         let key = c.nearest(&["base.path", "base.url"]);
         c.problem(
@@ -188,15 +219,10 @@ pub(super) fn validate(resolved: &mut Resolved, top: &Origin) -> Vec<Diagnostic>
         );
     }
     if let Some(url) = &p.base.url {
-        check_url(&mut c, "base.url", url, &["https", "http", "file"]);
+        check_url(c, "base.url", url, &["https", "http", "file"]);
     }
     if let Some(url) = &p.base.checksums_url {
-        check_url(
-            &mut c,
-            "base.checksums-url",
-            url,
-            &["https", "http", "file"],
-        );
+        check_url(c, "base.checksums-url", url, &["https", "http", "file"]);
     }
     for (key, value) in [
         ("base.boot-partition", &p.base.boot_partition),
@@ -220,8 +246,10 @@ pub(super) fn validate(resolved: &mut Resolved, top: &Origin) -> Vec<Diagnostic>
             "write 64 hexadecimal digits, or remove it and let the lockfile pin the base",
         );
     }
+}
 
-    // k3s
+/// `[k3s]`: version, role, server, tokens, and what the board allows.
+fn check_k3s(c: &mut Checker<'_>, p: &Profile, concrete: bool, board: Option<Board>) {
     let k = &p.k3s;
     if let Some(v) = &k.version
         && !is_k3s_version(v)
@@ -313,7 +341,7 @@ pub(super) fn validate(resolved: &mut Resolved, top: &Origin) -> Vec<Diagnostic>
         );
     }
     if let Some(server) = &k.server {
-        check_url(&mut c, "k3s.server", server, &["https"]);
+        check_url(c, "k3s.server", server, &["https"]);
     }
     for (i, l) in k.labels.iter().enumerate() {
         if !is_label(l) {
@@ -355,8 +383,10 @@ pub(super) fn validate(resolved: &mut Resolved, top: &Origin) -> Vec<Diagnostic>
             );
         }
     }
+}
 
-    // mesh
+/// `[mesh]`: the provider's required values.
+fn check_mesh(c: &mut Checker<'_>, p: &Profile, concrete: bool) {
     let m = &p.mesh;
     match m.provider {
         MeshProvider::Tailscale => {
@@ -391,7 +421,7 @@ pub(super) fn validate(resolved: &mut Resolved, top: &Origin) -> Vec<Diagnostic>
                 }
             }
             if let Some(ls) = &m.login_server {
-                check_url(&mut c, "mesh.login-server", ls, &["https", "http"]);
+                check_url(c, "mesh.login-server", ls, &["https", "http"]);
             }
         }
         MeshProvider::Zerotier => {
@@ -447,8 +477,10 @@ pub(super) fn validate(resolved: &mut Resolved, top: &Origin) -> Vec<Diagnostic>
             }
         }
     }
+}
 
-    // users
+/// `[[users]]`: names and SSH keys.
+fn check_users(c: &mut Checker<'_>, p: &Profile) {
     let mut names = std::collections::BTreeSet::new();
     for (i, u) in p.users.iter().enumerate() {
         if !is_user_name(&u.name) {
@@ -474,8 +506,10 @@ pub(super) fn validate(resolved: &mut Resolved, top: &Origin) -> Vec<Diagnostic>
             }
         }
     }
+}
 
-    // kernel and Pi
+/// `[kernel]` and `[pi.config-txt]`.
+fn check_kernel_and_pi(c: &mut Checker<'_>, p: &Profile, board: Option<Board>) {
     for (i, a) in p.kernel.cmdline.iter().enumerate() {
         if a.is_empty() || a.chars().any(char::is_whitespace) {
             c.problem(
@@ -506,25 +540,6 @@ pub(super) fn validate(resolved: &mut Resolved, top: &Origin) -> Vec<Diagnostic>
             }
         }
     }
-
-    let problems = std::mem::take(&mut c.problems);
-    let warnings = std::mem::take(&mut c.warnings);
-    resolved.warnings.extend(warnings);
-    // Fill the board-derived defaults so consumers and `profiles show` see concrete values.
-    let img = &mut resolved.profile.image;
-    if img.name.is_none() {
-        img.name = Some(resolved.name.clone());
-    }
-    img.arch = arch.or(img.arch);
-    if let Some(b) = board {
-        if img.formats.is_empty() {
-            img.formats = b.default_formats().to_vec();
-        }
-        if img.partition_table.is_none() {
-            img.partition_table = Some(b.default_partition_table());
-        }
-    }
-    problems
 }
 
 fn check_url(c: &mut Checker<'_>, key: &str, url: &str, schemes: &[&str]) {

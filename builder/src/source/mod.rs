@@ -5,5 +5,4 @@ pub mod deb;
 pub mod dir;
 pub mod overlay;
 pub mod raw;
-pub mod systemd;
 pub mod tar;

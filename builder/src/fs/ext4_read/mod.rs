@@ -416,7 +416,7 @@ impl<R: ReadAt> Ext4<R> {
             )));
         }
         self.src
-            .read_exact_at(offset, buf)
+            .read_exact_at(buf, offset)
             .map_err(|source| Ext4ReadError::Io {
                 what: what(),
                 source,
@@ -477,7 +477,7 @@ fn has_super(g: u64) -> bool {
 }
 
 fn read_at<R: ReadAt>(src: &R, offset: u64, buf: &mut [u8], what: &str) -> Result<()> {
-    src.read_exact_at(offset, buf)
+    src.read_exact_at(buf, offset)
         .map_err(|source| Ext4ReadError::Io {
             what: what.to_string(),
             source,

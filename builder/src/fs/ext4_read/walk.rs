@@ -390,7 +390,7 @@ impl<R: ReadAt> Read for RunReader<'_, R> {
             Some(r) if r.logical * bs <= self.pos => {
                 let n = ((r.logical + r.len) * bs - self.pos).min(left) as usize;
                 let at = r.physical * bs + (self.pos - r.logical * bs);
-                self.fs.src.read_exact_at(at, &mut buf[..n])?;
+                self.fs.src.read_exact_at(&mut buf[..n], at)?;
                 n
             }
             next => {

@@ -5,7 +5,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use super::RawError;
-use crate::blockio::{ReadAt, Window};
+use crate::blockio::{ReadAt, Slice};
 use crate::fs::ext4_read::{self, Ext4, ReadStats};
 use crate::tree::Tree;
 
@@ -34,6 +34,14 @@ where
             why: e.to_string(),
         },
     };
-    let fs = Ext4::open(Window::new(src, offset, len), len).map_err(fs_err)?;
+    let fs = Ext4::open(
+        Slice {
+            inner: src,
+            base: offset,
+            len,
+        },
+        len,
+    )
+    .map_err(fs_err)?;
     ext4_read::read_tree(&Arc::new(fs)).map_err(fs_err)
 }

@@ -7,13 +7,13 @@ use std::io::{self, Read};
 use std::sync::Arc;
 
 use super::{MAX_DEPTH, MAX_ENTRIES, RawError, guarded};
-use crate::blockio::{ReadAt, Window, WindowCursor};
+use crate::blockio::{ReadAt, Slice, SliceCursor};
 use crate::tree::{Content, ContentReader, Entry, Source, Tree, TreePath};
 
-type FatFs<R> = lamfat::FileSystem<lamfat::StdIoWrapper<WindowCursor<R>>>;
+type FatFs<R> = lamfat::FileSystem<lamfat::StdIoWrapper<SliceCursor<R>>>;
 
-fn load_fat<R: ReadAt + Clone>(part: &Window<R>) -> Result<FatFs<R>, String> {
-    let part = WindowCursor::new(part.clone());
+fn load_fat<R: ReadAt + Clone>(part: &Slice<R>) -> Result<FatFs<R>, String> {
+    let part = SliceCursor::new(part.inner.clone(), part.base, part.len);
     guarded(|| {
         lamfat::FileSystem::new(lamfat::StdIoWrapper::new(part), lamfat::FsOptions::new())
             .map_err(|e| format!("{e:?}"))
@@ -24,7 +24,7 @@ fn load_fat<R: ReadAt + Clone>(part: &Window<R>) -> Result<FatFs<R>, String> {
 /// through the filesystem (boot files are small) rather than as one byte range.
 #[derive(Debug)]
 struct FatContent<R> {
-    part: Window<R>,
+    part: Slice<R>,
     /// The image, for messages.
     image: Arc<str>,
     path: String,
@@ -73,7 +73,7 @@ fn fat_time(dt: lamfat::DateTime) -> i64 {
 /// Reads a FAT partition into a tree. FAT has no owners or permissions: everything is
 /// `root:root`, directories 0755, files 0644 (what Linux shows for a vfat mount with
 /// `umask=022`); mtimes are the FAT modification times read as UTC.
-pub fn read_fat<R>(part: Window<R>, image: &str, number: u32) -> Result<Tree, RawError>
+pub fn read_fat<R>(part: Slice<R>, image: &str, number: u32) -> Result<Tree, RawError>
 where
     R: ReadAt + Clone + Send + Sync + Debug + 'static,
 {

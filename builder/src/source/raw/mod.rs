@@ -30,7 +30,7 @@ pub use ext4::read_ext4;
 pub use fat::read_fat;
 pub use partitions::{PartTypeId, Partition, Scheme, read_partitions, select};
 
-use crate::blockio::{ReadAt, Window};
+use crate::blockio::{ReadAt, Slice};
 use crate::fs::ext4_read::ReadStats;
 use crate::tree::{Tree, TreeError};
 
@@ -133,7 +133,11 @@ where
     let boot = match boot {
         Some(i) => {
             let p = &partitions[i];
-            let part = Window::new(disk.clone(), p.offset, p.size);
+            let part = Slice {
+                inner: disk.clone(),
+                base: p.offset,
+                len: p.size,
+            };
             Some((i, read_fat(part, image, p.number)?))
         }
         None => None,

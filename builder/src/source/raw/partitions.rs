@@ -10,7 +10,7 @@
 use std::io::{self, Read, Seek, SeekFrom};
 
 use super::RawError;
-use crate::blockio::{ReadAt, Window, WindowCursor};
+use crate::blockio::{ReadAt, SliceCursor};
 use crate::disk::gpt::{GptError, GptTable};
 use crate::disk::layout::PartType;
 use crate::disk::mbr::{MbrError, MbrTable};
@@ -94,7 +94,7 @@ pub fn read_partitions<R: ReadAt + ?Sized>(
     size: u64,
     image: &str,
 ) -> Result<(Scheme, Vec<Partition>), RawError> {
-    let mut cursor = WindowCursor::new(Window::new(src, 0, size));
+    let mut cursor = SliceCursor::new(src, 0, size);
     let disk = &mut cursor;
     let io = |source| RawError::Io {
         image: image.to_string(),
