@@ -305,8 +305,12 @@ fn debian_base_keeps_capabilities_and_link_groups() {
              mount $dev mnt
              tar --xattrs --xattrs-include='*' --numeric-owner -xpf {} -C mnt
              for f in mnt/usr/bin/ping mnt/usr/bin/newuidmap mnt/usr/bin/dash; do
-                 [ -f $f ] && setcap cap_net_raw+ep $f
-             done",
+                 if [ -f $f ]; then setcap cap_net_raw+ep $f; fi
+             done
+             umount mnt
+             losetup -d $dev
+             trap - EXIT
+             e2fsck -fn debian.ext4 >/dev/null",
             tarball.display()
         ),
         dir.path(),
