@@ -215,11 +215,17 @@ pub fn compose_image(
             )?
         }
     };
+    let mut warnings = composed.warnings;
+    warnings.extend(
+        crate::fs::fat::unrepresentable(&boot)
+            .into_iter()
+            .map(|w| format!("boot partition: {w}")),
+    );
     Ok(ImageTrees {
         root,
         boot,
         cmdline: composed.cmdline,
-        warnings: composed.warnings,
+        warnings,
     })
 }
 

@@ -237,6 +237,11 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
             (size, format!("ext4, UUID {uuid}"))
         }
         FsType::Fat => {
+            if ctx.verbosity >= 0 {
+                for w in fat::unrepresentable(&tree) {
+                    eprintln!("warning: {w}");
+                }
+            }
             let volume_id = match &args.uuid {
                 Some(u) => parse_volume_id(u)?,
                 None => ids.volume_id,

@@ -165,6 +165,7 @@ fn declare(
     let mut dirs: HashMap<&TreePath, InodeHandle> = HashMap::new();
     let mut files: HashMap<&TreePath, InodeHandle> = HashMap::new();
     let mut records = Vec::with_capacity(tree.len());
+    let links = super::link_counts(tree);
     let mut fills = Vec::new();
     let epoch = params.epoch;
     for (path, e) in tree.iter() {
@@ -176,16 +177,7 @@ fn declare(
             why,
         };
         let mk = |r: mkext4::Error| err(r.to_string());
-        let mut record = FileRecord {
-            path: path.display(),
-            kind: e.kind.name(),
-            mode: format!("{:04o}", e.mode & 0o7777),
-            uid: e.uid,
-            gid: e.gid,
-            size: None,
-            sha256: None,
-            target: None,
-        };
+        let mut record = FileRecord::of(path, e);
         let Some(parent) = path.parent() else {
             b.set_meta(mkext4::ROOT, meta(e, epoch)).map_err(mk)?;
             set_xattrs(&mut b, mkext4::ROOT, path, e)?;
@@ -213,10 +205,13 @@ fn declare(
                 return Err(err("hard link to a non-file".into()));
             };
             if let Kind::Hardlink(_) = e.kind {
-                record.mode = format!("{:04o}", inode_entry.mode & 0o7777);
-                record.uid = inode_entry.uid;
-                record.gid = inode_entry.gid;
+                record = FileRecord {
+                    kind: record.kind,
+                    target: record.target,
+                    ..FileRecord::of(path, inode_entry)
+                };
             }
+            record.links = links.get(group).copied();
             if let Some(&h) = files.get(group) {
                 b.hardlink(dir, name, h).map_err(mk)?;
             } else {
@@ -657,6 +652,60 @@ mod tests {
         write(&t, 16 * MIB, &other, &mut c, &Progress::quiet()).unwrap();
         c.buf.resize(16 * MIB as usize, 0);
         assert_ne!(a.buf, c.buf);
+    }
+
+    #[test]
+    fn records_carry_link_counts_and_xattr_names_and_acls_reach_disk_form() {
+        let mut t = sample();
+        let acl = {
+            let mut x = 2u32.to_le_bytes().to_vec();
+            for (tag, perm, id) in [
+                (1u16, 7u16, u32::MAX),
+                (4, 5, u32::MAX),
+                (0x20, 0, u32::MAX),
+            ] {
+                x.extend_from_slice(&tag.to_le_bytes());
+                x.extend_from_slice(&perm.to_le_bytes());
+                x.extend_from_slice(&id.to_le_bytes());
+            }
+            x
+        };
+        let host = t.get_mut(&p("etc/hostname")).unwrap();
+        host.xattrs.insert(b"user.b".to_vec(), b"1".to_vec());
+        host.xattrs.insert(ACL_ACCESS.to_vec(), acl.clone());
+        let mut sink = VecSink::default();
+        let recs = write(&t, 16 * MIB, &params(), &mut sink, &Progress::quiet()).unwrap();
+        for name in ["/etc/hostname", "/etc/alias"] {
+            let r = recs.iter().find(|r| r.path == name).unwrap();
+            assert_eq!(r.links, Some(2), "{name}");
+            assert_eq!(r.xattrs, ["system.posix_acl_access", "user.b"], "{name}");
+        }
+        assert_eq!(recs.iter().find(|r| r.path == "/sh").unwrap().links, None);
+        // Read back through our reader: the ACL comes back in xattr form (stored in disk form).
+        sink.buf.resize(16 * MIB as usize, 0);
+        let fs = std::sync::Arc::new(
+            crate::fs::ext4_read::Ext4::open(sink.buf.clone(), 16 * MIB).unwrap(),
+        );
+        let (tree, stats) = crate::fs::ext4_read::read_tree(&fs).unwrap();
+        assert_eq!(
+            tree.get(&p("etc/hostname")).unwrap().xattrs[ACL_ACCESS],
+            acl
+        );
+        assert!(
+            matches!(&tree.get(&p("etc/hostname")).unwrap().kind, Kind::Hardlink(t) if *t == p("etc/alias"))
+        );
+        assert_eq!(stats.hardlink_groups, 1);
+        let bad = t.get_mut(&p("etc/hostname")).unwrap();
+        bad.xattrs.insert(ACL_DEFAULT.to_vec(), b"junk".to_vec());
+        let err = write(
+            &t,
+            16 * MIB,
+            &params(),
+            &mut VecSink::default(),
+            &Progress::quiet(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("not a valid POSIX ACL"), "{err}");
     }
 
     #[test]

@@ -408,6 +408,32 @@ fn lfn_checksum(short: &[u8; 11]) -> u8 {
         .fold(0u8, |sum, &c| sum.rotate_right(1).wrapping_add(c))
 }
 
+/// What the tree holds that FAT cannot: extended attributes (dropped) and hard links (written
+/// as independent copies). One line per entry, for warnings; empty when nothing is lost.
+/// (Owners and modes are not listed: FAT has none, and every FAT tree is written as root's.)
+pub fn unrepresentable(tree: &Tree) -> Vec<String> {
+    let mut out = Vec::new();
+    for (path, e) in tree.iter() {
+        if let Kind::Hardlink(t) = &e.kind {
+            out.push(format!(
+                "{path}: a hard link to {t}, which FAT cannot hold; it is written as a copy"
+            ));
+        }
+        if !e.xattrs.is_empty() {
+            let names: Vec<String> = e
+                .xattrs
+                .keys()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .collect();
+            out.push(format!(
+                "{path}: FAT cannot hold extended attributes; dropped: {}",
+                names.join(", ")
+            ));
+        }
+    }
+    out
+}
+
 /// FAT date and time fields for `epoch` (UTC), clamped to 1980-01-01 … 2107-12-31.
 fn dos_time(epoch: i64) -> (u16, u16) {
     const MIN: i64 = 315_532_800; // 1980-01-01T00:00:00Z
@@ -651,6 +677,8 @@ pub fn write<S: Sink + ?Sized>(
                 size,
                 sha256,
                 target: None,
+                links: None,
+                xattrs: Vec::new(),
             }
         })
         .collect())
@@ -767,6 +795,27 @@ mod tests {
             "{e}"
         );
         assert!(label_bytes("TOO LONG LABEL").is_err());
+    }
+
+    #[test]
+    fn says_what_fat_cannot_hold() {
+        let mut t = Tree::new();
+        t.insert(p("a"), Entry::file(0o644, Content::bytes("x")))
+            .unwrap();
+        assert!(unrepresentable(&t).is_empty());
+        t.insert(p("b"), Entry::new(Kind::Hardlink(p("a")), 0))
+            .unwrap();
+        t.get_mut(&p("a"))
+            .unwrap()
+            .xattrs
+            .insert(b"security.capability".to_vec(), vec![1]);
+        let w = unrepresentable(&t);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains("/a") && w[0].contains("security.capability"),
+            "{w:?}"
+        );
+        assert!(w[1].contains("/b: a hard link to /a"), "{w:?}");
     }
 
     #[test]
