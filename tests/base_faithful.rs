@@ -350,6 +350,34 @@ fn patch(img: &Path, offset: u64, bytes: &[u8]) {
     f.write_all_at(bytes, offset).unwrap();
 }
 
+/// Features the reader cannot carry over are refused by name (exit 2), while the same tree
+/// without them goes through.
+#[test]
+fn unreadable_features_are_refused_by_name() {
+    let Some((_d, dir)) = fixtures() else { return };
+    let src = Mounted::whole(&dir.join("kernel.ext4"));
+    let tree = src.path().display();
+    for (feature, opts) in [
+        ("inline_data", "-O inline_data"),
+        ("casefold", "-O casefold"),
+        ("encrypt", "-O encrypt"),
+        ("ea_inode", "-O ea_inode"),
+    ] {
+        let img = dir.join(format!("{feature}.ext4"));
+        sh(
+            &format!("mke2fs -q -F -t ext4 -b 4096 {opts} -d {tree} {} 32M", img.display()),
+            &dir,
+        );
+        let (code, err) = mkfs_from(&img, &dir.join(format!("{feature}.img")));
+        assert_eq!(code, 2, "{feature}: {err}");
+        assert!(err.contains(&format!("`{feature}`")), "{feature}: {err}");
+    }
+    let plain = dir.join("plain.ext4");
+    sh(&format!("mke2fs -q -F -t ext4 -b 4096 -d {tree} {} 32M", plain.display()), &dir);
+    let (code, err) = mkfs_from(&plain, &dir.join("plain.img"));
+    assert_eq!(code, 0, "{err}");
+}
+
 /// Sets the inode number of entry `name` of directory `dir` (4 KiB blocks, linear directory).
 fn patch_dirent(img: &Path, dir: &str, name: &[u8], ino: u32) {
     let out = support::run(
