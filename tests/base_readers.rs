@@ -896,7 +896,9 @@ fn bench_ext4_read_vs_debugfs_rdump() {
     }
     let dir = tempfile::tempdir().unwrap();
     let given = std::env::var_os("BENCH_EXT4").map(PathBuf::from);
-    let img = given.clone().unwrap_or_else(|| dir.path().join("share.ext4"));
+    let img = given
+        .clone()
+        .unwrap_or_else(|| dir.path().join("share.ext4"));
     if given.is_none() {
         let (code, _, err) = support::run(
             Command::new(support::find_tool("mkfs.ext4").unwrap())

@@ -175,6 +175,93 @@ pub fn acl_to_disk(x: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The permission bits a file gets when its access ACL (xattr form) is set, as the kernel does
+/// it (`posix_acl_update_mode`): owner bits from `user::`, group bits from `mask::` (or from
+/// `group::` without a mask), other bits from `other::`; set-id and sticky bits kept. `mode`
+/// unchanged if the ACL is malformed.
+pub fn mode_with_acl(mode: u32, acl: &[u8]) -> u32 {
+    if acl.len() < 4 || (acl.len() - 4) % 8 != 0 {
+        return mode;
+    }
+    let (mut user, mut group, mut mask, mut other) = (None, None, None, None);
+    for e in acl[4..].chunks_exact(8) {
+        let perm = u32::from(le16(e, 2) & 7);
+        match le16(e, 0) {
+            1 => user = Some(perm),
+            4 => group = Some(perm),
+            0x10 => mask = Some(perm),
+            0x20 => other = Some(perm),
+            _ => {}
+        }
+    }
+    match (user, mask.or(group), other) {
+        (Some(u), Some(g), Some(o)) => (mode & 0o7000) | u << 6 | g << 3 | o,
+        _ => mode,
+    }
+}
+
+/// A textual POSIX ACL as tar archives carry it (`SCHILY.acl.access` / `.default`, star and
+/// libarchive format: `tag:qualifier:perms[:id]` entries separated by `,` or newlines) → the
+/// xattr-call form, entries in the order the kernel requires. Named entries need a numeric id
+/// (the fourth field, or a numeric qualifier); names are never looked up. `Err` says why not.
+pub fn acl_from_text(text: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    let text = std::str::from_utf8(text).map_err(|_| "the ACL text is not UTF-8".to_string())?;
+    let mut entries: Vec<(u16, u32, u16)> = Vec::new();
+    for e in text
+        .split([',', '\n'])
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+    {
+        let f: Vec<&str> = e.split(':').collect();
+        let (tag, qual, perms) = match f.as_slice() {
+            [t, q, p, ..] => (*t, *q, *p),
+            // `other::r--` may also be written `other:r--`.
+            [t, p] => (*t, "", *p),
+            _ => return Err(format!("malformed ACL entry {e:?}")),
+        };
+        let mut perm = 0u16;
+        for (c, bit) in perms.chars().zip([4u16, 2, 1]) {
+            match (c, bit) {
+                ('r', 4) | ('w', 2) | ('x', 1) => perm |= bit,
+                ('-', _) => {}
+                _ => return Err(format!("malformed permissions in ACL entry {e:?}")),
+            }
+        }
+        let named = !qual.is_empty();
+        let id = || -> std::result::Result<u32, String> {
+            f.get(3)
+                .and_then(|v| v.parse().ok())
+                .or_else(|| qual.parse().ok())
+                .ok_or_else(|| {
+                    format!(
+                        "ACL entry {e:?} names {qual:?} without a numeric id (GNU tar --acls stores names only); recreate the archive with --xattrs --xattrs-include='*', or with bsdtar, which store ids"
+                    )
+                })
+        };
+        let (tag, id) = match (tag, named) {
+            ("user" | "u", false) => (1, ACL_UNDEFINED_ID),
+            ("user" | "u", true) => (ACL_USER, id()?),
+            ("group" | "g", false) => (4, ACL_UNDEFINED_ID),
+            ("group" | "g", true) => (ACL_GROUP, id()?),
+            ("mask" | "m", _) => (0x10, ACL_UNDEFINED_ID),
+            ("other" | "o", _) => (0x20, ACL_UNDEFINED_ID),
+            _ => return Err(format!("unknown ACL entry {e:?}")),
+        };
+        entries.push((tag, id, perm));
+    }
+    if entries.is_empty() {
+        return Err("the ACL is empty".into());
+    }
+    entries.sort_unstable();
+    let mut out = 2u32.to_le_bytes().to_vec();
+    for (tag, id, perm) in entries {
+        out.extend_from_slice(&tag.to_le_bytes());
+        out.extend_from_slice(&perm.to_le_bytes());
+        out.extend_from_slice(&id.to_le_bytes());
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,6 +286,26 @@ mod tests {
         assert_eq!(acl_to_xattr(&disk).unwrap(), x);
         assert!(acl_to_xattr(&disk[..disk.len() - 2]).is_none());
         assert!(acl_to_disk(&x[..7]).is_none());
+    }
+
+    #[test]
+    fn acl_text_as_bsdtar_writes_it() {
+        let x = acl_from_text(b"user::rwx,group::r-x,other::r-x,user:alice:r-x:1000,mask::rwx")
+            .unwrap();
+        let disk = acl_to_disk(&x).unwrap();
+        // user_obj, user 1000, group_obj, mask, other: in that order.
+        let tags: Vec<u16> = acl_to_xattr(&disk).unwrap()[4..]
+            .chunks(8)
+            .map(|c| le16(c, 0))
+            .collect();
+        assert_eq!(tags, [1, 2, 4, 0x10, 0x20]);
+        assert_eq!(le32(&x, 4 + 8 + 4), 1000);
+        let err = acl_from_text(b"user::rwx\nuser:alice:r-x\n").unwrap_err();
+        assert!(err.contains("numeric id"), "{err}");
+        assert!(acl_from_text(b"user::rwz").is_err());
+        // The mask sets the group bits, as setfacl does.
+        assert_eq!(mode_with_acl(0o4755, &x), 0o4775);
+        assert_eq!(mode_with_acl(0o644, b"junk"), 0o644);
     }
 
     #[test]
