@@ -139,6 +139,8 @@ struct Snapshot {
     groups: BTreeSet<Vec<String>>,
     inodes: usize,
     sha: String,
+    /// Bytes of data blocks allocated to the tree (`du`, hard links counted once).
+    used: u64,
 }
 
 fn snapshot(root: &Path) -> Snapshot {
@@ -174,6 +176,10 @@ fn snapshot(root: &Path) -> Snapshot {
         "find . -path ./lost+found -prune -o -type f -print0 | sort -z | xargs -0 -r sha256sum",
         root,
     );
+    let used = sh("du -s -B1 -x --exclude=./lost+found . | cut -f1", root)
+        .trim()
+        .parse()
+        .unwrap();
     Snapshot {
         caps,
         xattrs,
@@ -182,6 +188,7 @@ fn snapshot(root: &Path) -> Snapshot {
         groups,
         inodes,
         sha,
+        used,
     }
 }
 
@@ -390,13 +397,23 @@ fn debian_base_keeps_capabilities_and_link_groups() {
         ),
         dir.path(),
     );
+    let m = Mounted::whole(&base);
+    let base_used = snapshot(m.path()).used;
+    drop(m);
     let got = round_trip(&base, dir.path());
     assert!(!got.caps.is_empty(), "the base holds capabilities");
+    // Hard links stay links and holes stay holes, so the same content takes no more blocks.
+    assert!(
+        got.used <= base_used,
+        "image {} bytes, base {base_used}",
+        got.used
+    );
     assert!(got.inodes > 10_000, "{} inodes", got.inodes);
     eprintln!(
-        "debian base: {} inodes, {} hard-link groups, caps:\n{}",
+        "debian base: {} inodes, {} hard-link groups, {} bytes used (base {base_used}), caps:\n{}",
         got.inodes,
         got.groups.len(),
+        got.used,
         got.caps
     );
 }
