@@ -189,7 +189,7 @@ impl Superblock {
         }
         let bit64 = incompat & incompat::BIT64 != 0;
         let desc_size = if bit64 { u64::from(le16(sb, 0xFE)) } else { 32 };
-        if bit64 && (desc_size < 64 || desc_size > 1024 || !desc_size.is_power_of_two()) {
+        if bit64 && (!(64..=1024).contains(&desc_size) || !desc_size.is_power_of_two()) {
             return Err(bad(format!("group descriptor size {desc_size}")));
         }
         let blocks_hi = if bit64 { u64::from(le32(sb, 0x150)) } else { 0 };
@@ -453,11 +453,13 @@ impl<R: ReadAt> Ext4<R> {
         if grp.flags & INODE_UNINIT != 0 {
             return Ok(false);
         }
-        if !bitmaps.contains_key(&g) {
-            let b = self.block(grp.inode_bitmap, ino)?;
-            bitmaps.insert(g, b);
-        }
-        Ok(bitmaps[&g][(idx / 8) as usize] & (1 << (idx % 8)) != 0)
+        let bitmap = match bitmaps.entry(g) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(self.block(grp.inode_bitmap, ino)?)
+            }
+        };
+        Ok(bitmap[(idx / 8) as usize] & (1 << (idx % 8)) != 0)
     }
 }
 
