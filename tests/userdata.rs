@@ -479,15 +479,19 @@ fn serve(dir: &Path) -> Option<Server> {
 
 /// Runs the generated install script against stand-in artifacts served locally, with `install`,
 /// `ln` and `systemctl` replaced by recorders so nothing on this machine changes.
-fn run_install(dir: &Path, lock: &str, port: u16) -> (i32, String, String, String) {
+/// Renders the user-data of pc-1 with the k3s downloads mirrored to `http://127.0.0.1:PORT/`
+/// followed by `k3s_path`, and runs its install script with stand-ins for install, ln, systemctl.
+fn run_install(dir: &Path, lock: &str, port: u16, k3s_path: &str) -> (i32, String, String, String) {
     std::fs::write(dir.join("imgbuild.lock"), lock).unwrap();
     let mirror = format!(
-        "--mirror=https://github.com/k3s-io/k3s/releases/download/v1.36.2%2Bk3s1/=http://127.0.0.1:{port}/"
+        "--mirror=https://github.com/k3s-io/k3s/releases/download/v1.36.2%2Bk3s1/=http://127.0.0.1:{port}/{k3s_path}"
     );
     let mirror2 = format!("--mirror=https://pkgs.tailscale.com/stable/=http://127.0.0.1:{port}/");
     let (code, text, err) = userdata(dir, &["amd64-worker", "--node", "pc-1", &mirror, &mirror2]);
     assert_eq!(code, 0, "{err}");
-    assert!(text.contains(&format!("http://127.0.0.1:{port}/k3s")));
+    if k3s_path.is_empty() {
+        assert!(text.contains(&format!("http://127.0.0.1:{port}/k3s")));
+    }
     let doc = yaml_to_json(&text);
     let script = doc["write_files"]
         .as_array()
@@ -551,7 +555,7 @@ fn install_script_verifies_every_download_before_installing() {
     let bad = "0".repeat(64);
 
     // A wrong hash on the second download: nothing is installed or started.
-    let (code, out, err, calls) = run_install(dir.path(), &lock(&good_k3s, &bad), server.port);
+    let (code, out, err, calls) = run_install(dir.path(), &lock(&good_k3s, &bad), server.port, "");
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(err.contains("SHA-256 mismatch for tailscale"), "{err}");
     assert!(err.contains(&format!("the download is {good_ts}")), "{err}");
@@ -559,7 +563,8 @@ fn install_script_verifies_every_download_before_installing() {
     assert!(calls.is_empty(), "{calls}");
 
     // The right hashes: the binaries are installed, then the units enabled and started.
-    let (code, out, err, calls) = run_install(dir.path(), &lock(&good_k3s, &good_ts), server.port);
+    let (code, out, err, calls) =
+        run_install(dir.path(), &lock(&good_k3s, &good_ts), server.port, "");
     assert_eq!(code, 0, "{out}\n{err}");
     let lines: Vec<&str> = calls.lines().collect();
     assert!(
@@ -578,4 +583,38 @@ fn install_script_verifies_every_download_before_installing() {
             .contains("start --no-block imgbuild-firstboot-done.service"),
         "{calls}"
     );
+}
+
+/// A URL may legally hold `$( )`, `;` and `&`: in the install script they stay text, inside
+/// double-quoted messages and outside them (regression: they reached `echo "…"` unescaped, and
+/// cloud-init runs that script as root).
+#[test]
+fn install_script_runs_no_command_from_a_url() {
+    if !support::require_tool("curl") || !support::require_tool("sha256sum") {
+        return;
+    }
+    let dir = workdir();
+    let pkg = dir.path().join("mirror");
+    let (code, _, err) = run(Command::new("sh")
+        .arg(support::tests_dir().join("fixtures/standins/package.sh"))
+        .arg(&pkg));
+    assert_eq!(code, 0, "{err}");
+    let Some(server) = serve(&pkg) else {
+        assert!(support::require_tool("python3"));
+        return;
+    };
+    let lock = format!(
+        "version = 1\n\n[[input]]\nname = \"k3s/v1.36.2+k3s1/amd64\"\nurl = \"https://github.com/k3s-io/k3s/releases/download/v1.36.2%2Bk3s1/k3s\"\nsize = 1\nsha256 = \"{z}\"\n\n[[input]]\nname = \"tailscale/1.96.4/amd64\"\nurl = \"https://pkgs.tailscale.com/stable/tailscale_1.96.4_amd64.tgz\"\nsize = 1\nsha256 = \"{z}\"\n",
+        z = "0".repeat(64)
+    );
+    for hostile in ["x$(id)y/", "a;id;b/", "a&id&b/", "q'$(id)'/"] {
+        let (code, out, err, calls) = run_install(dir.path(), &lock, server.port, hostile);
+        assert_eq!(code, 1, "{hostile}: {out}\n{err}");
+        assert!(
+            !out.contains("uid=") && !err.contains("uid="),
+            "{hostile} ran id:\n{out}\n{err}"
+        );
+        assert!(err.contains("cannot download k3s"), "{hostile}: {err}");
+        assert!(calls.is_empty(), "{calls}");
+    }
 }

@@ -21,7 +21,7 @@ use crate::node::compose::{self, Artifacts, MeshArtifacts};
 use crate::node::files::{BOOT_LABEL, BoardFacts, DATA_LABEL, ROOT_LABEL};
 use crate::node::templates::Templates;
 use crate::profile::{Arch, Board, PartitionTable, Resolved};
-use crate::source::overlay::{self, OverlaySource};
+use crate::source::overlay;
 use crate::source::{deb, raw, tar};
 use crate::tree::{Content, Tree, TreePath};
 
@@ -124,10 +124,15 @@ pub fn default_epoch(root: &Tree) -> i64 {
 
 /// The seed every identifier of the image is derived from: a hash of the resolved profile and
 /// the pinned inputs (systemd-repart keys its identifiers the same way).
+///
+/// Only what changes the disk feeds it: the output formats do not (adding `.img.xz` later must
+/// give the same disk), nor does the output folder or `--node` (which are not in the profile).
 pub fn image_seed(resolved: &Resolved, records: &[InputRecord]) -> Result<ImageSeed> {
+    let mut disk_profile = resolved.profile.clone();
+    disk_profile.image.formats.clear();
     let mut h = Sha256::new();
     h.update(b"imgbuild image seed v1\0");
-    h.update(serde_json::to_vec(&resolved.profile)?);
+    h.update(serde_json::to_vec(&disk_profile)?);
     for r in records {
         h.update(b"\0");
         h.update(r.name.as_bytes());
@@ -167,18 +172,8 @@ pub fn compose_image(
     )
     .context("composing the node onto the base")?;
     // The profile's overlays come last: they may replace anything, in order.
-    for (i, entry) in resolved.profile.overlays.iter().enumerate() {
-        let host;
-        let source = match entry.strip_prefix("stock:") {
-            Some(name) => OverlaySource::stock(name)?,
-            None => {
-                host = resolved.path_for(&format!("overlays[{i}]"), entry, Path::new("."));
-                OverlaySource::Host(&host)
-            }
-        };
-        overlay::apply(&mut root, source, entry, resolved, epoch)
-            .with_context(|| format!("applying overlay {entry}"))?;
-    }
+    overlay::apply_profile(&mut root, resolved, epoch)
+        .context("applying the profile's overlays")?;
     root.clamp_mtimes(epoch);
     let board = resolved.board();
     let boot = match board {
@@ -326,4 +321,31 @@ pub fn layout(resolved: &Resolved, trees: ImageTrees, epoch: i64) -> Result<Layo
             ..Layout::mbr_pi(partitions)
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::ProfileStore;
+
+    #[test]
+    fn output_formats_do_not_change_the_disk_identifiers() {
+        let store = ProfileStore::stock_only();
+        let seed_of = |set: &[&str]| {
+            let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+            let r = store.resolve("amd64-worker", &set).unwrap();
+            root_partuuid(&r, &image_seed(&r, &[]).unwrap())
+        };
+        let base = seed_of(&["image.formats=[\"img\", \"bmap\"]"]);
+        assert_eq!(
+            base,
+            seed_of(&["image.formats=[\"img\", \"img.xz\", \"bmap\"]"])
+        );
+        assert_eq!(base, seed_of(&["image.formats=[\"qcow2\"]"]));
+        // What does change the disk still changes them.
+        assert_ne!(
+            base,
+            seed_of(&["image.formats=[\"img\"]", "k3s.labels=[\"a=b\"]"])
+        );
+    }
 }

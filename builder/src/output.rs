@@ -32,9 +32,12 @@ impl PendingFile {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        // What a killed run left for this name (it may hold a node's secret) goes first.
+        remove_stale_partials(dir, Some(&name))?;
         let tmp = tempfile::Builder::new()
             .prefix(&format!(".{name}."))
             .suffix(".partial")
+            .rand_bytes(PARTIAL_RAND)
             .tempfile_in(dir)
             .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
         Ok(PendingFile { tmp, dest })
@@ -92,15 +95,23 @@ impl PendingFile {
 }
 
 #[cfg(unix)]
-fn set_mode(path: &Path, mode: u32) -> Result<()> {
+/// Sets a file's or folder's permission bits (owner-only folders and files hold credentials).
+pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .with_context(|| format!("setting permissions of {}", path.display()))
 }
 
 #[cfg(not(unix))]
-fn set_mode(_: &Path, _: u32) -> Result<()> {
+pub fn set_mode(_: &Path, _: u32) -> Result<()> {
     Ok(())
+}
+
+/// Writes `bytes` to `dest` through a [`PendingFile`], replacing what imgbuild wrote before.
+pub fn write_file(dest: &Path, bytes: &[u8]) -> Result<PathBuf> {
+    let mut f = PendingFile::create(dest)?;
+    io::Write::write_all(f.file(), bytes).with_context(|| format!("writing {}", dest.display()))?;
+    f.commit(true)
 }
 
 /// An output folder imgbuild owns: created if missing and marked; an existing folder is accepted
@@ -138,7 +149,11 @@ impl OutputDir {
         }
         let marker = path.join(MARKER);
         if marker.exists() {
-            remove_stale_partials(&path)?;
+            remove_stale_partials(&path, None)?;
+            let nodes = path.join(NODES_DIR);
+            if fs::symlink_metadata(&nodes).is_ok_and(|m| m.is_dir()) {
+                remove_stale_partials(&nodes, None)?;
+            }
         }
         if !marker.exists() {
             fs::write(&marker, "This folder holds imgbuild build outputs.\n")
@@ -155,16 +170,48 @@ impl OutputDir {
     pub fn create(&self, name: &str) -> Result<PendingFile> {
         PendingFile::create(self.path.join(name))
     }
+
+    /// The owner-only folder (`nodes/`) for files that hold a node's credentials. An existing
+    /// one must be a real folder: a symlink there would send the secrets elsewhere.
+    pub fn private_subdir(&self) -> Result<PathBuf> {
+        let p = self.path.join(NODES_DIR);
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => bail!(
+                "{} is not a folder (a symlink or a file); it would receive node images, which hold credentials\n  help: remove it, or choose another --out",
+                p.display()
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir(&p).with_context(|| format!("creating {}", p.display()))?;
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
+        }
+        set_mode(&p, 0o700)?;
+        Ok(p)
+    }
 }
 
-/// Temporary files a killed build left behind (`.<name>.<random>.partial`, only ever created by
-/// [`PendingFile`]) in a folder that is ours.
-fn remove_stale_partials(dir: &Path) -> Result<()> {
-    let entries = fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+/// The subfolder of an output folder that holds per-node files.
+pub const NODES_DIR: &str = "nodes";
+
+/// Length of the random part of a partial file's name.
+const PARTIAL_RAND: usize = 6;
+
+/// Temporary files a killed run left behind (`.<name>.<random>.partial`, only ever created by
+/// [`PendingFile`]): all of them in a folder that is ours, or those of one file name elsewhere.
+fn remove_stale_partials(dir: &Path, only: Option<&str>) -> Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
     for e in entries.flatten() {
-        let name = e.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with('.') && name.ends_with(".partial") && e.path().is_file() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(target) = partial_target(&name) else {
+            continue;
+        };
+        let is_file = e.file_type().is_ok_and(|t| t.is_file());
+        if is_file && only.is_none_or(|o| o == target) {
             fs::remove_file(e.path())
                 .with_context(|| format!("removing the stale {}", e.path().display()))?;
         }
@@ -172,10 +219,20 @@ fn remove_stale_partials(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `x.img` for `.x.img.AbC123.partial`: the file a partial was going to become.
+fn partial_target(name: &str) -> Option<&str> {
+    let inner = name.strip_prefix('.')?.strip_suffix(".partial")?;
+    let (target, rand) = inner.rsplit_once('.')?;
+    (rand.len() == PARTIAL_RAND && rand.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .then_some(target)
+        .filter(|t| !t.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn uncommitted_file_leaves_nothing() {
@@ -220,9 +277,58 @@ mod tests {
         let tmp = p.tmp_path().to_path_buf();
         std::mem::forget(p); // as if the process had been killed
         fs::write(out.path().join("keep.partial"), "not ours: no leading dot").unwrap();
+        fs::write(out.path().join(".keep.partial"), "not ours: no random part").unwrap();
         assert!(tmp.exists());
         OutputDir::prepare(out.path()).unwrap();
         assert!(!tmp.exists());
         assert!(out.path().join("keep.partial").exists());
+        assert!(out.path().join(".keep.partial").exists());
+        // The node folder's partials too (they hold a node's secrets).
+        let nodes = out.private_subdir().unwrap();
+        let p = PendingFile::create(nodes.join("n.img")).unwrap();
+        let tmp = p.tmp_path().to_path_buf();
+        std::mem::forget(p);
+        OutputDir::prepare(out.path()).unwrap();
+        assert!(!tmp.exists());
+    }
+
+    #[test]
+    fn a_partial_outside_our_folders_is_swept_by_the_next_write_of_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("root.ext4");
+        let p = PendingFile::create(&dest).unwrap();
+        let stale = p.tmp_path().to_path_buf();
+        std::mem::forget(p);
+        let other = PendingFile::create(dir.path().join("other.ext4")).unwrap();
+        let other_tmp = other.tmp_path().to_path_buf();
+        std::mem::forget(other);
+        let mut again = PendingFile::create(&dest).unwrap();
+        again.file().write_all(b"x").unwrap();
+        again.commit(false).unwrap();
+        assert!(!stale.exists());
+        assert!(
+            other_tmp.exists(),
+            "another file's partial is not ours to judge"
+        );
+    }
+
+    #[test]
+    fn node_folder_must_not_be_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = OutputDir::prepare(dir.path().join("o")).unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        fs::set_permissions(&elsewhere, fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, out.path().join(NODES_DIR)).unwrap();
+        let err = out.private_subdir().unwrap_err().to_string();
+        assert!(err.contains("not a folder"), "{err}");
+        let mode = fs::metadata(&elsewhere).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o755, "the symlink's target was not touched");
+        fs::remove_file(out.path().join(NODES_DIR)).unwrap();
+        let nodes = out.private_subdir().unwrap();
+        assert_eq!(
+            fs::metadata(&nodes).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
     }
 }

@@ -58,10 +58,7 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
     let inputs = fetch::resolve_inputs(&resolved, &mut lock, &fetcher, args.fetch.locked)
         .with_context(|| format!("getting the inputs of profile {}", resolved.name))?;
     if lock != before {
-        let mut f = PendingFile::create(&lock_path)?;
-        std::io::Write::write_all(f.file(), lock.to_toml().as_bytes())
-            .with_context(|| format!("writing {}", lock_path.display()))?;
-        f.commit(true)?;
+        crate::output::write_file(&lock_path, lock.to_toml().as_bytes())?;
         if ctx.verbosity >= 0 {
             eprintln!("pinned new inputs in {}", lock_path.display());
         }
@@ -233,24 +230,10 @@ fn write_node_image(
     let node_seed = crate::node::seed::render(resolved, &n.node, &n.secrets, "", &n.templates)?;
     node_seed.add_to(&mut trees.boot, epoch)?;
     let layout = build::layout(resolved, trees, epoch)?;
-    let dir = out.path().join("nodes");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    set_private(&dir, 0o700)?;
+    let dir = out.private_subdir()?;
     let mut f =
         PendingFile::create(dir.join(format!("{}-{}.img", resolved.image_name(), n.node.name)))?;
     crate::disk::image::write_raw(&layout, seed, epoch.max(0) as u64, f.file(), progress)
         .with_context(|| format!("assembling the image of node {}", n.node.name))?;
     f.commit_with_mode(true, 0o600)
-}
-
-#[cfg(unix)]
-fn set_private(path: &Path, mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("setting the mode of {}", path.display()))
-}
-
-#[cfg(not(unix))]
-fn set_private(_: &Path, _: u32) -> Result<()> {
-    Ok(())
 }

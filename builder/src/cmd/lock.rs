@@ -4,7 +4,6 @@ use anyhow::{Context as _, Result};
 
 use super::Context;
 use crate::fetch::{self, FetchArgs, Fetcher, Lock, Refresh};
-use crate::output::PendingFile;
 
 /// Pin every input (base OS, k3s, mesh agent) of the profiles in imgbuild.lock.
 ///
@@ -78,10 +77,7 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
         }
         return Ok(());
     }
-    let mut out = PendingFile::create(&lock_path)?;
-    std::io::Write::write_all(out.file(), lock.to_toml().as_bytes())
-        .with_context(|| format!("writing {}", lock_path.display()))?;
-    out.commit(true)?;
+    crate::output::write_file(&lock_path, lock.to_toml().as_bytes())?;
     if ctx.verbosity >= 0 {
         eprintln!("wrote {}", lock_path.display());
     }

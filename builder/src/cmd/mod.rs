@@ -71,6 +71,30 @@ impl ProfileSelection {
     }
 }
 
+/// One node of the inventory and the profile it runs: for the commands that work on one node.
+#[derive(clap::Args, Debug, Clone)]
+pub struct NodeSelection {
+    #[command(flatten)]
+    pub profile: ProfileSelection,
+    /// The node, by its name in the inventory.
+    #[arg(long, value_name = "NAME")]
+    pub node: String,
+    #[command(flatten)]
+    pub nodes: crate::node::inputs::NodeSource,
+}
+
+impl NodeSelection {
+    /// The resolved profile and the node's inputs, every problem reported before any output.
+    pub fn load(
+        &self,
+        ctx: &Context,
+    ) -> anyhow::Result<(Resolved, crate::node::inputs::NodeInputs)> {
+        let resolved = self.profile.resolve(ctx)?;
+        let inputs = self.nodes.load(&resolved, &self.node, &env_var)?;
+        Ok((resolved, inputs))
+    }
+}
+
 /// Reads a secret from the environment (`IMGBUILD_SECRET_*`), for [`crate::node::inputs`].
 pub fn env_var(k: &str) -> Option<String> {
     std::env::var(k).ok()

@@ -1,24 +1,18 @@
 //! `imgbuild seed PROFILE --node NAME -o DIR`: a node's cloud-init NoCloud seed.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 
-use super::{Context, ProfileSelection};
-use crate::node::inputs::NodeSource;
+use super::{Context, NodeSelection};
 use crate::node::seed;
 use crate::output::OutputDir;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     #[command(flatten)]
-    pub profile: ProfileSelection,
-    /// The node, by its name in the inventory.
-    #[arg(long, value_name = "NAME")]
-    pub node: String,
-    #[command(flatten)]
-    pub nodes: NodeSource,
+    pub node: NodeSelection,
     /// Output folder: new, empty, or one imgbuild wrote before.
     #[arg(long, short, value_name = "DIR")]
     pub out: PathBuf,
@@ -29,8 +23,7 @@ pub struct Args {
 }
 
 pub fn run(args: &Args, ctx: &Context) -> Result<()> {
-    let resolved = args.profile.resolve(ctx)?;
-    let inputs = args.nodes.load(&resolved, &args.node, &super::env_var)?;
+    let (resolved, inputs) = args.node.load(ctx)?;
     let seed = seed::render(
         &resolved,
         &inputs.node,
@@ -39,7 +32,7 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
         &inputs.templates,
     )?;
     let out = OutputDir::prepare(&args.out)?;
-    restrict(out.path(), 0o700)?;
+    crate::output::set_mode(out.path(), 0o700)?;
     for (name, content) in seed.files() {
         let mut f = out.create(name)?;
         f.file()
@@ -47,26 +40,32 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
             .with_context(|| format!("writing {}", f.dest().display()))?;
         let dest = f.commit(true)?;
         // The seed holds credentials: owner-only, like the folder it is in.
-        restrict(&dest, 0o600)?;
+        crate::output::set_mode(&dest, 0o600)?;
     }
     eprintln!(
         "wrote the seed of node {} (profile {}) to {}: meta-data, network-config, user-data\n\
-         it holds the node's credentials; copy it to the node's boot partition and delete it",
+         it holds the node's credentials; {}",
         inputs.node.name,
         resolved.name,
-        out.path().display()
+        out.path().display(),
+        where_it_goes(&resolved, &out.path().display().to_string())
     );
     Ok(())
 }
 
-#[cfg(unix)]
-fn restrict(path: &Path, mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("setting the mode of {}", path.display()))
-}
-
-#[cfg(not(unix))]
-fn restrict(_: &Path, _: u32) -> Result<()> {
-    Ok(())
+/// What to do with the seed, for the kind of machine the profile is for.
+fn where_it_goes(resolved: &crate::profile::Resolved, dir: &str) -> String {
+    if resolved.board() == crate::profile::Board::Cloud {
+        format!(
+            "a cloud VM reads it from its provider, not a boot partition: pass the user-data \
+             (`imgbuild userdata {} --node NAME`), or attach it as a NoCloud disk \
+             (`cloud-localds seed.img {dir}/user-data {dir}/meta-data`, or an ISO labelled \
+             cidata) or an OpenStack config drive; delete it afterwards",
+            resolved.name
+        )
+    } else {
+        "copy it to the node's boot partition (or flash with `imgbuild flash … --node NAME`, \
+         which writes it there) and delete it"
+            .to_string()
+    }
 }

@@ -5,24 +5,18 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{Context, ProfileSelection};
+use super::{Context, NodeSelection};
 use crate::fetch::{Lock, LockfileArg, MirrorArgs};
-use crate::node::inputs::NodeSource;
 use crate::node::userdata::{self, CloudTarget, ExtraFile, Pin, Pins};
 use crate::profile::{MeshProvider, Resolved};
-use crate::source::overlay::{self, OverlaySource};
+use crate::source::overlay;
 use crate::tree::{Kind, Tree};
 
 #[derive(clap::Args, Debug, Clone)]
 #[command(after_long_help = USAGE)]
 pub struct Args {
     #[command(flatten)]
-    pub profile: ProfileSelection,
-    /// The node, by its name in the inventory.
-    #[arg(long, value_name = "NAME")]
-    pub node: String,
-    #[command(flatten)]
-    pub nodes: NodeSource,
+    pub node: NodeSelection,
     /// Where the user-data goes; sets the size limit (digitalocean: 64 KiB plain text;
     /// openstack: 65,535 bytes base64-encoded).
     #[arg(long, value_enum, default_value_t = CloudTarget::Generic)]
@@ -81,8 +75,7 @@ Pulumi (Python):
 
 pub fn run(args: &Args, ctx: &Context) -> Result<()> {
     let mirrors = args.mirror.mirrors()?;
-    let resolved = args.profile.resolve(ctx)?;
-    let inputs = args.nodes.load(&resolved, &args.node, &super::env_var)?;
+    let (resolved, inputs) = args.node.load(ctx)?;
     let mut pins = pins_from_lock(&args.lockfile.path(&ctx.profiles_dir), &resolved)?;
     pins.k3s.url = mirrors.rewrite(&pins.k3s.url);
     if let Some(m) = &mut pins.mesh {
@@ -158,17 +151,7 @@ fn pins_from_lock(path: &Path, resolved: &Resolved) -> Result<Pins> {
 /// for an image (templates rendered, `.imgbuild-modes` honoured, later overlays win).
 fn overlay_files(resolved: &Resolved) -> Result<Vec<ExtraFile>> {
     let mut tree = Tree::new();
-    for (i, o) in resolved.profile.overlays.iter().enumerate() {
-        let host;
-        let source = match o.strip_prefix("stock:") {
-            Some(name) => OverlaySource::stock(name)?,
-            None => {
-                host = resolved.path_for(&format!("overlays[{i}]"), o, Path::new("."));
-                OverlaySource::Host(&host)
-            }
-        };
-        overlay::apply(&mut tree, source, o, resolved, 0)?;
-    }
+    overlay::apply_profile(&mut tree, resolved, 0)?;
     let mut files = Vec::new();
     for (path, e) in tree.iter() {
         match &e.kind {

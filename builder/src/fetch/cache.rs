@@ -82,6 +82,9 @@ pub fn sha256_file(path: &Path) -> Result<String, FetchError> {
     crate::blockio::hash::sha256_path(path).map_err(io_err(path))
 }
 
+/// How long a blob being written may sit untouched before it counts as abandoned.
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 impl Cache {
     /// The default cache folder: `$XDG_CACHE_HOME/imgbuild`, else `~/.cache/imgbuild`.
     pub fn default_dir() -> Option<PathBuf> {
@@ -103,7 +106,31 @@ impl Cache {
             let d = root.join(sub);
             fs::create_dir_all(&d).map_err(io_err(&d))?;
         }
-        Ok(Cache { root })
+        let cache = Cache { root };
+        cache.sweep_abandoned(STALE_AFTER)?;
+        Ok(cache)
+    }
+
+    /// Removes `tmp/new.*` files (blobs being written) not written to for `age`: a killed run
+    /// left them. A live writer keeps its file's mtime fresh, so another run's is never taken.
+    /// `.part` downloads stay: they resume.
+    pub fn sweep_abandoned(&self, age: std::time::Duration) -> Result<usize, FetchError> {
+        let dir = self.root.join("tmp");
+        let now = std::time::SystemTime::now();
+        let mut removed = 0;
+        for e in fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
+            let name = e.file_name();
+            let Ok(md) = e.metadata() else { continue };
+            let idle = md.modified().ok().and_then(|m| now.duration_since(m).ok());
+            if name.to_string_lossy().starts_with("new.")
+                && md.is_file()
+                && idle.is_some_and(|i| i >= age)
+            {
+                fs::remove_file(e.path()).map_err(io_err(&e.path()))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     pub fn root(&self) -> &Path {
@@ -301,6 +328,31 @@ fn set_readonly(path: &Path) -> Result<(), FetchError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn abandoned_blob_writes_are_swept_at_open_live_ones_and_resumable_downloads_are_not() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Cache::open(d.path()).unwrap();
+        let old = d.path().join("tmp/new.abc123");
+        let live = d.path().join("tmp/new.def456");
+        let part = d.path().join("tmp/0123.part");
+        for p in [&old, &live, &part] {
+            fs::write(p, "x").unwrap();
+        }
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for p in [&old, &part] {
+            File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(hour_ago)
+                .unwrap();
+        }
+        drop(c);
+        Cache::open(d.path()).unwrap();
+        assert!(!old.exists());
+        assert!(live.exists() && part.exists());
+    }
 
     #[test]
     fn insert_get_verify_gc() {

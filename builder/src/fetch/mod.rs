@@ -38,7 +38,10 @@ pub enum FetchError {
         url: String,
         status: u16,
     },
-    #[error("{input}: downloading {url} failed after {attempts} attempts: {last}")]
+    #[error(
+        "{input}: downloading {url} failed after {attempts} attempts: {last}\n  help: {}",
+        network_help(.last)
+    )]
     Network {
         input: String,
         url: String,
@@ -82,7 +85,7 @@ pub enum FetchError {
     #[error("{0}")]
     Plan(String),
     #[error(
-        "invalid mirror {0:?}: write FROM=TO, e.g. https://github.com/=http://mirror.lan/github/"
+        "invalid mirror {0:?}: write FROM=TO where TO is an http(s):// or file:// URL (no spaces, quotes or backticks), e.g. https://github.com/=http://mirror.lan/github/"
     )]
     Mirror(String),
     #[error("setting up the HTTP client: {0}")]
@@ -115,6 +118,26 @@ pub struct Mismatch {
     pub expected: String,
     pub actual: String,
     pub from: String,
+}
+
+/// What to do when a download could not reach its server (as a new user offline would see it).
+fn network_help(last: &str) -> &'static str {
+    let unreachable = [
+        "dns error",
+        "Name or service not known",
+        "failed to lookup",
+        "Connection refused",
+        "timed out",
+        "Network is unreachable",
+        "No route to host",
+    ]
+    .iter()
+    .any(|s| last.contains(s));
+    if unreachable {
+        "the server could not be reached: check the network (or a proxy); or fetch from elsewhere with --mirror FROM=TO, point base.path at a file you downloaded by hand, or build with --offline from a cache that already holds every input (`imgbuild cache ls`)"
+    } else {
+        "try again; if it keeps failing, fetch from elsewhere with --mirror FROM=TO or point base.path at a local copy"
+    }
 }
 
 /// Download options shared by `build` and `lock`.
@@ -205,7 +228,10 @@ impl Mirrors {
         for item in items {
             for one in item.split([',', ' ', '\t', '\n']).filter(|s| !s.is_empty()) {
                 match one.split_once('=') {
-                    Some((from, to)) if !from.is_empty() && !to.is_empty() => {
+                    Some((from, to))
+                        if !from.is_empty()
+                            && crate::profile::is_url(to, &["https", "http", "file"]) =>
+                    {
                         v.push((from.to_string(), to.to_string()));
                     }
                     _ => return Err(FetchError::Mirror(one.to_string())),
@@ -523,5 +549,40 @@ mod tests {
             a.lock_path(Path::new("/srv/x/profiles")),
             PathBuf::from("/srv/x/imgbuild.lock")
         );
+    }
+
+    #[test]
+    fn an_unreachable_server_says_what_to_do() {
+        let e = FetchError::Network {
+            input: "base".into(),
+            url: "https://downloads.raspberrypi.com/x.img.xz".into(),
+            attempts: 4,
+            last: "error sending request: client error (Connect): dns error: failed to lookup address information: Name or service not known".into(),
+        };
+        let msg = e.to_string();
+        for want in [
+            "downloading https://downloads.raspberrypi.com/x.img.xz failed",
+            "check the network",
+            "--mirror",
+            "base.path",
+            "--offline",
+        ] {
+            assert!(msg.contains(want), "{want}: {msg}");
+        }
+    }
+
+    #[test]
+    fn mirrors_must_point_at_urls() {
+        let m = Mirrors::parse(["https://github.com/=http://mirror.lan/gh/"]).unwrap();
+        assert_eq!(m.rewrite("https://github.com/a"), "http://mirror.lan/gh/a");
+        for bad in [
+            "https://github.com/=http://x/$(id)`x`",
+            "https://github.com/=http://x/\"",
+            "https://github.com/=/no/scheme",
+            "https://github.com/=",
+            "=http://x/",
+        ] {
+            assert!(Mirrors::parse([bad]).is_err(), "{bad}");
+        }
     }
 }

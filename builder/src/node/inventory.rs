@@ -234,13 +234,13 @@ impl Inventory {
                 );
             }
             if let Some(h) = &n.hostname
-                && !h.split('.').all(is_dns_label)
+                && !is_host_name(h)
             {
                 problem(
                     i,
                     "hostname",
                     format!("host name {h:?} is not valid"),
-                    "use lowercase letters, digits, `-` and dots",
+                    "use dot-separated labels of lowercase letters, digits and `-` (each at most 63 characters, at most 253 in all; RFC 1123)",
                 );
             }
             if let Some(mac) = &n.mac {
@@ -400,6 +400,11 @@ impl std::fmt::Display for Mac {
     }
 }
 
+/// RFC 1123 host name (as an FQDN): labels of at most 63, at most 253 characters in all.
+fn is_host_name(h: &str) -> bool {
+    h.len() <= 253 && h.split('.').all(is_dns_label)
+}
+
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
@@ -501,6 +506,31 @@ profile = "droplet-worker"
             .unwrap_err()
             .to_string();
         assert!(err.contains("n.toml:3:1: unknown field `profil`"), "{err}");
+    }
+
+    #[test]
+    fn host_names_follow_rfc_1123() {
+        let inv = |h: &str| {
+            Inventory::parse(
+                &format!("[[node]]\nname = \"a\"\nprofile = \"p\"\nhostname = \"{h}\"\n"),
+                "n.toml",
+            )
+        };
+        let label = "a".repeat(63);
+        let long = [label.as_str(); 4].join("."); // 255 characters
+        assert!(inv(&long[..253]).is_ok());
+        for bad in [
+            long.as_str(),
+            &"b".repeat(64),
+            "a..b",
+            "-a.b",
+            "a_b",
+            "A.b",
+            "",
+        ] {
+            let err = inv(bad).unwrap_err().to_string();
+            assert!(err.contains("n.toml:4:12: host name"), "{bad}: {err}");
+        }
     }
 
     #[test]

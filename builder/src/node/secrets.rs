@@ -47,6 +47,10 @@ pub enum SecretsError {
         /// The file has it, but still with the placeholder of `secrets init`.
         placeholder: bool,
     },
+    #[error(
+        "the environment variable {var} (secret {name:?}) holds a control character such as a newline; a secret is one line\n  help: set it again without the line break (e.g. `export {var}=\"$(tr -d '\\n' < FILE)\"`)"
+    )]
+    BadEnvValue { name: String, var: String },
 }
 
 fn missing_message(
@@ -224,9 +228,14 @@ impl Secrets {
         name: &str,
         node: Option<&str>,
         env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<String, (bool, String)> {
+    ) -> Result<String, GetError> {
         if let Some(v) = env(&env_var(name)).filter(|v| !v.is_empty()) {
-            return Ok(v);
+            // Same rule as the file: one line, no control characters.
+            return if is_value(&v) {
+                Ok(v)
+            } else {
+                Err(GetError::BadEnv)
+            };
         }
         let v = node
             .and_then(|n| self.nodes.get(n))
@@ -234,8 +243,8 @@ impl Secrets {
             .or_else(|| self.shared.get(name));
         match v {
             Some(v) if !v.starts_with(PLACEHOLDER) && !v.is_empty() => Ok(v.clone()),
-            Some(_) => Err((true, name.to_string())),
-            None => Err((false, name.to_string())),
+            Some(_) => Err(GetError::Placeholder),
+            None => Err(GetError::Missing),
         }
     }
 
@@ -247,19 +256,34 @@ impl Secrets {
         node: Option<&str>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<String, SecretsError> {
-        self.get(&need.name, node, env)
-            .map_err(|(placeholder, _)| SecretsError::Missing {
+        self.get(&need.name, node, env).map_err(|e| match e {
+            GetError::BadEnv => SecretsError::BadEnvValue {
+                name: need.name.clone(),
+                var: env_var(&need.name),
+            },
+            GetError::Missing | GetError::Placeholder => SecretsError::Missing {
                 name: need.name.clone(),
                 key: need.key.to_string(),
                 file: self.file.clone(),
                 node: node.map(str::to_string),
-                placeholder,
-            })
+                placeholder: e == GetError::Placeholder,
+            },
+        })
     }
 }
 
+/// Why [`Secrets::get`] found no usable value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GetError {
+    Missing,
+    /// The file still holds the placeholder of `secrets init`.
+    Placeholder,
+    /// The environment's value has a control character.
+    BadEnv,
+}
+
 fn is_value(v: &str) -> bool {
-    !v.contains(['\n', '\r', '\0'])
+    !v.chars().any(char::is_control)
 }
 
 fn find_key(text: &str, key: &str) -> usize {
@@ -319,7 +343,7 @@ mod tests {
         assert_eq!(s.get("a", Some("n2"), &no_env).unwrap(), "shared");
         let env = |k: &str| (k == "IMGBUILD_SECRET_A").then(|| "env".to_string());
         assert_eq!(s.get("a", Some("n1"), &env).unwrap(), "env");
-        assert_eq!(s.get("b", None, &no_env), Err((true, "b".into())));
+        assert_eq!(s.get("b", None, &no_env), Err(GetError::Placeholder));
         assert_eq!(
             env_var("tailscale-authkey"),
             "IMGBUILD_SECRET_TAILSCALE_AUTHKEY"
@@ -379,7 +403,27 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(
             s.get("tailscale-authkey", None, &no_env),
-            Err((true, "tailscale-authkey".into()))
+            Err(GetError::Placeholder)
         );
+    }
+
+    #[test]
+    fn environment_values_are_one_line_like_the_files() {
+        let s = Secrets::parse("k3s-token = \"fromfile\"\n", "s").unwrap();
+        let need = Needed {
+            name: "k3s-token".into(),
+            key: "k3s.token",
+            path: "/etc/rancher/k3s/token",
+        };
+        for bad in ["a\nb", "a\rb", "tok\u{1b}[2J", "x\0"] {
+            let env = |_: &str| Some(bad.to_string());
+            let err = s.require(&need, None, &env).unwrap_err().to_string();
+            assert!(err.contains("IMGBUILD_SECRET_K3S_TOKEN"), "{err}");
+            assert!(!err.contains(bad), "the value must not be quoted: {err}");
+        }
+        let good = |_: &str| Some("fromenv".to_string());
+        assert_eq!(s.require(&need, None, &good).unwrap(), "fromenv");
+        // The file refuses the same values.
+        assert!(Secrets::parse("k3s-token = \"a\\nb\"\n", "s").is_err());
     }
 }

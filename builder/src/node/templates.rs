@@ -4,10 +4,17 @@
 //! a cloud-init `## template: jinja` part is copied through untouched. Undefined values are errors
 //! (strict mode): a template that names a value we do not provide fails with the template's name,
 //! the line and the missing name instead of rendering an empty string into a unit file.
+//!
+//! Every `{{ value }}` is escaped for the language of the file it lands in, by construction
+//! ([`Language::of`], from the template's name): shell scripts get each character that means
+//! something to the shell backslash-escaped (safe inside double quotes and outside them alike),
+//! YAML gets a quoted scalar unless the value is a plain word, and every other file (units,
+//! drop-ins, fstab, sshd_config) refuses control characters, so one value can never become two
+//! lines. `| sh` and `| yaml` mark their output as already escaped.
 
 use std::collections::BTreeMap;
 
-use minijinja::{Environment, ErrorKind, UndefinedBehavior, Value};
+use minijinja::{AutoEscape, Environment, ErrorKind, State, UndefinedBehavior, Value};
 
 use super::yaml;
 use crate::stock;
@@ -98,6 +105,8 @@ impl Templates {
         env.set_keep_trailing_newline(true);
         env.add_filter("yaml", yaml_filter);
         env.add_filter("sh", sh_filter);
+        env.set_auto_escape_callback(|name| AutoEscape::Custom(Language::of(name).name()));
+        env.set_formatter(escape_formatter);
         env.add_template_owned(name.to_string(), source.clone())
             .map_err(|e| render_error(name, &source, &e))?;
         let tmpl = env
@@ -158,13 +167,128 @@ fn yaml_filter(v: &Value, indent: Option<usize>) -> Result<Value, minijinja::Err
 }
 
 /// `{{ v | sh }}`: one single-quoted POSIX shell word.
-fn sh_filter(v: &Value) -> Result<String, minijinja::Error> {
+fn sh_filter(v: &Value) -> Result<Value, minijinja::Error> {
     defined(v)?;
     let s = match v.as_str() {
         Some(s) => s.to_string(),
         None => v.to_string(),
     };
-    Ok(shell_quote(&s))
+    refuse_control(&s)?;
+    Ok(Value::from_safe_string(shell_quote(&s)))
+}
+
+/// The language of a rendered file, which decides how `{{ value }}` is escaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Language {
+    /// POSIX shell (scripts, and the `KEY="value"` defaults files they and systemd read).
+    Shell,
+    /// YAML (cloud-init user-data, meta-data, network-config, cloud.cfg).
+    Yaml,
+    /// Line-oriented config: systemd units and drop-ins, fstab, sshd_config.
+    Lines,
+}
+
+impl Language {
+    /// By template name: `*.sh.j2` and `*.defaults.j2` are shell; cloud-init's files are YAML.
+    pub fn of(template: &str) -> Language {
+        let stem = template.strip_suffix(".j2").unwrap_or(template);
+        if stem.ends_with(".sh") || stem.ends_with(".defaults") {
+            Language::Shell
+        } else if stem.ends_with(".yaml")
+            || stem.ends_with(".cfg")
+            || ["user-data", "meta-data", "network-config", "vendor-data"].contains(&stem)
+        {
+            Language::Yaml
+        } else {
+            Language::Lines
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Language::Shell => "sh",
+            Language::Yaml => "yaml",
+            Language::Lines => "lines",
+        }
+    }
+}
+
+/// Writes `{{ value }}` escaped for the template's language (see the module doc).
+fn escape_formatter(
+    out: &mut minijinja::Output<'_>,
+    state: &State<'_, '_>,
+    value: &Value,
+) -> Result<(), minijinja::Error> {
+    if value.is_undefined() {
+        return Err(minijinja::Error::from(ErrorKind::UndefinedError));
+    }
+    let text = match value.as_str() {
+        Some(s) => s.to_string(),
+        None if value.is_none() => String::new(),
+        None => value.to_string(),
+    };
+    let escaped = if value.is_safe() {
+        text
+    } else {
+        refuse_control(&text)?;
+        match state.auto_escape() {
+            AutoEscape::Custom("sh") => shell_escape_chars(&text),
+            AutoEscape::Custom("yaml") if !is_plain_yaml(&text) => {
+                yaml::flow(&serde_json::Value::String(text))
+            }
+            _ => text,
+        }
+    };
+    out.write_str(&escaped)
+        .map_err(|e| minijinja::Error::new(ErrorKind::WriteFailure, e.to_string()))
+}
+
+/// A value with a control character (a newline above all) would become two lines of a unit,
+/// two `authorized_keys` entries or two shell commands: refuse it.
+fn refuse_control(s: &str) -> Result<(), minijinja::Error> {
+    match s.chars().find(|c| c.is_control()) {
+        None => Ok(()),
+        Some(c) => Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!(
+                "the value {s:?} holds the control character {c:?}, which would split or corrupt the line it is written into; remove it"
+            ),
+        )),
+    }
+}
+
+/// Backslash before every character the shell treats specially, so the value is literal text
+/// both outside quotes and inside double quotes (`$`, `` ` ``, `"` and `\` included).
+pub fn shell_escape_chars(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if !(c.is_ascii_alphanumeric() || "-_./:,=@+%".contains(c)) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    if out.is_empty() {
+        "''".to_string()
+    } else {
+        out
+    }
+}
+
+/// A string YAML reads back as itself without quotes: words of safe characters, single spaces
+/// between them, that are not a keyword, number or other typed scalar.
+fn is_plain_yaml(s: &str) -> bool {
+    !s.is_empty()
+        && !s.ends_with(' ')
+        && !s.contains("  ")
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./ ".contains(&b))
+        && s.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'/')
+        && ![
+            "true", "false", "yes", "no", "on", "off", "null", "y", "n", "~",
+        ]
+        .contains(&s.to_ascii_lowercase().as_str())
 }
 
 /// Strict mode lets undefined values into filters; ours refuse them like printing would.
@@ -255,6 +379,78 @@ mod tests {
             Templates::stock().render("nope.j2", &json!({})),
             Err(TemplateError::Missing { .. })
         ));
+    }
+
+    #[test]
+    fn values_are_escaped_for_the_language_of_their_file() {
+        let hostile = "$(touch /tmp/pwned) `id` \"x\" 'y' a;b|c&d";
+        let render = |name: &str, src: &str, v: &str| {
+            Templates::with_overrides(BTreeMap::from([(name.to_string(), src.to_string())]))
+                .render(name, &json!({ "v": v }))
+        };
+        // Shell: the value is literal inside double quotes and outside them.
+        let out = render(
+            "t.sh.j2",
+            "echo \"in {{ v }}\"\necho out {{ v }}\n",
+            hostile,
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let got = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&out)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(got.status.success(), "{out}");
+        let stdout = String::from_utf8(got.stdout).unwrap();
+        assert_eq!(
+            stdout.lines().nth(1),
+            Some(format!("out {hostile}").as_str()),
+            "{out}"
+        );
+        // Inside double quotes the value stays literal too (shown with its backslashes).
+        assert!(stdout.starts_with("in $\\(touch"), "{stdout}");
+        assert!(!stdout.contains("uid="), "{stdout}");
+        assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+        // YAML: quoted when it must be, plain when it can be.
+        assert_eq!(
+            render("user-data.j2", "a: {{ v }}\n", "pi-1").unwrap(),
+            "a: pi-1\n"
+        );
+        assert_eq!(
+            render("user-data.j2", "a: {{ v }}\n", "yes").unwrap(),
+            "a: \"yes\"\n"
+        );
+        assert_eq!(
+            render("user-data.j2", "# {{ v }}\n", "First seed").unwrap(),
+            "# First seed\n"
+        );
+        assert_eq!(
+            render("user-data.j2", "a: {{ v }}\n", "a #b").unwrap(),
+            "a: \"a #b\"\n"
+        );
+        assert_eq!(
+            render("meta-data.j2", "a: {{ v }}\n", "x: y").unwrap(),
+            "a: \"x: y\"\n"
+        );
+        // Every language: no control characters.
+        for name in ["t.sh.j2", "user-data.j2", "k3s.service.j2", "fstab.j2"] {
+            let err = render(name, "X={{ v }}\n", "a\nExecStartPre=/bin/evil").unwrap_err();
+            assert!(
+                err.to_string().contains("control character"),
+                "{name}: {err}"
+            );
+            let err = render(name, "X={{ v | sh }}\n", "a\rb").unwrap_err();
+            assert!(
+                err.to_string().contains("control character"),
+                "{name}: {err}"
+            );
+        }
+        assert_eq!(
+            render("k3s.service.j2", "X={{ v }}\n", "a b").unwrap(),
+            "X=a b\n"
+        );
     }
 
     #[test]

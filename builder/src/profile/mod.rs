@@ -647,3 +647,17 @@ fn parse_override(s: &str) -> Result<(String, toml::Table), String> {
 
 #[cfg(test)]
 mod tests;
+
+/// A URL we may fetch or hand to a node: one of `schemes`, a host unless `file://`, and only
+/// the characters RFC 3986 allows (no white space, control characters, quotes, backslashes or
+/// backticks, which would change meaning in the shell script, unit or YAML it lands in).
+pub fn is_url(url: &str, schemes: &[&str]) -> bool {
+    const ALLOWED: &[u8] = b"-._~:/?#[]@!$&'()*+,;=%";
+    url.split_once("://").is_some_and(|(scheme, rest)| {
+        schemes.contains(&scheme)
+            && (scheme == "file" || !rest.is_empty() && !rest.starts_with('/'))
+            && url
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || ALLOWED.contains(&b))
+    })
+}

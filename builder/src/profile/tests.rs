@@ -93,3 +93,94 @@ fn override_parsing() {
     assert_eq!(t["k3s"]["cluster-init"].as_bool(), Some(true));
     assert!(parse_override("a..b=1").is_err());
 }
+
+/// Values that would become two lines, or smuggle a list through one string, are refused at the
+/// key that holds them; the same profile with clean values resolves.
+#[test]
+fn one_line_values_and_lists_cannot_be_smuggled() {
+    let profile = |users: &str, cmdline: &str| {
+        format!("extends = \"pi-worker\"\n[kernel]\ncmdline = [{cmdline}]\n[[users]]\n{users}\n")
+    };
+    let good = profile(
+        "name = \"ops\"\ngroups = [\"adm\", \"docker\"]\nshell = \"/bin/bash\"\nssh-keys = [\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGoodKeyBlob ops@laptop\"]",
+        "\"quiet\"",
+    );
+    let (_d, store) = store_with(&[("pi-worker", &good)]);
+    store
+        .resolve("pi-worker", &[])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cases = [
+        (
+            "name = \"ops\"\ngroups = [\"adm,root,docker\"]",
+            "\"quiet\"",
+            "users[0].groups[0]",
+        ),
+        (
+            "name = \"ops\"\ngroups = [\"Root\"]",
+            "\"quiet\"",
+            "users[0].groups[0]",
+        ),
+        (
+            "name = \"ops\"\nshell = \"/bin/bash\\nx\"",
+            "\"quiet\"",
+            "users[0].shell",
+        ),
+        (
+            "name = \"ops\"\nshell = \"bash\"",
+            "\"quiet\"",
+            "users[0].shell",
+        ),
+        (
+            "name = \"ops\"\nssh-keys = [\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGood a\\ncommand=\\\"sh\\\" ssh-rsa AAAAB3 x\"]",
+            "\"quiet\"",
+            "users[0].ssh-keys[0]",
+        ),
+        (
+            "name = \"ops\"",
+            "\"init=/bin/sh\\u001b\"",
+            "kernel.cmdline[0]",
+        ),
+        ("name = \"ops\"", "\"a=\\\"b\"", "kernel.cmdline[0]"),
+    ];
+    for (users, cmdline, key) in cases {
+        let (_d, store) = store_with(&[("pi-worker", &profile(users, cmdline))]);
+        let err = store.resolve("pi-worker", &[]).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            err.problems.iter().any(|d| d.key.as_deref() == Some(key)),
+            "{key}: {text}"
+        );
+    }
+}
+
+#[test]
+fn download_urls_must_be_urls() {
+    for (key, good) in [
+        ("k3s.url", "https://mirror.lan/k3s/{version}/k3s-{arch}"),
+        (
+            "mesh.url",
+            "http://mirror.lan/ts/tailscale_{version}_{arch}.tgz",
+        ),
+    ] {
+        let store = ProfileStore::stock_only();
+        store
+            .resolve("pi-worker", &[format!("{key}={good}")])
+            .unwrap_or_else(|e| panic!("{key}: {e}"));
+        for bad in [
+            "https://x/$(touch /tmp/p)",
+            "https://x/`id`",
+            "https://x/a\"b",
+            "ftp://x/k3s",
+            "https://x/a\nb",
+            "/local/path",
+        ] {
+            let err = store
+                .resolve("pi-worker", &[format!("{key}={bad}")])
+                .unwrap_err();
+            assert!(
+                err.problems.iter().any(|d| d.key.as_deref() == Some(key)),
+                "{key}={bad:?}: {err}"
+            );
+        }
+    }
+}

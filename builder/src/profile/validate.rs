@@ -343,6 +343,9 @@ fn check_k3s(c: &mut Checker<'_>, p: &Profile, concrete: bool, board: Option<Boa
     if let Some(server) = &k.server {
         check_url(c, "k3s.server", server, &["https"]);
     }
+    if let Some(url) = &k.url {
+        check_download_url(c, "k3s.url", url);
+    }
     for (i, l) in k.labels.iter().enumerate() {
         if !is_label(l) {
             c.problem(
@@ -388,6 +391,9 @@ fn check_k3s(c: &mut Checker<'_>, p: &Profile, concrete: bool, board: Option<Boa
 /// `[mesh]`: the provider's required values.
 fn check_mesh(c: &mut Checker<'_>, p: &Profile, concrete: bool) {
     let m = &p.mesh;
+    if let Some(url) = &m.url {
+        check_download_url(c, "mesh.url", url);
+    }
     match m.provider {
         MeshProvider::Tailscale => {
             if concrete && m.version.is_none() {
@@ -496,6 +502,24 @@ fn check_users(c: &mut Checker<'_>, p: &Profile) {
                 "merge the two [[users]] entries",
             );
         }
+        for (j, g) in u.groups.iter().enumerate() {
+            if !is_user_name(g) {
+                c.problem(
+                    &format!("users[{i}].groups[{j}]"),
+                    format!("group name {g:?} is not a valid Linux group name"),
+                    "list one group per string (\"adm\", \"docker\"), each lowercase letters, digits, `_` and `-`, starting with a letter or `_`, at most 32 characters",
+                );
+            }
+        }
+        if let Some(sh) = &u.shell
+            && !is_shell_path(sh)
+        {
+            c.problem(
+                &format!("users[{i}].shell"),
+                format!("shell {sh:?} is not an absolute path to a program"),
+                "give the login shell's path, e.g. \"/bin/bash\" (letters, digits and `/._+-` only)",
+            );
+        }
         for (j, key) in u.ssh_keys.iter().enumerate() {
             if !is_ssh_public_key(key) {
                 c.problem(
@@ -511,10 +535,13 @@ fn check_users(c: &mut Checker<'_>, p: &Profile) {
 /// `[kernel]` and `[pi.config-txt]`.
 fn check_kernel_and_pi(c: &mut Checker<'_>, p: &Profile, board: Option<Board>) {
     for (i, a) in p.kernel.cmdline.iter().enumerate() {
-        if a.is_empty() || a.chars().any(char::is_whitespace) {
+        if a.is_empty()
+            || a.chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '"')
+        {
             c.problem(
                 &format!("kernel.cmdline[{i}]"),
-                format!("kernel argument {a:?} is empty or contains white space"),
+                format!("kernel argument {a:?} is empty or contains white space, a quote or a control character"),
                 "list one argument per string: [\"quiet\", \"console=ttyS0\"]",
             );
         }
@@ -543,12 +570,7 @@ fn check_kernel_and_pi(c: &mut Checker<'_>, p: &Profile, board: Option<Board>) {
 }
 
 fn check_url(c: &mut Checker<'_>, key: &str, url: &str, schemes: &[&str]) {
-    let ok = url.split_once("://").is_some_and(|(scheme, rest)| {
-        schemes.contains(&scheme)
-            && (scheme == "file" || !rest.is_empty() && !rest.starts_with('/'))
-            && !url.chars().any(char::is_whitespace)
-    });
-    if !ok {
+    if !super::is_url(url, schemes) {
         c.problem(
             key,
             format!("{key} {url:?} is not a usable URL"),
@@ -558,6 +580,12 @@ fn check_url(c: &mut Checker<'_>, key: &str, url: &str, schemes: &[&str]) {
             ),
         );
     }
+}
+
+/// A download URL template: `{version}` and `{arch}` are substituted, the rest must be a URL.
+fn check_download_url(c: &mut Checker<'_>, key: &str, url: &str) {
+    let filled = url.replace("{version}", "v").replace("{arch}", "a");
+    check_url(c, key, &filled, &["https", "http", "file"]);
 }
 
 fn is_sha256(s: &str) -> bool {
@@ -615,7 +643,20 @@ fn is_user_name(n: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
+fn is_shell_path(s: &str) -> bool {
+    s.starts_with('/')
+        && s.len() <= 256
+        && !s.contains("//")
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._+-".contains(&b))
+}
+
+/// One `authorized_keys` line: type, base64 blob, optional comment; a line break would make it
+/// two lines (the second could carry `command=` options), so control characters are refused.
 fn is_ssh_public_key(k: &str) -> bool {
+    if k.chars().any(char::is_control) {
+        return false;
+    }
     let mut parts = k.split_whitespace();
     let (Some(kind), Some(blob)) = (parts.next(), parts.next()) else {
         return false;

@@ -85,6 +85,23 @@ impl OverlaySource<'_> {
     }
 }
 
+/// Applies every overlay of the profile in order (later ones win): `stock:NAME` entries from
+/// the binary, the others as paths relative to the profile that names them.
+pub fn apply_profile(tree: &mut Tree, resolved: &Resolved, mtime: i64) -> Result<(), OverlayError> {
+    for (i, entry) in resolved.profile.overlays.iter().enumerate() {
+        let host;
+        let source = match entry.strip_prefix("stock:") {
+            Some(name) => OverlaySource::stock(name)?,
+            None => {
+                host = resolved.path_for(&format!("overlays[{i}]"), entry, Path::new("."));
+                OverlaySource::Host(&host)
+            }
+        };
+        apply(tree, source, entry, resolved, mtime)?;
+    }
+    Ok(())
+}
+
 /// One overlay item before it is placed.
 enum Item {
     Dir,
@@ -315,6 +332,14 @@ fn collect_host(
     for p in entries {
         let rel = p.strip_prefix(root).expect("below the overlay root");
         if dir == root && rel.as_os_str() == MODE_FILE {
+            // Never followed: a link to a host file would have its content read and quoted.
+            if !fs::symlink_metadata(&p).map_err(io(&p))?.is_file() {
+                return Err(OverlayError::Entry {
+                    overlay: name.to_string(),
+                    path: MODE_FILE.to_string(),
+                    why: "is a symlink or not a regular file; write the modes into a plain file in the overlay".into(),
+                });
+            }
             *mode_text = Some(fs::read_to_string(&p).map_err(io(&p))?);
             continue;
         }
