@@ -16,6 +16,8 @@ const MAX_DEPTH: usize = 256;
 /// Most entries accepted from one filesystem.
 const MAX_ENTRIES: usize = 8_000_000;
 const ROOT_INO: u32 = 2;
+/// A file may be this many times larger than the filesystem (sparse).
+const MAX_SPARSE_FACTOR: u64 = 16;
 
 /// What a read found, for reports and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -222,6 +224,19 @@ where
     }
 
     fn file(&self, inode: &Inode) -> Result<Kind> {
+        // Sparse files may be larger than the filesystem, but not without bound: every byte of
+        // the content is hashed for the manifest, holes included.
+        let fs_bytes = self.fs.sb.blocks_count * self.fs.sb.block_size;
+        let limit = fs_bytes.saturating_mul(MAX_SPARSE_FACTOR);
+        if inode.size > limit {
+            return Err(Ext4ReadError::inode(
+                inode.ino,
+                format!(
+                    "size {} is more than {MAX_SPARSE_FACTOR} times the filesystem ({fs_bytes} bytes): corrupt, or a sparse file too large for a base",
+                    inode.size
+                ),
+            ));
+        }
         let runs = self.fs.runs(inode)?;
         Ok(Kind::File(Content {
             len: inode.size,
