@@ -20,8 +20,6 @@ use imgbuild::progress::Progress;
 use imgbuild::tree::{Content, Entry, Kind, Tree, TreePath};
 use libfuzzer_sys::fuzz_target;
 
-const SIZE: u64 = 8 << 20;
-
 fn sample() -> &'static [u8] {
     static IMG: OnceLock<Vec<u8>> = OnceLock::new();
     IMG.get_or_init(|| {
@@ -57,10 +55,11 @@ fn sample() -> &'static [u8] {
             t.insert(p(&format!("many/f{i:03}")), Entry::file(0o644, Content::bytes(vec![i as u8; i * 37]))).unwrap();
         }
         let params = Ext4Params { uuid: [1; 16], hash_seed: [2; 16], label: None, epoch: 1_700_000_000 };
+        let size = ext4::required_size(&t, &params).unwrap();
         let mut sink = imgbuild::blockio::region::VecSink::default();
-        ext4::write(&t, SIZE, &params, &mut sink, &Progress::quiet()).unwrap();
+        ext4::write(&t, size, &params, &mut sink, &Progress::quiet()).unwrap();
         let mut img = sink.buf;
-        img.resize(SIZE as usize, 0);
+        img.resize(size as usize, 0);
         img
     })
 }
@@ -69,7 +68,7 @@ fuzz_target!(|data: &[u8]| {
     let img: Vec<u8> = match data.first() {
         Some(0xFF) => data[1..].to_vec(),
         _ => {
-            // Patches: (le32 offset into the first 2 MiB, byte) pairs.
+            // Patches: (le32 offset into the metadata-dense first 2 MiB, byte) pairs.
             let mut img = sample().to_vec();
             for c in data.chunks_exact(5) {
                 let at = u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize % (2 << 20);
