@@ -380,3 +380,60 @@ fn running_as_root() -> bool {
     let probe = tempfile::NamedTempFile::new().unwrap();
     probe.as_file().metadata().unwrap().uid() == 0
 }
+
+/// Thousands of nested folders (each tar entry carries its whole path): refused at Linux's
+/// PATH_MAX with a short message, instead of work quadratic in the depth; nothing is written.
+#[test]
+fn deeply_nested_tarball_is_refused_at_path_max() {
+    if !support::require_tool("python3") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tar = dir.path().join("nested.tar");
+    let (code, _, err) = run(Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sys, tarfile\n\
+         t = tarfile.open(sys.argv[1], 'w', format=tarfile.PAX_FORMAT)\n\
+         p = ''\n\
+         for i in range(3000):\n\
+         \x20   p += 'd/'\n\
+         \x20   ti = tarfile.TarInfo(p); ti.type = tarfile.DIRTYPE; ti.mode = 0o755\n\
+         \x20   t.addfile(ti)\n\
+         t.close()\n",
+        )
+        .arg(&tar));
+    assert_eq!(code, 0, "{err}");
+    let out = dir.path().join("root.ext4");
+    let (code, _, err) = mkfs(&["ext4"], &out, &tar);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("PATH_MAX"), "{err}");
+    assert!(
+        err.len() < 2000,
+        "the error quotes a short part of the path: {} bytes",
+        err.len()
+    );
+    assert!(
+        files_in(dir.path()) == ["nested.tar"],
+        "{:?}",
+        files_in(dir.path())
+    );
+    // The same shape within the limit is read.
+    let ok = dir.path().join("ok.tar");
+    let (code, _, err) = run(Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sys, tarfile\n\
+         t = tarfile.open(sys.argv[1], 'w', format=tarfile.PAX_FORMAT)\n\
+         p = ''\n\
+         for i in range(1000):\n\
+         \x20   p += 'd/'\n\
+         \x20   ti = tarfile.TarInfo(p); ti.type = tarfile.DIRTYPE; ti.mode = 0o755\n\
+         \x20   t.addfile(ti)\n\
+         t.close()\n",
+        )
+        .arg(&ok));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = mkfs(&["ext4"], &out, &ok);
+    assert_eq!(code, 0, "{err}");
+}

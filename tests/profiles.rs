@@ -174,3 +174,28 @@ fn own_base_path_replaces_the_inherited_base_table() {
         serde_json::json!({ "path": "base.img" })
     );
 }
+
+/// A profile with tens of thousands of labels and megabytes of comments: checked in time linear
+/// in its size (each key's position used to rescan the file from its start).
+#[test]
+fn large_profiles_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let profiles = dir.path().join("profiles");
+    std::fs::create_dir(&profiles).unwrap();
+    let mut text = String::from("extends = \"pi-worker\"\n");
+    for i in 0..20_000 {
+        text.push_str(&format!(
+            "# comment line {i} padding padding padding padding padding\n"
+        ));
+    }
+    text.push_str("[k3s]\nlabels = [\n");
+    for i in 0..20_000 {
+        text.push_str(&format!("  \"example.com/l{i}=v\",\n"));
+    }
+    text.push_str("]\n");
+    std::fs::write(profiles.join("big.toml"), &text).unwrap();
+    let (code, out, err) = run(imgbuild()
+        .current_dir(dir.path())
+        .args(["profiles", "check", "big"]));
+    assert_eq!(code, 0, "{out}{err}");
+}

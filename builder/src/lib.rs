@@ -4,6 +4,8 @@
 //! profile → plan → fetched inputs → [`tree::Tree`] → filesystems → disk image → outputs.
 //! Only the outermost layer ([`cmd`], [`fetch`], [`output`]) touches paths, sockets or the clock.
 
+#[cfg(target_os = "linux")]
+pub mod blockdev;
 pub mod blockio;
 pub mod boot;
 pub mod build;
@@ -12,6 +14,7 @@ pub mod cli;
 pub mod cmd;
 pub mod disk;
 pub mod fetch;
+pub mod flash;
 pub mod fs;
 pub mod ids;
 pub mod node;

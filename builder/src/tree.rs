@@ -16,6 +16,10 @@ use std::sync::Arc;
 
 /// Longest name of one path component, in bytes (ext4 and most Linux filesystems).
 pub const NAME_MAX: usize = 255;
+/// Longest path, as Linux's `PATH_MAX` (4096 with the terminating NUL). Deeper entries cannot be
+/// opened by path on the node, and bounding them keeps hostile archives (tens of thousands of
+/// nested folders, each stored with its whole path) from costing time quadratic in their depth.
+pub const PATH_MAX: usize = 4095;
 
 /// Errors from building or editing a tree.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -31,6 +35,16 @@ pub enum TreeError {
     BadHardlink { path: TreePath, target: TreePath },
     #[error("cannot replace the root directory with a non-directory")]
     RootNotDir,
+}
+
+/// A path for a message: at most 200 bytes of it, so a hostile one does not flood the terminal.
+pub fn shown(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&raw[..raw.len().min(200)]).into_owned();
+    if raw.len() > 200 {
+        format!("{text}… ({} bytes)", raw.len())
+    } else {
+        text
+    }
 }
 
 /// A normalised absolute path inside the tree, stored without the leading `/`.
@@ -51,7 +65,7 @@ impl TreePath {
     pub fn new(path: impl AsRef<[u8]>) -> Result<Self, TreeError> {
         let raw = path.as_ref();
         let bad = |why| TreeError::InvalidPath {
-            path: String::from_utf8_lossy(raw).into_owned(),
+            path: shown(raw),
             why,
         };
         let mut out = Vec::with_capacity(raw.len());
@@ -67,6 +81,9 @@ impl TreePath {
                 out.push(b'/');
             }
             out.extend_from_slice(comp);
+            if out.len() >= PATH_MAX {
+                return Err(bad("the path is longer than 4095 bytes (Linux's PATH_MAX)"));
+            }
         }
         Ok(TreePath(out))
     }
@@ -446,23 +463,30 @@ impl Tree {
     }
 
     /// Creates `path` and its missing ancestors as copies of `dir` (existing ones are kept).
+    /// It looks upwards for the nearest existing folder (usually the parent itself), so a deep
+    /// tree costs one lookup per entry, not one per ancestor.
     pub fn mkdir_p(&mut self, path: &TreePath, dir: &Entry) -> Result<(), TreeError> {
-        let mut cur = TreePath::root();
-        for comp in path.components() {
-            let next = cur.join(comp)?;
-            match self.entries.get(&next) {
-                Some(e) if e.is_dir() => {}
+        let mut missing = Vec::new();
+        let mut cur = path.clone();
+        loop {
+            match self.entries.get(&cur) {
+                Some(e) if e.is_dir() => break,
                 Some(_) => {
                     return Err(TreeError::ParentNotDir {
                         path: path.clone(),
-                        parent: next,
+                        parent: cur,
                     });
                 }
                 None => {
-                    self.entries.insert(next.clone(), dir.clone());
+                    // The root always exists, so this ends.
+                    let parent = cur.parent().unwrap_or_default();
+                    missing.push(cur);
+                    cur = parent;
                 }
             }
-            cur = next;
+        }
+        for p in missing.into_iter().rev() {
+            self.entries.insert(p, dir.clone());
         }
         Ok(())
     }
@@ -649,6 +673,17 @@ mod tests {
 
     fn p(s: &str) -> TreePath {
         TreePath::new(s).unwrap()
+    }
+
+    #[test]
+    fn paths_are_bounded_by_path_max_and_errors_stay_short() {
+        let deep = "d/".repeat(2047); // 4094 bytes: the longest allowed
+        assert!(TreePath::new(&deep).is_ok());
+        let err = TreePath::new(format!("{deep}x")).unwrap_err().to_string();
+        assert!(err.contains("PATH_MAX"), "{err}");
+        assert!(err.len() < 400, "{err}");
+        let p = TreePath::new(&deep).unwrap();
+        assert!(p.join("x").is_err());
     }
 
     #[test]

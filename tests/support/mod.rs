@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests in this folder.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod flash;
 pub mod http;
 pub mod node;
 pub mod pi;

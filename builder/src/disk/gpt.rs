@@ -205,6 +205,80 @@ impl GptTable {
     }
 }
 
+/// The entries of the primary table alone (header and array CRCs checked), from the disk's
+/// first bytes: what a streamed image offers before its backup table arrives. Each entry is
+/// `(slot number from 1, type GUID, first LBA, last LBA)`; empty slots are skipped.
+pub fn read_primary(head: &[u8]) -> Result<Vec<(u32, Guid, u64, u64)>, GptError> {
+    if head.len() < 2 * SECTOR as usize {
+        return Err(GptError::TooSmall(head.len() as u64));
+    }
+    let mut hdr = [0u8; SECTOR as usize];
+    hdr.copy_from_slice(&head[SECTOR as usize..2 * SECTOR as usize]);
+    if &hdr[0..8] != SIGNATURE {
+        return Err(GptError::NoHeader);
+    }
+    let size = head.len() as u64;
+    let (f, array) = parse_header(&mut io::Cursor::new(head), &hdr, 1, size, "primary")?;
+    let u64_at = |c: &[u8], o: usize| u64::from_le_bytes(c[o..o + 8].try_into().expect("8 bytes"));
+    Ok(array
+        .chunks_exact(f.entry_size as usize)
+        .enumerate()
+        .filter_map(|(i, c)| {
+            let t = Guid::from_gpt_bytes(c[0..16].try_into().expect("16 bytes"));
+            (!t.is_nil()).then(|| (i as u32 + 1, t, u64_at(c, 32), u64_at(c, 40)))
+        })
+        .collect())
+}
+
+/// Moves a GPT's backup to the end of a disk of `sectors` sectors (bmaptool's TODO #1): patches
+/// the primary header (alternate LBA, last usable LBA, CRC) and the protective MBR in `head` (the
+/// disk's first bytes: MBR, primary header and entry array) and returns where the backup goes
+/// and its bytes (entry array, then header). The partitions are unchanged, so the last one can
+/// grow into the new space at first boot.
+pub fn relocate(head: &mut [u8], sectors: u64) -> Result<(u64, Vec<u8>), GptError> {
+    let size = head.len() as u64;
+    if size < 2 * SECTOR {
+        return Err(GptError::TooSmall(size));
+    }
+    let mut hdr = [0u8; SECTOR as usize];
+    hdr.copy_from_slice(&head[SECTOR as usize..2 * SECTOR as usize]);
+    if &hdr[0..8] != SIGNATURE {
+        return Err(GptError::NoHeader);
+    }
+    let (_, array) = parse_header(&mut io::Cursor::new(&head[..]), &hdr, 1, size, "primary")?;
+    let array_sectors = (array.len() as u64).div_ceil(SECTOR);
+    let last = sectors - 1;
+    let old_last_usable = u64::from_le_bytes(hdr[48..56].try_into().expect("8 bytes"));
+    let new_last_usable = last - array_sectors - 1;
+    if new_last_usable < old_last_usable {
+        return Err(GptError::BadHeader {
+            which: "primary",
+            why: format!("the disk ({sectors} sectors) is smaller than the table's usable area"),
+        });
+    }
+    hdr[32..40].copy_from_slice(&last.to_le_bytes());
+    hdr[48..56].copy_from_slice(&new_last_usable.to_le_bytes());
+    let mut backup = hdr;
+    backup[24..32].copy_from_slice(&last.to_le_bytes());
+    backup[32..40].copy_from_slice(&1u64.to_le_bytes());
+    backup[72..80].copy_from_slice(&(last - array_sectors).to_le_bytes());
+    let hsize = u32::from_le_bytes(hdr[12..16].try_into().expect("4 bytes")) as usize;
+    for h in [&mut hdr, &mut backup] {
+        h[16..20].fill(0);
+        let crc = crc32(&h[..hsize]);
+        h[16..20].copy_from_slice(&crc.to_le_bytes());
+    }
+    head[SECTOR as usize..2 * SECTOR as usize].copy_from_slice(&hdr);
+    if head[446 + 4] == 0xEE {
+        let n = u32::try_from(sectors - 1).unwrap_or(u32::MAX);
+        head[446 + 12..446 + 16].copy_from_slice(&n.to_le_bytes());
+    }
+    let mut tail = array;
+    tail.resize((array_sectors * SECTOR) as usize, 0);
+    tail.extend_from_slice(&backup);
+    Ok(((last - array_sectors) * SECTOR, tail))
+}
+
 struct HeaderFields {
     alternate: u64,
     disk_guid: Guid,
@@ -293,6 +367,29 @@ mod tests {
         assert_eq!(s.buf.len() as u64, 8192 * SECTOR);
         let back = GptTable::read(&mut Cursor::new(&s.buf), s.buf.len() as u64).unwrap();
         assert_eq!(back, t);
+    }
+
+    #[test]
+    fn relocation_gives_the_table_of_the_larger_disk() {
+        let small = table();
+        let mut s = VecSink::default();
+        small.write(&mut s).unwrap();
+        let mut disk = s.buf.clone();
+        let big = GptTable {
+            sectors: 3 * 8192,
+            ..table()
+        };
+        let (at, tail) = relocate(&mut disk[..(34 * SECTOR) as usize], big.sectors).unwrap();
+        disk.resize((big.sectors * SECTOR) as usize, 0);
+        disk[at as usize..at as usize + tail.len()].copy_from_slice(&tail);
+        assert_eq!(at as usize + tail.len(), disk.len());
+        let back = GptTable::read(&mut Cursor::new(&disk), disk.len() as u64).unwrap();
+        assert_eq!(back, big);
+        // Byte for byte what the writer gives for the larger disk.
+        let mut want = VecSink::default();
+        big.write(&mut want).unwrap();
+        assert_eq!(disk[..34 * 512], want.buf[..34 * 512]);
+        assert_eq!(disk[at as usize..], want.buf[at as usize..]);
     }
 
     #[test]

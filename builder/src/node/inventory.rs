@@ -192,13 +192,14 @@ impl Inventory {
             }])
         })?;
         let spans = node_spans(text);
+        let lines = crate::profile::LineIndex::new(text);
         let mut problems = Vec::new();
         let mut problem = |i: usize, key: &str, message: String, help: &str| {
             let at = spans
                 .get(&(i, key.to_string()))
                 .or_else(|| spans.get(&(i, String::new())))
                 .map_or(0, |s| s.start);
-            let (line, column) = line_col(text, at);
+            let (line, column) = lines.line_col(at);
             problems.push(Problem {
                 line,
                 column,

@@ -342,9 +342,19 @@ impl ProfileStore {
         let mut locations = BTreeMap::new();
         for (src, _, raw) in chain.iter().rev() {
             let spans = key_spans(&src.text);
+            let lines = LineIndex::new(&src.text);
             for key in leaf_keys(raw, "") {
                 if let Some(span) = spans.get(&key) {
-                    locations.insert(key, location(&src.origin, &src.text, span.start));
+                    let (line, column) = lines.line_col(span.start);
+                    let origin = src.origin.clone();
+                    locations.insert(
+                        key,
+                        Location {
+                            origin,
+                            line,
+                            column,
+                        },
+                    );
                 }
             }
             let mut raw = raw.clone();
@@ -463,10 +473,34 @@ fn help_for_toml_error(message: &str) -> Option<String> {
 
 /// 1-based line and column (in characters) of a byte offset.
 pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
+    LineIndex::new(text).line_col(offset)
+}
+
+/// Where each line of a text starts, so that many offsets can be placed without rescanning the
+/// text for each (a profile with 80,000 labels was quadratic).
+pub(crate) struct LineIndex<'a> {
+    text: &'a str,
+    starts: Vec<usize>,
+}
+
+impl<'a> LineIndex<'a> {
+    pub(crate) fn new(text: &'a str) -> Self {
+        let starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        LineIndex { text, starts }
+    }
+
+    /// 1-based line and column (in characters) of a byte offset.
+    pub(crate) fn line_col(&self, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let line = self.starts.partition_point(|&s| s <= offset);
+        let start = self.starts[line - 1];
+        (line, self.text[start..offset].chars().count() + 1)
+    }
 }
 
 fn location(origin: &Origin, text: &str, offset: usize) -> Location {

@@ -184,3 +184,20 @@ fn download_urls_must_be_urls() {
         }
     }
 }
+
+#[test]
+fn line_index_places_offsets_like_a_scan() {
+    let text = "ä = 1\n\n[k3s]\nlabels = [\"é=1\"]\nx";
+    let naive = |off: usize| {
+        let before = &text[..off];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, col)
+    };
+    let idx = LineIndex::new(text);
+    for off in (0..=text.len()).filter(|&o| text.is_char_boundary(o)) {
+        assert_eq!(idx.line_col(off), naive(off), "offset {off}");
+    }
+    assert_eq!(idx.line_col(10_000), naive(text.len()));
+    assert_eq!(idx.line_col(1), (1, 1), "inside a character: its start");
+}

@@ -114,7 +114,7 @@ fn read_entries<R: Read>(
         let raw_path = entry.path_bytes().into_owned();
         let fail = |why: String| TarError::Member {
             archive: archive.to_string(),
-            member: String::from_utf8_lossy(&raw_path).into_owned(),
+            member: crate::tree::shown(&raw_path),
             header_at,
             why,
         };
