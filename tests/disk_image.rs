@@ -66,6 +66,8 @@ impl PartitionContent for Scattered {
             size: Some(0),
             sha256: Some("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into()),
             target: None,
+            links: None,
+            xattrs: Vec::new(),
         }])
     }
 

@@ -53,28 +53,22 @@ pub fn open_inputs(
         )
     })?;
 
-    let (root, boot) = if is_tarball(&base.url) {
-        let mut root = Tree::new();
-        let tf = tar::read_archive_file(&base.path, scratch, &mut root)
-            .with_context(|| format!("reading the base {}", base.url))?;
-        hold.push(Box::new(tf));
-        (root, None)
-    } else {
-        let image = if is_xz(&base.path)? {
-            cache
-                .unxz(&base.sha256)
-                .with_context(|| format!("decompressing the base {}", base.url))?
-        } else {
-            base.path.clone()
-        };
-        let b = raw::read_image(
-            &image,
-            resolved.profile.base.boot_partition.as_deref(),
-            resolved.profile.base.root_partition.as_deref(),
-        )
-        .with_context(|| format!("reading the base image {}", base.url))?;
-        (b.root.1, b.boot.map(|(_, t)| t))
-    };
+    // By content, not by name: the same dispatcher as `mkfs --from` and the base-reader tests.
+    let (root, boot, archive) = raw::open_base(
+        &base.path,
+        raw::Decompress::Cache {
+            cache,
+            sha256: &base.sha256,
+        },
+        scratch,
+        resolved.profile.base.boot_partition.as_deref(),
+        resolved.profile.base.root_partition.as_deref(),
+    )
+    .with_context(|| format!("reading the base {}", base.url))?
+    .into_trees();
+    if let Some(a) = archive {
+        hold.push(Box::new(a));
+    }
 
     let k3s = by_kind(InputKind::K3s).context("the k3s binary is missing from the inputs")?;
     let mesh = match resolved.profile.mesh.provider {
@@ -119,23 +113,6 @@ pub fn open_inputs(
         records,
         _hold: hold,
     })
-}
-
-fn is_tarball(url: &str) -> bool {
-    let name = crate::fetch::plan::file_name(url);
-    [
-        ".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.zst", ".tzst",
-    ]
-    .iter()
-    .any(|s| name.ends_with(s))
-}
-
-fn is_xz(path: &Path) -> Result<bool> {
-    use std::io::Read;
-    let mut magic = [0u8; 6];
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let n = f.read(&mut magic)?;
-    Ok(n == 6 && magic == [0xfd, b'7', b'z', b'X', b'Z', 0])
 }
 
 /// SOURCE_DATE_EPOCH when the profile does not set one: the newest timestamp in the base's root
@@ -233,11 +210,17 @@ pub fn compose_image(
             )?
         }
     };
+    let mut warnings = composed.warnings;
+    warnings.extend(
+        crate::fs::fat::unrepresentable(&boot)
+            .into_iter()
+            .map(|w| format!("boot partition: {w}")),
+    );
     Ok(ImageTrees {
         root,
         boot,
         cmdline: composed.cmdline,
-        warnings: composed.warnings,
+        warnings,
     })
 }
 

@@ -9,6 +9,7 @@ pub mod blockdev;
 pub mod blockio;
 pub mod boot;
 pub mod build;
+pub mod civil;
 pub mod cli;
 pub mod cmd;
 pub mod disk;

@@ -181,6 +181,13 @@ impl fmt::Debug for TreePath {
 pub trait ContentReader: Send + Sync + fmt::Debug {
     /// A reader positioned at the first byte of the content.
     fn open(&self) -> io::Result<Box<dyn Read + '_>>;
+
+    /// The byte ranges `[start, end)` that hold data, ascending, when the source knows where its
+    /// holes are (a sparse file of a base image); everything else reads as zeros. `None`: no
+    /// map, treat it all as data.
+    fn data_ranges(&self) -> Option<Vec<(u64, u64)>> {
+        None
+    }
 }
 
 /// Where the bytes of a regular file come from.
@@ -430,7 +437,15 @@ impl Tree {
         if !entry.is_dir() && self.entries.get(&path).is_some_and(Entry::is_dir) {
             self.remove_children(&path);
         }
-        Ok(self.entries.insert(path, entry))
+        let old = self.entries.insert(path.clone(), entry);
+        if let Some(o) = &old
+            && matches!(o.kind, Kind::File(_))
+        {
+            // Like a package manager replacing a file (unlink, then create): the file's other
+            // names keep the old content.
+            self.rehome_links(BTreeMap::from([(path, o.clone())]));
+        }
+        Ok(old)
     }
 
     /// Like [`insert`](Self::insert), creating missing parent directories as copies of `dir`.
@@ -483,7 +498,13 @@ impl Tree {
             return None;
         }
         self.remove_children(path);
-        self.entries.remove(path)
+        let old = self.entries.remove(path);
+        if let Some(o) = &old
+            && matches!(o.kind, Kind::File(_))
+        {
+            self.rehome_links(BTreeMap::from([(path.clone(), o.clone())]));
+        }
+        old
     }
 
     fn remove_children(&mut self, dir: &TreePath) {
@@ -494,8 +515,40 @@ impl Tree {
             .take_while(|(p, _)| p.starts_with(dir))
             .map(|(p, _)| p.clone())
             .collect();
+        let mut files = BTreeMap::new();
         for p in doomed {
-            self.entries.remove(&p);
+            if let Some(e) = self.entries.remove(&p)
+                && matches!(e.kind, Kind::File(_))
+            {
+                files.insert(p, e);
+            }
+        }
+        self.rehome_links(files);
+    }
+
+    /// Regular files that left the tree (removed or replaced) may have had other names: the first
+    /// remaining name in tree order takes over the file, the others point at it. Without this a
+    /// hard link would dangle, or silently take the replacement's content.
+    fn rehome_links(&mut self, gone: BTreeMap<TreePath, Entry>) {
+        if gone.is_empty() {
+            return;
+        }
+        let mut names: BTreeMap<TreePath, Vec<TreePath>> = BTreeMap::new();
+        for (p, e) in &self.entries {
+            if let Kind::Hardlink(t) = &e.kind
+                && gone.contains_key(t)
+            {
+                names.entry(t.clone()).or_default().push(p.clone());
+            }
+        }
+        for (target, names) in names {
+            let (first, rest) = names.split_first().expect("grouped names are not empty");
+            self.entries.insert(first.clone(), gone[&target].clone());
+            for n in rest {
+                if let Some(e) = self.entries.get_mut(n) {
+                    e.kind = Kind::Hardlink(first.clone());
+                }
+            }
         }
     }
 
@@ -715,6 +768,41 @@ mod tests {
         t.insert(p("/missing"), Entry::file(0o644, Content::bytes("")))
             .unwrap();
         t.validate().unwrap();
+    }
+
+    #[test]
+    fn hard_links_survive_removing_or_replacing_their_first_name() {
+        let mut t = Tree::new();
+        let d = Entry::dir(0o755);
+        t.insert_with_parents(p("/a/perl"), Entry::file(0o755, Content::bytes("old")), &d)
+            .unwrap();
+        t.insert_with_parents(
+            p("/b/perl5"),
+            Entry::new(Kind::Hardlink(p("/a/perl")), 0),
+            &d,
+        )
+        .unwrap();
+        t.insert_with_parents(
+            p("/c/perl6"),
+            Entry::new(Kind::Hardlink(p("/a/perl")), 0),
+            &d,
+        )
+        .unwrap();
+        // Replaced: the other names keep the old content, as after unlink + create.
+        t.insert(p("/a/perl"), Entry::file(0o755, Content::bytes("new")))
+            .unwrap();
+        t.validate().unwrap();
+        let Kind::File(c) = &t.get(&p("/b/perl5")).unwrap().kind else {
+            panic!("/b/perl5 holds the file now")
+        };
+        assert_eq!(c.read_all().unwrap(), b"old");
+        assert!(
+            matches!(&t.get(&p("/c/perl6")).unwrap().kind, Kind::Hardlink(x) if *x == p("/b/perl5"))
+        );
+        // Removed with its folder: the last name holds the file.
+        t.remove(&p("/b"));
+        t.validate().unwrap();
+        assert!(matches!(t.get(&p("/c/perl6")).unwrap().kind, Kind::File(_)));
     }
 
     #[test]

@@ -5,20 +5,16 @@
 //! them to the first few MiB, or shrink the partitions) for useful coverage.
 #![no_main]
 
-use std::io::{Read, Write};
+use std::io::Read;
+use std::sync::Arc;
 
 use imgbuild::source::raw;
 use imgbuild::tree::Kind;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(mut f) = tempfile::NamedTempFile::new() else {
-        return;
-    };
-    if f.write_all(data).is_err() {
-        return;
-    }
-    let Ok(img) = raw::read_image(f.path(), None, None) else {
+    let disk: Arc<[u8]> = Arc::from(data);
+    let Ok(img) = raw::read_disk(disk, data.len() as u64, "fuzz", None, None) else {
         return;
     };
     let trees = img.boot.iter().map(|(_, t)| t).chain([&img.root.1]);

@@ -1,9 +1,12 @@
 //! The ground floor: byte ranges and the sinks that receive them ([`region`]), positional reads
-//! ([`ReadAt`]) and SHA-256 over readers ([`hash`]). It imports nothing from the rest of the
+//! ([`ReadAt`], windows of it, and a cursor over a window for stream parsers) and SHA-256 over readers ([`hash`]). It imports nothing from the rest of the
 //! crate, so filesystem writers, disk tables, readers and the flasher can all stand on it.
 
 pub mod hash;
 pub mod region;
+mod window;
+
+pub use window::SliceCursor;
 
 use std::io::{self, Read, Seek, SeekFrom};
 

@@ -1,8 +1,9 @@
-//! `imgbuild mkfs`: a rootless `mkfs -d` that also reads tarballs.
+//! `imgbuild mkfs`: a rootless `mkfs -d` that also reads tarballs and images.
 //!
-//! The source (a folder, or a tar / .tar.gz / .tar.xz / .tar.zst) becomes a tree; ownership comes
-//! from tar headers, or is `root:root` (or `--owner`) for folders, so an unprivileged user builds a
-//! root-owned filesystem. Nothing depends on the host beyond the source itself:
+//! The source (a folder, or whatever a profile's base may be: a tar / .tar.gz / .tar.xz /
+//! .tar.zst, an ext4 image, a disk image, read by the build's own base dispatcher) becomes a
+//! tree; ownership comes from tar headers or inodes, or is `root:root` (or `--owner`) for
+//! folders, so an unprivileged user builds a root-owned filesystem. Nothing depends on the host beyond the source itself:
 //!
 //! * the epoch is `--epoch`, else `SOURCE_DATE_EPOCH`, else 0 (1970-01-01; FAT stores its
 //!   earliest date, 1980-01-01) — never the clock. Every time in the tree is clamped to it.
@@ -25,6 +26,7 @@ use crate::fs::{ext4, fat};
 use crate::ids::{Guid, ImageSeed};
 use crate::output::PendingFile;
 use crate::source::dir::{DirOptions, Ownership};
+use crate::source::raw;
 use crate::tree::{Kind, Tree};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -44,8 +46,9 @@ pub struct Args {
     /// Filesystem to write.
     #[arg(value_enum)]
     pub fs: FsType,
-    /// Source: a folder, or a tar archive (plain, gzip, xz or zstd).
-    #[arg(long, value_name = "DIR|TARBALL")]
+    /// Source: a folder, a tar archive (plain, gzip, xz or zstd), an ext4 filesystem image or a
+    /// disk image (its root filesystem), each optionally xz-compressed.
+    #[arg(long, value_name = "DIR|TARBALL|IMAGE")]
     pub from: PathBuf,
     /// Output image file.
     #[arg(short, long, value_name = "FILE")]
@@ -177,7 +180,17 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
         crate::source::dir::read_dir_into(&args.from, &mut tree, &opts)?;
         None
     } else {
-        let a = crate::source::tar::read_archive_file(&args.from, &output_dir, &mut tree)?;
+        // The base dispatcher: a tarball, a bare ext4 image or a disk image (its root), by content.
+        let base = raw::open_base(
+            &args.from,
+            raw::Decompress::Scratch,
+            &output_dir,
+            None,
+            None,
+        )
+        .with_context(|| format!("--from {}", args.from.display()))?;
+        let (root, _boot, a) = base.into_trees();
+        tree = root;
         if let Some((uid, gid)) = args.owner {
             for (_, e) in tree.iter_mut() {
                 e.uid = uid;
@@ -224,6 +237,11 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
             (size, format!("ext4, UUID {uuid}"))
         }
         FsType::Fat => {
+            if ctx.verbosity >= 0 {
+                for w in fat::unrepresentable(&tree) {
+                    eprintln!("warning: {w}");
+                }
+            }
             let volume_id = match &args.uuid {
                 Some(u) => parse_volume_id(u)?,
                 None => ids.volume_id,

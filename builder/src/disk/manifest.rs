@@ -2,7 +2,8 @@
 //!
 //! The resolved profile (which only ever holds *references* to secrets, never their values),
 //! every input with its URL and SHA-256, every partition with offsets, type and GUIDs, and every
-//! file of every filesystem with size, mode, owner and SHA-256. No host path, clock or user.
+//! file of every filesystem with size, mode, owner, SHA-256, link count (files with several
+//! names) and xattr names. No host path, clock or user.
 
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +46,12 @@ pub struct ManifestFile {
     pub sha256: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub target: Option<String>,
+    /// Regular files with several names: the link count.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub links: Option<u32>,
+    /// Names of the extended attributes (`security.capability`), sorted.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub xattrs: Vec<String>,
 }
 
 impl From<&FileRecord> for ManifestFile {
@@ -58,6 +65,8 @@ impl From<&FileRecord> for ManifestFile {
             size: r.size,
             sha256: r.sha256.clone(),
             target: r.target.clone(),
+            links: r.links,
+            xattrs: r.xattrs.clone(),
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::disk::image::FsReport;
 use crate::disk::layout::{PartType, SECTOR, TableKind};
 use crate::disk::manifest::Manifest;
 use crate::disk::mbr::{MbrError, MbrTable};
+use crate::fs::probe::{self as fs_probe, FsKind};
 use crate::progress::Progress;
 
 #[derive(Debug, thiserror::Error)]
@@ -134,58 +135,22 @@ pub fn probe<R: Read + Seek>(r: &mut R, size: u64) -> Result<ProbedImage, ProbeE
     Ok(img)
 }
 
-fn trimmed(b: &[u8]) -> Option<String> {
-    let s = String::from_utf8_lossy(b)
-        .trim_end_matches(['\0', ' '])
-        .to_string();
-    (!s.is_empty() && s != "NO NAME").then_some(s)
-}
-
-/// Identifies ext4 (superblock magic) and FAT (boot sector) at `offset`.
+/// The filesystem at `offset`, by the one prober ([`crate::fs::probe`]), in the report's terms.
 fn probe_fs<R: Read + Seek>(r: &mut R, offset: u64, size: u64) -> io::Result<Option<FsReport>> {
-    if size < 2048 {
-        return Ok(None);
-    }
-    let mut b = [0u8; 2048];
-    read_at(r, offset, &mut b)?;
-    let sb = &b[1024..];
-    if sb[0x38..0x3A] == [0x53, 0xEF] {
-        let uuid = crate::ids::Guid(sb[0x68..0x78].try_into().expect("16 bytes"));
-        return Ok(Some(FsReport {
-            kind: "ext4".into(),
-            detail: None,
-            label: trimmed(&sb[0x78..0x88]),
-            uuid: Some(uuid.to_string()),
-        }));
-    }
-    let bps = u16::from_le_bytes([b[11], b[12]]);
-    if b[510..512] == [0x55, 0xAA] && matches!(bps, 512 | 1024 | 2048 | 4096) && b[16] != 0 {
-        let fat16_size = u16::from_le_bytes([b[22], b[23]]);
-        let (detail, id_at, label_at) = if fat16_size == 0 && &b[82..87] == b"FAT32" {
-            ("FAT32".to_string(), 67, 71)
-        } else {
-            let total = match u16::from_le_bytes([b[19], b[20]]) {
-                0 => u64::from(u32::from_le_bytes([b[32], b[33], b[34], b[35]])),
-                n => u64::from(n),
-            };
-            let spc = u64::from(b[13].max(1));
-            let reserved = u64::from(u16::from_le_bytes([b[14], b[15]]));
-            let root_sectors =
-                (u64::from(u16::from_le_bytes([b[17], b[18]])) * 32).div_ceil(u64::from(bps));
-            let data = total
-                .saturating_sub(reserved + u64::from(b[16]) * u64::from(fat16_size) + root_sectors);
-            let kind = if data / spc < 4085 { "FAT12" } else { "FAT16" };
-            (kind.to_string(), 39, 43)
-        };
-        let id = u32::from_le_bytes(b[id_at..id_at + 4].try_into().expect("4 bytes"));
-        return Ok(Some(FsReport {
-            kind: "vfat".into(),
-            detail: Some(detail),
-            label: trimmed(&b[label_at..label_at + 11]),
-            uuid: Some(format!("{:04X}-{:04X}", id >> 16, id & 0xFFFF)),
-        }));
-    }
-    Ok(None)
+    let mut head = vec![0u8; size.min(2048) as usize];
+    read_at(r, offset, &mut head)?;
+    let found = fs_probe::probe(&head[..], 0, head.len() as u64)?;
+    let kind = match found.kind {
+        FsKind::Ext4 => "ext4",
+        FsKind::Fat => "vfat",
+        FsKind::Unknown => return Ok(None),
+    };
+    Ok(Some(FsReport {
+        kind: kind.into(),
+        detail: found.detail,
+        label: found.label,
+        uuid: found.uuid,
+    }))
 }
 
 /// One way an image no longer matches its manifest.

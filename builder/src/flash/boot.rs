@@ -11,7 +11,7 @@ use crate::blockio::region::Sink;
 use crate::fs::fat::{self, FatParams};
 use crate::node::seed::Seed;
 use crate::progress::Progress;
-use crate::source::raw::{self, FsKind, PartTypeId, Partition};
+use crate::source::raw;
 use crate::tree::Tree;
 
 #[derive(Debug, thiserror::Error)]
@@ -69,16 +69,13 @@ impl NodeBoot {
         f.seek(SeekFrom::Start(offset)).map_err(read)?;
         f.read_exact(&mut sector).map_err(read)?;
         let (volume_id, label) = identity(&sector, number)?;
-        let part = Partition {
-            number,
-            offset,
-            size,
-            type_id: PartTypeId::Mbr(0x0c),
-            name: String::new(),
-            fs: FsKind::Fat,
-            label: label.clone(),
+        let part = crate::blockio::Slice {
+            inner: std::sync::Arc::new(f),
+            base: offset,
+            len: size,
         };
-        let mut tree = raw::read_fat(image, &part).map_err(|e| BootError::Read(e.to_string()))?;
+        let mut tree = raw::read_fat(part, &image.display().to_string(), number)
+            .map_err(|e| BootError::Read(e.to_string()))?;
         // Every timestamp our FAT writer puts down is the epoch (to FAT's 2 s).
         let epoch = epoch.unwrap_or_else(|| tree.iter().map(|(_, e)| e.mtime).max().unwrap_or(0));
         seed.add_to(&mut tree, epoch)

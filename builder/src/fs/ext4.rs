@@ -22,6 +22,7 @@ use mkext4::{
 use sha2::{Digest, Sha256};
 
 use super::FileRecord;
+use super::ext4_read::xattr::{ACL_ACCESS, ACL_DEFAULT, acl_to_disk};
 use crate::blockio::region::Sink;
 use crate::progress::Progress;
 use crate::tree::{Content, Entry, Kind, Source, Tree, TreePath};
@@ -164,6 +165,7 @@ fn declare(
     let mut dirs: HashMap<&TreePath, InodeHandle> = HashMap::new();
     let mut files: HashMap<&TreePath, InodeHandle> = HashMap::new();
     let mut records = Vec::with_capacity(tree.len());
+    let links = super::link_counts(tree);
     let mut fills = Vec::new();
     let epoch = params.epoch;
     for (path, e) in tree.iter() {
@@ -175,16 +177,7 @@ fn declare(
             why,
         };
         let mk = |r: mkext4::Error| err(r.to_string());
-        let mut record = FileRecord {
-            path: path.display(),
-            kind: e.kind.name(),
-            mode: format!("{:04o}", e.mode & 0o7777),
-            uid: e.uid,
-            gid: e.gid,
-            size: None,
-            sha256: None,
-            target: None,
-        };
+        let mut record = FileRecord::of(path, e);
         let Some(parent) = path.parent() else {
             b.set_meta(mkext4::ROOT, meta(e, epoch)).map_err(mk)?;
             set_xattrs(&mut b, mkext4::ROOT, path, e)?;
@@ -212,10 +205,13 @@ fn declare(
                 return Err(err("hard link to a non-file".into()));
             };
             if let Kind::Hardlink(_) = e.kind {
-                record.mode = format!("{:04o}", inode_entry.mode & 0o7777);
-                record.uid = inode_entry.uid;
-                record.gid = inode_entry.gid;
+                record = FileRecord {
+                    kind: record.kind,
+                    target: record.target,
+                    ..FileRecord::of(path, inode_entry)
+                };
             }
+            record.links = links.get(group).copied();
             if let Some(&h) = files.get(group) {
                 b.hardlink(dir, name, h).map_err(mk)?;
             } else {
@@ -294,6 +290,18 @@ fn set_xattrs(
 ) -> Result<(), Ext4Error> {
     for (k, v) in &e.xattrs {
         let name = utf8(path, k, "an xattr name")?;
+        // The tree holds ACLs as the xattr calls see them; ext4 stores a compact form (the
+        // kernel converts on every call; mkext4 stores bytes as given).
+        let disk;
+        let v = if k == ACL_ACCESS || k == ACL_DEFAULT {
+            disk = acl_to_disk(v).ok_or_else(|| Ext4Error::Entry {
+                path: path.display(),
+                why: format!("{name} is not a valid POSIX ACL (xattr form, version 2)"),
+            })?;
+            &disk
+        } else {
+            v
+        };
         b.set_xattr(h, name, v).map_err(|r| Ext4Error::Entry {
             path: path.display(),
             why: format!("xattr {name}: {r}"),
@@ -516,22 +524,24 @@ fn data_spans(segs: &[SparseSeg]) -> Vec<(u64, u64)> {
     out
 }
 
-/// Below this a file is not worth probing for holes.
-const PROBE_MIN: u64 = 16 * 1024;
-
-/// Sparse segments of a host-file source, from the host's own map of data and holes
-/// (`SEEK_DATA`/`SEEK_HOLE`), widened to whole 4 KiB blocks. `None` when the content has no
-/// holes or the source cannot tell.
-fn sparse_segments(content: &Content) -> Option<Vec<SparseSeg>> {
-    let Source::HostFile { path, offset } = &content.source else {
-        return None;
-    };
-    if content.len < PROBE_MIN {
-        return None;
-    }
-    let f = std::fs::File::open(path).ok()?;
-    let (base, len) = (*offset, content.len);
+/// Data ranges widened to whole blocks and merged.
+fn block_spans(ranges: Vec<(u64, u64)>, len: u64) -> Vec<(u64, u64)> {
     let mut spans: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in ranges {
+        let (s, e) = ((s / BLOCK) * BLOCK, e.next_multiple_of(BLOCK).min(len));
+        match spans.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ if s < e => spans.push((s, e)),
+            _ => {}
+        }
+    }
+    spans
+}
+
+/// The host's own map of data and holes in `len` bytes of `path` from `base`.
+fn host_spans(path: &std::path::Path, base: u64, len: u64) -> Option<Vec<(u64, u64)>> {
+    let f = std::fs::File::open(path).ok()?;
+    let mut ranges = Vec::new();
     let mut at = base;
     while at < base + len {
         let start = match rustix::fs::seek(&f, rustix::fs::SeekFrom::Data(at)) {
@@ -543,14 +553,28 @@ fn sparse_segments(content: &Content) -> Option<Vec<SparseSeg>> {
             break;
         }
         let end = rustix::fs::seek(&f, rustix::fs::SeekFrom::Hole(start)).ok()?;
-        let (s, e) = (start - base, end.min(base + len) - base);
-        let (s, e) = ((s / BLOCK) * BLOCK, e.next_multiple_of(BLOCK).min(len));
-        match spans.last_mut() {
-            Some(last) if s <= last.1 => last.1 = last.1.max(e),
-            _ => spans.push((s, e)),
-        }
+        ranges.push((start - base, end.min(base + len) - base));
         at = end;
     }
+    Some(block_spans(ranges, len))
+}
+
+/// Below this a file is not worth probing for holes.
+const PROBE_MIN: u64 = 16 * 1024;
+
+/// Sparse segments of a host-file source, from the host's own map of data and holes
+/// (`SEEK_DATA`/`SEEK_HOLE`), widened to whole 4 KiB blocks. `None` when the content has no
+/// holes or the source cannot tell.
+fn sparse_segments(content: &Content) -> Option<Vec<SparseSeg>> {
+    if content.len < PROBE_MIN {
+        return None;
+    }
+    let spans = match &content.source {
+        Source::HostFile { path, offset } => host_spans(path, *offset, content.len)?,
+        Source::Reader(r) => block_spans(r.data_ranges()?, content.len),
+        Source::Bytes(_) => return None,
+    };
+    let len = content.len;
     if spans == [(0, len)] {
         return None;
     }
@@ -628,6 +652,60 @@ mod tests {
         write(&t, 16 * MIB, &other, &mut c, &Progress::quiet()).unwrap();
         c.buf.resize(16 * MIB as usize, 0);
         assert_ne!(a.buf, c.buf);
+    }
+
+    #[test]
+    fn records_carry_link_counts_and_xattr_names_and_acls_reach_disk_form() {
+        let mut t = sample();
+        let acl = {
+            let mut x = 2u32.to_le_bytes().to_vec();
+            for (tag, perm, id) in [
+                (1u16, 7u16, u32::MAX),
+                (4, 5, u32::MAX),
+                (0x20, 0, u32::MAX),
+            ] {
+                x.extend_from_slice(&tag.to_le_bytes());
+                x.extend_from_slice(&perm.to_le_bytes());
+                x.extend_from_slice(&id.to_le_bytes());
+            }
+            x
+        };
+        let host = t.get_mut(&p("etc/hostname")).unwrap();
+        host.xattrs.insert(b"user.b".to_vec(), b"1".to_vec());
+        host.xattrs.insert(ACL_ACCESS.to_vec(), acl.clone());
+        let mut sink = VecSink::default();
+        let recs = write(&t, 16 * MIB, &params(), &mut sink, &Progress::quiet()).unwrap();
+        for name in ["/etc/hostname", "/etc/alias"] {
+            let r = recs.iter().find(|r| r.path == name).unwrap();
+            assert_eq!(r.links, Some(2), "{name}");
+            assert_eq!(r.xattrs, ["system.posix_acl_access", "user.b"], "{name}");
+        }
+        assert_eq!(recs.iter().find(|r| r.path == "/sh").unwrap().links, None);
+        // Read back through our reader: the ACL comes back in xattr form (stored in disk form).
+        sink.buf.resize(16 * MIB as usize, 0);
+        let fs = std::sync::Arc::new(
+            crate::fs::ext4_read::Ext4::open(sink.buf.clone(), 16 * MIB).unwrap(),
+        );
+        let (tree, stats) = crate::fs::ext4_read::read_tree(&fs).unwrap();
+        assert_eq!(
+            tree.get(&p("etc/hostname")).unwrap().xattrs[ACL_ACCESS],
+            acl
+        );
+        assert!(
+            matches!(&tree.get(&p("etc/hostname")).unwrap().kind, Kind::Hardlink(t) if *t == p("etc/alias"))
+        );
+        assert_eq!(stats.hardlink_groups, 1);
+        let bad = t.get_mut(&p("etc/hostname")).unwrap();
+        bad.xattrs.insert(ACL_DEFAULT.to_vec(), b"junk".to_vec());
+        let err = write(
+            &t,
+            16 * MIB,
+            &params(),
+            &mut VecSink::default(),
+            &Progress::quiet(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("not a valid POSIX ACL"), "{err}");
     }
 
     #[test]

@@ -408,6 +408,32 @@ fn lfn_checksum(short: &[u8; 11]) -> u8 {
         .fold(0u8, |sum, &c| sum.rotate_right(1).wrapping_add(c))
 }
 
+/// What the tree holds that FAT cannot: extended attributes (dropped) and hard links (written
+/// as independent copies). One line per entry, for warnings; empty when nothing is lost.
+/// (Owners and modes are not listed: FAT has none, and every FAT tree is written as root's.)
+pub fn unrepresentable(tree: &Tree) -> Vec<String> {
+    let mut out = Vec::new();
+    for (path, e) in tree.iter() {
+        if let Kind::Hardlink(t) = &e.kind {
+            out.push(format!(
+                "{path}: a hard link to {t}, which FAT cannot hold; it is written as a copy"
+            ));
+        }
+        if !e.xattrs.is_empty() {
+            let names: Vec<String> = e
+                .xattrs
+                .keys()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .collect();
+            out.push(format!(
+                "{path}: FAT cannot hold extended attributes; dropped: {}",
+                names.join(", ")
+            ));
+        }
+    }
+    out
+}
+
 /// FAT date and time fields for `epoch` (UTC), clamped to 1980-01-01 … 2107-12-31.
 fn dos_time(epoch: i64) -> (u16, u16) {
     const MIN: i64 = 315_532_800; // 1980-01-01T00:00:00Z
@@ -415,16 +441,7 @@ fn dos_time(epoch: i64) -> (u16, u16) {
     let t = epoch.clamp(MIN, MAX);
     let days = t.div_euclid(86_400);
     let secs = t.rem_euclid(86_400);
-    // Days since 1970-01-01 to a civil date (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = crate::civil::civil_from_days(days);
     let date = (((year - 1980) << 9) | (month << 5) | day) as u16;
     let time = (((secs / 3600) << 11) | ((secs % 3600 / 60) << 5) | ((secs % 60) / 2)) as u16;
     (date, time)
@@ -660,6 +677,8 @@ pub fn write<S: Sink + ?Sized>(
                 size,
                 sha256,
                 target: None,
+                links: None,
+                xattrs: Vec::new(),
             }
         })
         .collect())
@@ -776,6 +795,27 @@ mod tests {
             "{e}"
         );
         assert!(label_bytes("TOO LONG LABEL").is_err());
+    }
+
+    #[test]
+    fn says_what_fat_cannot_hold() {
+        let mut t = Tree::new();
+        t.insert(p("a"), Entry::file(0o644, Content::bytes("x")))
+            .unwrap();
+        assert!(unrepresentable(&t).is_empty());
+        t.insert(p("b"), Entry::new(Kind::Hardlink(p("a")), 0))
+            .unwrap();
+        t.get_mut(&p("a"))
+            .unwrap()
+            .xattrs
+            .insert(b"security.capability".to_vec(), vec![1]);
+        let w = unrepresentable(&t);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains("/a") && w[0].contains("security.capability"),
+            "{w:?}"
+        );
+        assert!(w[1].contains("/b: a hard link to /a"), "{w:?}");
     }
 
     #[test]

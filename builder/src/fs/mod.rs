@@ -1,9 +1,12 @@
-//! Filesystem writers: a [`crate::tree::Tree`] in, a filesystem image out (through a
-//! [`crate::blockio::region::Sink`]).
+//! Filesystems: writers (a [`crate::tree::Tree`] in, an image out through a
+//! [`crate::blockio::region::Sink`]: ext4, FAT, cpio, squashfs), the ext4 reader for bases
+//! ([`ext4_read`]) and the one prober that tells filesystems apart ([`probe`]).
 
 pub mod cpio;
 pub mod ext4;
+pub mod ext4_read;
 pub mod fat;
+pub mod probe;
 pub mod squashfs;
 
 use serde::Serialize;
@@ -28,6 +31,48 @@ pub struct FileRecord {
     /// Symlinks: the target; hard links: the path linked to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// Regular files with several names: the inode's link count (every name records it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub links: Option<u32>,
+    /// Names of the entry's extended attributes (values are not listed), sorted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub xattrs: Vec<String>,
+}
+
+impl FileRecord {
+    /// The record of `e` at `path`, without content details.
+    pub fn of(path: &crate::tree::TreePath, e: &crate::tree::Entry) -> Self {
+        FileRecord {
+            path: path.display(),
+            kind: e.kind.name(),
+            mode: format!("{:04o}", e.mode & 0o7777),
+            uid: e.uid,
+            gid: e.gid,
+            size: None,
+            sha256: None,
+            target: None,
+            links: None,
+            xattrs: e
+                .xattrs
+                .keys()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .collect(),
+        }
+    }
+}
+
+/// Names per regular file (the file itself and every hard link to it), for files with more
+/// than one.
+pub(crate) fn link_counts(
+    tree: &crate::tree::Tree,
+) -> std::collections::HashMap<&crate::tree::TreePath, u32> {
+    let mut n = std::collections::HashMap::new();
+    for (_, e) in tree.iter() {
+        if let crate::tree::Kind::Hardlink(t) = &e.kind {
+            *n.entry(t).or_insert(1) += 1;
+        }
+    }
+    n
 }
 
 const MIB: u64 = 1 << 20;

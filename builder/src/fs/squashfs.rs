@@ -112,6 +112,7 @@ pub fn write_tar<W: Write>(tree: &Tree, out: W) -> Result<Vec<FileRecord>, Squas
     let mut first_name: HashMap<&TreePath, &TreePath> = HashMap::new();
     let mut hashes: HashMap<&TreePath, String> = HashMap::new();
     let mut records = Vec::with_capacity(tree.len());
+    let links = super::link_counts(tree);
     for (path, e) in tree.iter() {
         if is_lost_found(path) {
             continue;
@@ -121,7 +122,9 @@ pub fn write_tar<W: Write>(tree: &Tree, out: W) -> Result<Vec<FileRecord>, Squas
             Kind::File(_) => (e, Some(path)),
             _ => (e, None),
         };
-        records.push(record(path, e, meta));
+        let mut rec = record(path, e, meta);
+        rec.links = group.and_then(|g| links.get(g).copied());
+        records.push(rec);
         if path.is_root() {
             continue;
         }
@@ -177,15 +180,12 @@ fn record(path: &TreePath, e: &Entry, meta: &Entry) -> FileRecord {
         Kind::Symlink(t) => (None, Some(String::from_utf8_lossy(t).into_owned())),
         _ => (None, None),
     };
+    // Like the ext4 writer: a hard link's record shows its inode's metadata and xattr names.
     FileRecord {
-        path: path.display(),
         kind: e.kind.name(),
-        mode: format!("{:04o}", meta.mode & 0o7777),
-        uid: meta.uid,
-        gid: meta.gid,
         size,
-        sha256: None,
         target,
+        ..FileRecord::of(path, meta)
     }
 }
 

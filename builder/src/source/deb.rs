@@ -14,8 +14,8 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use super::raw::Part;
 use super::tar::{self, TarError, TarFile, TarStats};
+use crate::blockio::SliceCursor;
 use crate::tree::{Source, Tree};
 
 #[derive(Debug, thiserror::Error)]
@@ -124,7 +124,7 @@ pub fn read_deb(deb: &Path, scratch_dir: &Path, tree: &mut Tree) -> Result<DebFi
         .find(|m| m.name.starts_with("data.tar"))
         .ok_or_else(|| fmt("no data.tar member".into()))?;
     if data.name == "data.tar" {
-        let part = Part::open(deb, data.offset, data.size).map_err(io)?;
+        let part = SliceCursor::new(File::open(deb).map_err(io)?, data.offset, data.size);
         let owned = deb.to_path_buf();
         let base = data.offset;
         let stats = tar::read_into_seekable(
@@ -148,7 +148,7 @@ pub fn read_deb(deb: &Path, scratch_dir: &Path, tree: &mut Tree) -> Result<DebFi
         .prefix(".imgbuild-deb.")
         .tempfile_in(scratch_dir)
         .map_err(io)?;
-    let mut part = Part::open(deb, data.offset, data.size).map_err(io)?;
+    let mut part = SliceCursor::new(File::open(deb).map_err(io)?, data.offset, data.size);
     io::copy(&mut part, member.as_file_mut()).map_err(io)?;
     let tar = tar::read_archive_file(member.path(), scratch_dir, tree).map_err(|e| match e {
         TarError::Member {

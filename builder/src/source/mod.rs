@@ -6,3 +6,4 @@ pub mod dir;
 pub mod overlay;
 pub mod raw;
 pub mod tar;
+mod tar_sparse;

@@ -1,7 +1,8 @@
 //! Tar archives → tree entries, without unpacking anything.
 //!
 //! [`read_into`] walks an *uncompressed* tar stream (v7, ustar, GNU with long names, PAX with long
-//! names, large ids/sizes, `mtime` and `SCHILY.xattr.*`) and adds one [`Entry`] per member to a
+//! names, large ids/sizes, `mtime`, `SCHILY.xattr.*`, `SCHILY.acl.*` and PAX sparse 1.0 files,
+//! whose holes stay holes) and adds one [`Entry`] per member to a
 //! [`Tree`]. File contents are not copied: for each regular file the caller's closure turns the
 //! member's data offset into a [`Source`] (usually `Source::HostFile` into the uncompressed tar).
 //! Ownership, modes, device numbers and xattrs come from the headers, so a non-root user gets a
@@ -22,6 +23,7 @@ use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use crate::fs::ext4_read::xattr::{ACL_ACCESS, ACL_DEFAULT, acl_from_text, mode_with_acl};
 use crate::tree::{Content, Entry, Kind, Source, Tree, TreeError, TreePath};
 
 /// What went wrong reading an archive. Every variant names the member or file involved.
@@ -130,7 +132,10 @@ fn read_entries<R: Read>(
                 "claims {size} bytes of data but the archive ends at byte {len} (truncated or corrupt)"
             )));
         }
-        let path = TreePath::new(&raw_path).map_err(|e| fail(path_problem(&e)))?;
+        let pax = read_pax(&mut entry).map_err(&fail)?;
+        // PAX sparse 1.0 (bsdtar's default for sparse files) stores the real name apart.
+        let name = pax.sparse.as_ref().map_or(&raw_path, |s| &s.name);
+        let path = TreePath::new(name).map_err(|e| fail(path_problem(&e)))?;
         let header = entry.header();
         let num = |v: io::Result<u64>, what: &str| -> Result<u32, TarError> {
             let v = v.map_err(|e| fail(format!("unreadable {what}: {e}")))?;
@@ -152,10 +157,16 @@ fn read_entries<R: Read>(
             tar::EntryType::Directory => Kind::Dir,
             // v7 archives mark directories only by a trailing slash.
             tar::EntryType::Regular if raw_path.ends_with(b"/") => Kind::Dir,
-            tar::EntryType::Regular | tar::EntryType::Continuous => Kind::File(Content {
-                len: size,
-                source: source(data_at),
-            }),
+            tar::EntryType::Regular | tar::EntryType::Continuous => match &pax.sparse {
+                Some(sp) => Kind::File(
+                    super::tar_sparse::content(&mut entry, sp, size, source(data_at))
+                        .map_err(&fail)?,
+                ),
+                None => Kind::File(Content {
+                    len: size,
+                    source: source(data_at),
+                }),
+            },
             tar::EntryType::Symlink => match link {
                 Some(t) if !t.is_empty() => Kind::Symlink(t),
                 _ => return Err(fail("symbolic link without a target".into())),
@@ -208,32 +219,28 @@ fn read_entries<R: Read>(
                 )));
             }
         };
-        let mut xattrs = std::collections::BTreeMap::new();
-        if let Some(pax) = entry
-            .pax_extensions()
-            .map_err(|e| fail(format!("unreadable PAX header: {e}")))?
-        {
-            for ext in pax {
-                let ext = ext.map_err(|e| fail(format!("malformed PAX record: {e}")))?;
-                let key = ext.key_bytes();
-                if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                    xattrs.insert(name.to_vec(), ext.value_bytes().to_vec());
-                } else if key == b"mtime" {
-                    mtime = parse_pax_time(ext.value_bytes())
-                        .ok_or_else(|| fail("malformed PAX mtime".into()))?;
-                } else if key == b"uid" || key == b"gid" {
-                    let v = std::str::from_utf8(ext.value_bytes())
-                        .ok()
-                        .and_then(|s| s.parse::<u32>().ok())
-                        .ok_or_else(|| fail("PAX uid/gid is not a 32-bit number".into()))?;
-                    if key == b"uid" {
-                        uid = v;
-                    } else {
-                        gid = v;
-                    }
-                }
+        if let Some(t) = pax.mtime {
+            mtime = t;
+        }
+        uid = pax.uid.unwrap_or(uid);
+        gid = pax.gid.unwrap_or(gid);
+        let mut xattrs = pax.xattrs;
+        for (name, text) in [
+            (ACL_ACCESS, &pax.acl_access),
+            (ACL_DEFAULT, &pax.acl_default),
+        ] {
+            // GNU tar --xattrs stores ACLs as xattrs too; that form wins. bsdtar stores text only.
+            if let Some(text) = text
+                && !xattrs.contains_key(name)
+            {
+                xattrs.insert(name.to_vec(), acl_from_text(text).map_err(&fail)?);
             }
         }
+        // Extracting sets the ACL after the mode, and setting an access ACL sets the group bits.
+        let mode = match xattrs.get(ACL_ACCESS) {
+            Some(acl) => mode_with_acl(mode, acl),
+            None => mode,
+        };
         if let Kind::File(c) = &kind {
             stats.file_bytes += c.len;
         }
@@ -257,6 +264,56 @@ fn read_entries<R: Read>(
         stats.entries += 1;
     }
     Ok(stats)
+}
+
+/// What a member's PAX header says besides the path.
+#[derive(Default)]
+struct Pax {
+    xattrs: std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+    mtime: Option<i64>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    acl_access: Option<Vec<u8>>,
+    acl_default: Option<Vec<u8>>,
+    sparse: Option<super::tar_sparse::SparseHeader>,
+}
+
+fn read_pax<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Pax, String> {
+    let mut out = Pax::default();
+    let mut sparse = super::tar_sparse::Keys::default();
+    let Some(pax) = entry
+        .pax_extensions()
+        .map_err(|e| format!("unreadable PAX header: {e}"))?
+    else {
+        return Ok(out);
+    };
+    for ext in pax {
+        let ext = ext.map_err(|e| format!("malformed PAX record: {e}"))?;
+        let (key, value) = (ext.key_bytes(), ext.value_bytes());
+        if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+            out.xattrs.insert(name.to_vec(), value.to_vec());
+        } else if key == b"SCHILY.acl.access" {
+            out.acl_access = Some(value.to_vec());
+        } else if key == b"SCHILY.acl.default" {
+            out.acl_default = Some(value.to_vec());
+        } else if key.starts_with(b"GNU.sparse.") {
+            sparse.set(key, value)?;
+        } else if key == b"mtime" {
+            out.mtime = Some(parse_pax_time(value).ok_or("malformed PAX mtime")?);
+        } else if key == b"uid" || key == b"gid" {
+            let v = std::str::from_utf8(value)
+                .ok()
+                .and_then(|s| s.parse::<u32>().ok())
+                .ok_or("PAX uid/gid is not a 32-bit number")?;
+            *(if key == b"uid" {
+                &mut out.uid
+            } else {
+                &mut out.gid
+            }) = Some(v);
+        }
+    }
+    out.sparse = sparse.header()?;
+    Ok(out)
 }
 
 fn path_problem(e: &TreeError) -> String {
