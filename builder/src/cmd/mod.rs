@@ -100,24 +100,7 @@ pub fn env_var(k: &str) -> Option<String> {
     std::env::var(k).ok()
 }
 
-/// A capability that a later release will provide. Exits 2 like any other refusal, so scripts
-/// never mistake it for success.
-#[derive(Debug, thiserror::Error)]
-#[error("`imgbuild {command}` is not implemented yet: {missing}")]
-pub struct NotImplemented {
-    pub command: &'static str,
-    pub missing: &'static str,
-}
-
 /// A check that ran and found a difference (exit status 1, unlike errors, which exit 2).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct CheckFailed(pub String);
-
-/// Accepts any arguments of a command that is not implemented yet, so the user sees the
-/// "not implemented" message rather than a usage error.
-#[derive(clap::Args, Debug, Clone, Default)]
-pub struct Unparsed {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    pub args: Vec<String>,
-}
