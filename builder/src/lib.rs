@@ -2,7 +2,10 @@
 //!
 //! The pipeline is a chain of functions from data to data (see the README's design notes):
 //! profile → plan → fetched inputs → [`tree::Tree`] → filesystems → disk image → outputs.
-//! Only the outermost layer ([`cmd`], [`fetch`], [`output`]) touches paths, sockets or the clock.
+//! Paths, devices, sockets and the clock are touched only by the outer layer: [`cmd`], [`fetch`],
+//! [`output`], [`blockdev`], and the functions that open inputs by path ([`build::open_inputs`],
+//! the readers' entry points in [`source`], [`node::inputs`]). Formats and protocols (`fs`,
+//! `disk`'s tables, `flash`, `blockio`) work on readers, writers and sinks.
 
 #[cfg(target_os = "linux")]
 pub mod blockdev;

@@ -567,10 +567,7 @@ impl Tree {
         &'a self,
         dir: &'a TreePath,
     ) -> impl Iterator<Item = (&'a TreePath, &'a Entry)> + 'a {
-        self.entries
-            .range(dir.clone()..)
-            .skip(1)
-            .take_while(move |(p, _)| p.starts_with(dir))
+        self.descendants(dir)
             .filter(move |(p, _)| p.parent().as_ref() == Some(dir))
     }
 

@@ -414,26 +414,15 @@ mod tests {
         assert!(!stdout.contains("uid="), "{stdout}");
         assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
         // YAML: quoted when it must be, plain when it can be.
-        assert_eq!(
-            render("user-data.j2", "a: {{ v }}\n", "pi-1").unwrap(),
-            "a: pi-1\n"
-        );
-        assert_eq!(
-            render("user-data.j2", "a: {{ v }}\n", "yes").unwrap(),
-            "a: \"yes\"\n"
-        );
-        assert_eq!(
-            render("user-data.j2", "# {{ v }}\n", "First seed").unwrap(),
-            "# First seed\n"
-        );
-        assert_eq!(
-            render("user-data.j2", "a: {{ v }}\n", "a #b").unwrap(),
-            "a: \"a #b\"\n"
-        );
-        assert_eq!(
-            render("meta-data.j2", "a: {{ v }}\n", "x: y").unwrap(),
-            "a: \"x: y\"\n"
-        );
+        for (name, src, v, want) in [
+            ("user-data.j2", "a: {{ v }}\n", "pi-1", "a: pi-1\n"),
+            ("user-data.j2", "a: {{ v }}\n", "yes", "a: \"yes\"\n"),
+            ("user-data.j2", "# {{ v }}\n", "First seed", "# First seed\n"),
+            ("user-data.j2", "a: {{ v }}\n", "a #b", "a: \"a #b\"\n"),
+            ("meta-data.j2", "a: {{ v }}\n", "x: y", "a: \"x: y\"\n"),
+        ] {
+            assert_eq!(render(name, src, v).unwrap(), want, "{v:?}");
+        }
         // Every language: no control characters.
         for name in ["t.sh.j2", "user-data.j2", "k3s.service.j2", "fstab.j2"] {
             let err = render(name, "X={{ v }}\n", "a\nExecStartPre=/bin/evil").unwrap_err();
