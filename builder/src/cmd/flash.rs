@@ -116,7 +116,15 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
     }
     confirm(&target, args)?;
     let mut dev = target::open(&target)?;
-    flash(&img, &plan, &target, &mut dev, node.as_ref(), args, ctx)
+    let job = Job {
+        img: &img,
+        plan: &plan,
+        t: &target,
+        node: node.as_ref(),
+        args,
+        ctx,
+    };
+    flash(&job, &mut dev)
 }
 
 /// SOURCE as a path (`.img`, `.img.xz`) or as a profile whose image is built.
@@ -368,18 +376,28 @@ fn confirm(t: &Target, args: &Args) -> Result<()> {
     Ok(())
 }
 
-fn flash(
-    img: &Image,
-    plan: &Plan,
-    t: &Target,
-    dev: &mut File,
-    node: Option<&NodePrep>,
-    args: &Args,
-    ctx: &Context,
-) -> Result<()> {
+/// One flash: what is written, where, and how.
+struct Job<'a> {
+    img: &'a Image,
+    plan: &'a Plan,
+    t: &'a Target,
+    node: Option<&'a NodePrep>,
+    args: &'a Args,
+    ctx: &'a Context,
+}
+
+fn flash(job: &Job<'_>, dev: &mut File) -> Result<()> {
+    let Job {
+        img,
+        plan,
+        t,
+        node,
+        ctx,
+        ..
+    } = *job;
     let started = Instant::now();
     write::wipe_table(plan, dev).map_err(|e| fail(e, plan, t, dev))?;
-    let result = write_all(img, plan, t, dev, node, args, ctx);
+    let result = write_all(job, dev);
     let report = result.map_err(|e| fail(e, plan, t, dev))?;
     let note = target::reread(t, dev);
     if ctx.verbosity >= 0 {
@@ -429,15 +447,15 @@ impl Report {
     }
 }
 
-fn write_all(
-    img: &Image,
-    plan: &Plan,
-    t: &Target,
-    dev: &mut File,
-    node: Option<&NodePrep>,
-    args: &Args,
-    ctx: &Context,
-) -> Result<Report, FlashError> {
+fn write_all(job: &Job<'_>, dev: &mut File) -> Result<Report, FlashError> {
+    let Job {
+        img,
+        plan,
+        t,
+        node,
+        args,
+        ctx,
+    } = *job;
     let t0 = Instant::now();
     let mut boot_fn = |s: &mut dyn crate::blockio::region::Sink| match node {
         Some(n) => n.boot.write(s),

@@ -169,7 +169,17 @@ struct Writer<'a, T: Target> {
     step: crate::progress::Step,
 }
 
-impl<T: Target> Writer<'_, T> {
+impl<'a, T: Target> Writer<'a, T> {
+    fn new(dev: &'a mut T, step: crate::progress::Step) -> Self {
+        Writer {
+            dev,
+            checks: Vec::new(),
+            written: 0,
+            unsynced: 0,
+            step,
+        }
+    }
+
     fn put(&mut self, at: u64, data: &[u8], record: Record) -> Result<(), FlashError> {
         let what = || format!("writing {} bytes at offset {at} of the target", data.len());
         self.dev.seek(SeekFrom::Start(at)).map_err(io_err(what()))?;
@@ -252,13 +262,7 @@ pub struct Written {
 /// Zeroes the first MiB and the end of the target and syncs: from here on the target has no
 /// partition table until [`finish`] writes it.
 pub fn wipe_table<T: Target>(plan: &Plan, dev: &mut T) -> Result<(), FlashError> {
-    let mut w = Writer {
-        dev,
-        checks: Vec::new(),
-        written: 0,
-        unsynced: 0,
-        step: Progress::quiet().step("wipe", 0),
-    };
+    let mut w = Writer::new(dev, Progress::quiet().step("wipe", 0));
     w.zeros(0, HEAD.min(plan.target_size))?;
     if let Some((s, e)) = plan.tail_wipe {
         w.zeros(s, e)?;
@@ -275,13 +279,7 @@ pub fn write<F: Forward, T: Target>(
     mut boot: Option<&mut BootFn<'_>>,
     progress: &Progress,
 ) -> Result<Written, FlashError> {
-    let mut w = Writer {
-        dev,
-        checks: Vec::new(),
-        written: 0,
-        unsynced: 0,
-        step: progress.step("write", plan.write_bytes()),
-    };
+    let mut w = Writer::new(dev, progress.step("write", plan.write_bytes()));
     let mut head = vec![0u8; plan.head as usize];
     let mut zeros = plan.zeros.iter().copied().peekable();
     let mut boot_done = plan.boot.is_none();
@@ -441,13 +439,7 @@ fn zero_holes<T: Target>(
 
 /// Writes the relocated backup GPT, then the first MiB, and syncs. Returns their checks.
 pub fn finish<T: Target>(written: &Written, dev: &mut T) -> Result<Vec<Check>, FlashError> {
-    let mut w = Writer {
-        dev,
-        checks: Vec::new(),
-        written: 0,
-        unsynced: 0,
-        step: Progress::quiet().step("table", 0),
-    };
+    let mut w = Writer::new(dev, Progress::quiet().step("table", 0));
     if let Some((at, bytes)) = &written.gpt_tail {
         w.put(*at, bytes, Record::Hash)?;
     }
