@@ -417,7 +417,12 @@ mod tests {
         for (name, src, v, want) in [
             ("user-data.j2", "a: {{ v }}\n", "pi-1", "a: pi-1\n"),
             ("user-data.j2", "a: {{ v }}\n", "yes", "a: \"yes\"\n"),
-            ("user-data.j2", "# {{ v }}\n", "First seed", "# First seed\n"),
+            (
+                "user-data.j2",
+                "# {{ v }}\n",
+                "First seed",
+                "# First seed\n",
+            ),
             ("user-data.j2", "a: {{ v }}\n", "a #b", "a: \"a #b\"\n"),
             ("meta-data.j2", "a: {{ v }}\n", "x: y", "a: \"x: y\"\n"),
         ] {
