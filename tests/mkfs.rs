@@ -381,6 +381,25 @@ fn running_as_root() -> bool {
     probe.as_file().metadata().unwrap().uid() == 0
 }
 
+/// A tarball of `levels` nested folders `d/d/…/`, written by Python's tarfile (pax format).
+fn nested_tar(path: &Path, levels: usize) {
+    let (code, _, err) = run(Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sys, tarfile\n\
+             t = tarfile.open(sys.argv[1], 'w', format=tarfile.PAX_FORMAT)\n\
+             p = ''\n\
+             for i in range(int(sys.argv[2])):\n\
+             \x20   p += 'd/'\n\
+             \x20   ti = tarfile.TarInfo(p); ti.type = tarfile.DIRTYPE; ti.mode = 0o755\n\
+             \x20   t.addfile(ti)\n\
+             t.close()\n",
+        )
+        .arg(path)
+        .arg(levels.to_string()));
+    assert_eq!(code, 0, "{err}");
+}
+
 /// Thousands of nested folders (each tar entry carries its whole path): refused at Linux's
 /// PATH_MAX with a short message, instead of work quadratic in the depth; nothing is written.
 #[test]
@@ -390,20 +409,7 @@ fn deeply_nested_tarball_is_refused_at_path_max() {
     }
     let dir = tempfile::tempdir().unwrap();
     let tar = dir.path().join("nested.tar");
-    let (code, _, err) = run(Command::new("python3")
-        .arg("-c")
-        .arg(
-            "import sys, tarfile\n\
-         t = tarfile.open(sys.argv[1], 'w', format=tarfile.PAX_FORMAT)\n\
-         p = ''\n\
-         for i in range(3000):\n\
-         \x20   p += 'd/'\n\
-         \x20   ti = tarfile.TarInfo(p); ti.type = tarfile.DIRTYPE; ti.mode = 0o755\n\
-         \x20   t.addfile(ti)\n\
-         t.close()\n",
-        )
-        .arg(&tar));
-    assert_eq!(code, 0, "{err}");
+    nested_tar(&tar, 3000);
     let out = dir.path().join("root.ext4");
     let (code, _, err) = mkfs(&["ext4"], &out, &tar);
     assert_eq!(code, 2, "{err}");
@@ -420,20 +426,7 @@ fn deeply_nested_tarball_is_refused_at_path_max() {
     );
     // The same shape within the limit is read.
     let ok = dir.path().join("ok.tar");
-    let (code, _, err) = run(Command::new("python3")
-        .arg("-c")
-        .arg(
-            "import sys, tarfile\n\
-         t = tarfile.open(sys.argv[1], 'w', format=tarfile.PAX_FORMAT)\n\
-         p = ''\n\
-         for i in range(1000):\n\
-         \x20   p += 'd/'\n\
-         \x20   ti = tarfile.TarInfo(p); ti.type = tarfile.DIRTYPE; ti.mode = 0o755\n\
-         \x20   t.addfile(ti)\n\
-         t.close()\n",
-        )
-        .arg(&ok));
-    assert_eq!(code, 0, "{err}");
+    nested_tar(&ok, 1000);
     let (code, _, err) = mkfs(&["ext4"], &out, &ok);
     assert_eq!(code, 0, "{err}");
 }

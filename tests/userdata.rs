@@ -526,6 +526,20 @@ fn run_install(dir: &Path, lock: &str, port: u16, k3s_path: &str) -> (i32, Strin
     (code, out, err, calls)
 }
 
+/// The stand-in k3s and Tailscale packages in `pkg`, served from loopback (`None`: no server
+/// could start, which fails under CI).
+fn stand_in_mirror(pkg: &Path) -> Option<Server> {
+    let (code, _, err) = run(Command::new("sh")
+        .arg(support::tests_dir().join("fixtures/standins/package.sh"))
+        .arg(pkg));
+    assert_eq!(code, 0, "{err}");
+    let server = serve(pkg);
+    if server.is_none() {
+        assert!(support::require_tool("python3"));
+    }
+    server
+}
+
 #[test]
 fn install_script_verifies_every_download_before_installing() {
     if !support::require_tool("curl") || !support::require_tool("sha256sum") {
@@ -533,12 +547,7 @@ fn install_script_verifies_every_download_before_installing() {
     }
     let dir = workdir();
     let pkg = dir.path().join("mirror");
-    let (code, _, err) = run(Command::new("sh")
-        .arg(support::tests_dir().join("fixtures/standins/package.sh"))
-        .arg(&pkg));
-    assert_eq!(code, 0, "{err}");
-    let Some(server) = serve(&pkg) else {
-        assert!(support::require_tool("python3"));
+    let Some(server) = stand_in_mirror(&pkg) else {
         return;
     };
     let sha = |f: &str| {
@@ -595,12 +604,7 @@ fn install_script_runs_no_command_from_a_url() {
     }
     let dir = workdir();
     let pkg = dir.path().join("mirror");
-    let (code, _, err) = run(Command::new("sh")
-        .arg(support::tests_dir().join("fixtures/standins/package.sh"))
-        .arg(&pkg));
-    assert_eq!(code, 0, "{err}");
-    let Some(server) = serve(&pkg) else {
-        assert!(support::require_tool("python3"));
+    let Some(server) = stand_in_mirror(&pkg) else {
         return;
     };
     let lock = format!(
