@@ -30,7 +30,16 @@ pub(crate) const BUF: usize = 256 << 10;
 #[derive(Debug, Clone)]
 pub struct Cache {
     root: PathBuf,
+    /// The most a decompressed copy may grow to.
+    max_unpacked: u64,
 }
+
+/// Default cap on a decompressed base: larger than any SD card or SSD image we build.
+pub const MAX_UNPACKED: u64 = 256 << 30;
+/// Decompression stops when the cache's filesystem would be left with less than this.
+const FREE_MARGIN: u64 = 1 << 30;
+/// How often (in bytes written) free space is checked while decompressing.
+const FREE_CHECK_EVERY: u64 = 256 << 20;
 
 /// What kind of file a cache entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -106,7 +115,10 @@ impl Cache {
             let d = root.join(sub);
             fs::create_dir_all(&d).map_err(io_err(&d))?;
         }
-        let cache = Cache { root };
+        let cache = Cache {
+            root,
+            max_unpacked: MAX_UNPACKED,
+        };
         cache.sweep_abandoned(STALE_AFTER)?;
         Ok(cache)
     }
@@ -135,6 +147,45 @@ impl Cache {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Caps decompressed copies at `bytes` instead of [`MAX_UNPACKED`].
+    pub fn with_max_unpacked(mut self, bytes: u64) -> Self {
+        self.max_unpacked = bytes;
+        self
+    }
+
+    /// Refuses to go on writing `written` bytes of `path`'s decompressed copy when it passed the
+    /// cap or the disk is nearly full. The partial copy is removed by the caller's drop.
+    fn check_unpacked(
+        &self,
+        path: &Path,
+        written: u64,
+        checked: &mut u64,
+    ) -> Result<(), FetchError> {
+        let stop = |why: String| FetchError::TooLarge {
+            path: path.to_path_buf(),
+            written,
+            why,
+        };
+        if written > self.max_unpacked {
+            return Err(stop(format!(
+                "a decompressed base may be at most {} bytes",
+                self.max_unpacked
+            )));
+        }
+        if written - *checked >= FREE_CHECK_EVERY {
+            *checked = written;
+            let st = rustix::fs::statvfs(&self.root).map_err(|e| io_err(&self.root)(e.into()))?;
+            let free = st.f_bavail.saturating_mul(st.f_frsize);
+            if free < FREE_MARGIN {
+                return Err(stop(format!(
+                    "the disk holding {} has only {free} bytes left",
+                    self.root.display()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Where the blob with this hash lives (whether or not it is there).
@@ -194,6 +245,7 @@ impl Cache {
         let mut tmp = self.temp_file()?;
         let mut h = Sha256::new();
         let mut buf = vec![0u8; BUF];
+        let (mut written, mut checked) = (0u64, 0u64);
         loop {
             let n = dec.read(&mut buf).map_err(|e| FetchError::Decompress {
                 path: blob.clone(),
@@ -202,6 +254,8 @@ impl Cache {
             if n == 0 {
                 break;
             }
+            written += n as u64;
+            self.check_unpacked(&blob, written, &mut checked)?;
             h.update(&buf[..n]);
             tmp.write_all(&buf[..n]).map_err(io_err(tmp.path()))?;
         }
@@ -328,6 +382,38 @@ fn set_readonly(path: &Path) -> Result<(), FetchError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_base_that_unpacks_past_the_cap_stops_and_leaves_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Cache::open(d.path()).unwrap().with_max_unpacked(4 << 20);
+        let mut xz = Vec::new();
+        {
+            let mut e = liblzma::write::XzEncoder::new(&mut xz, 0);
+            e.write_all(&vec![0u8; 16 << 20]).unwrap();
+            e.finish().unwrap();
+        }
+        assert!(xz.len() < 64 << 10, "a small download: {}", xz.len());
+        let src = d.path().join("bomb.xz");
+        fs::write(&src, &xz).unwrap();
+        let sha = hex::encode(Sha256::digest(&xz));
+        c.insert(&src, &sha).unwrap();
+        let err = c.unxz(&sha).unwrap_err().to_string();
+        assert!(
+            err.contains("stopped after") && err.contains("at most 4194304 bytes"),
+            "{err}"
+        );
+        assert!(
+            fs::read_dir(d.path().join("unxz"))
+                .unwrap()
+                .next()
+                .is_none()
+        );
+        assert!(fs::read_dir(d.path().join("tmp")).unwrap().next().is_none());
+        // The same blob within the cap unpacks.
+        let c = Cache::open(d.path()).unwrap().with_max_unpacked(32 << 20);
+        assert_eq!(fs::metadata(c.unxz(&sha).unwrap()).unwrap().len(), 16 << 20);
+    }
 
     #[test]
     fn abandoned_blob_writes_are_swept_at_open_live_ones_and_resumable_downloads_are_not() {
