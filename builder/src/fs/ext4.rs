@@ -607,6 +607,17 @@ mod tests {
         }
     }
 
+    /// Writes `t` into a filesystem of `size` bytes held in memory.
+    fn write_in_memory(t: &Tree, size: u64) -> Result<Vec<FileRecord>, Ext4Error> {
+        write(
+            t,
+            size,
+            &params(),
+            &mut VecSink::default(),
+            &Progress::quiet(),
+        )
+    }
+
     fn p(s: &str) -> TreePath {
         TreePath::new(s).unwrap()
     }
@@ -697,14 +708,7 @@ mod tests {
         assert_eq!(stats.hardlink_groups, 1);
         let bad = t.get_mut(&p("etc/hostname")).unwrap();
         bad.xattrs.insert(ACL_DEFAULT.to_vec(), b"junk".to_vec());
-        let err = write(
-            &t,
-            16 * MIB,
-            &params(),
-            &mut VecSink::default(),
-            &Progress::quiet(),
-        )
-        .unwrap_err();
+        let err = write_in_memory(&t, 16 * MIB).unwrap_err();
         assert!(err.to_string().contains("not a valid POSIX ACL"), "{err}");
     }
 
@@ -718,26 +722,12 @@ mod tests {
         .unwrap();
         let need = required_size(&t, &params()).unwrap();
         assert!(need > 9 * MIB && need % MIB == 0, "{need}");
-        let err = write(
-            &t,
-            8 * MIB,
-            &params(),
-            &mut VecSink::default(),
-            &Progress::quiet(),
-        )
-        .unwrap_err();
+        let err = write_in_memory(&t, 8 * MIB).unwrap_err();
         assert!(
             matches!(err, Ext4Error::TooSmall { needed, .. } if needed == need),
             "{err}"
         );
-        write(
-            &t,
-            need,
-            &params(),
-            &mut VecSink::default(),
-            &Progress::quiet(),
-        )
-        .unwrap();
+        write_in_memory(&t, need).unwrap();
     }
 
     #[test]
@@ -745,14 +735,7 @@ mod tests {
         let mut t = Tree::new();
         t.insert(TreePath::new(b"caf\xe9").unwrap(), Entry::dir(0o755))
             .unwrap();
-        let err = write(
-            &t,
-            16 * MIB,
-            &params(),
-            &mut VecSink::default(),
-            &Progress::quiet(),
-        )
-        .unwrap_err();
+        let err = write_in_memory(&t, 16 * MIB).unwrap_err();
         assert!(err.to_string().contains("not UTF-8"), "{err}");
     }
 }

@@ -782,14 +782,7 @@ mod tests {
         assert!(e.to_string().contains("letter case"), "{e}");
         let mut t = Tree::new();
         t.insert(p("l"), Entry::symlink("x")).unwrap();
-        let e = write(
-            &t,
-            64 * MIB,
-            &params(),
-            &mut VecSink::default(),
-            &Progress::quiet(),
-        )
-        .unwrap_err();
+        let e = write_in_memory(&t, 64 * MIB).unwrap_err();
         assert!(
             e.to_string().starts_with("/l: FAT cannot store a symlink"),
             "{e}"
@@ -834,6 +827,17 @@ mod tests {
             label: "boot".into(),
             epoch: 1_700_000_000,
         }
+    }
+
+    /// Writes `t` into a filesystem of `size` bytes held in memory.
+    fn write_in_memory(t: &Tree, size: u64) -> Result<Vec<FileRecord>, FatError> {
+        write(
+            t,
+            size,
+            &params(),
+            &mut VecSink::default(),
+            &Progress::quiet(),
+        )
     }
 
     #[test]
