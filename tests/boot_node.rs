@@ -18,7 +18,6 @@ use support::require_tool;
 /// Firmware, boot, cloud-init, mesh join, k3s start and the observer under TCG: about four minutes
 /// on two idle cores, much more on a loaded machine.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(1200);
-const BOOT_MOUNT: &str = "/boot/efi";
 
 fn tools_present() -> bool {
     qemu::require_qemu(Arch::X86_64, true) && require_tool("mkfs.vfat") && require_tool("mtype")
@@ -47,13 +46,7 @@ fn node_image_boots_joins_the_mesh_starts_k3s_and_keeps_its_state() {
     };
     let tmp = support::scratch();
     let work = tmp.path();
-    let profile = NodeProfile {
-        name: "pc-node",
-        extends: "amd64-worker",
-        base: &base,
-        arch: "amd64",
-        boot_mount: BOOT_MOUNT,
-    };
+    let profile = NodeProfile::pc_node(&base);
     let setup = Setup::new(work, &profile, "pc");
     let img1 = setup.build_node("pc-1");
     setup.assert_secrets_only_in_node_image(&img1);
@@ -61,7 +54,7 @@ fn node_image_boots_joins_the_mesh_starts_k3s_and_keeps_its_state() {
     // First boot.
     let disk = grown_copy(&img1, &work.join("pc-1.img"));
     let first = boot(&disk, work, "pc-1-first");
-    first.assert_first_boot("pc-1", BOOT_MOUNT);
+    first.assert_first_boot("pc-1", profile.boot_mount);
 
     // Second boot of the same disk: identity and k3s state persist, first boot does not run again.
     let second = boot(&disk, work, "pc-1-second");

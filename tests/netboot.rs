@@ -13,8 +13,7 @@ use std::process::{Command, Stdio};
 
 use imgbuild::fs::squashfs::{self, SquashfsSettings};
 use imgbuild::tree::{Content, Entry, Kind, Tree, TreePath};
-use support::netbuild::{self, IpxeMirror};
-use support::node::{NodeProfile, Setup};
+use support::netbuild;
 use support::{imgbuild, qemu, require_tool, run};
 
 fn files_of(dir: &Path) -> BTreeMap<String, Vec<u8>> {
@@ -98,15 +97,7 @@ fn netboot_artifacts_hold_the_disk_images_root_and_reproduce() {
     };
     let tmp = support::scratch();
     let work = tmp.path();
-    let profile = NodeProfile {
-        name: "pc-node",
-        extends: "amd64-worker",
-        base: &base,
-        arch: "amd64",
-        boot_mount: "/boot/efi",
-    };
-    let setup = Setup::new(work, &profile, "pc");
-    let mirror = IpxeMirror::serve(&deb, &work.join("mirror"));
+    let (setup, mirror) = netbuild::pc_node(work, &base, &deb);
     let a = work.join("a");
     let b = work.join("b");
     netbuild::build(&setup, &mirror, &a, "022", "UTC");

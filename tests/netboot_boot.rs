@@ -17,8 +17,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use support::netbuild::{self, IpxeMirror};
-use support::node::{self, NodeProfile, SECRETS, Seen, Setup};
+use support::netbuild;
+use support::node::{self, SECRETS, Seen, Setup};
 use support::qemu::{self, Arch, GuestFwd, LoopbackHttp, ResultsDisk, VmBuilder};
 use support::{imgbuild, require_tool, run};
 
@@ -184,15 +184,7 @@ fn netboot_artifacts_boot_the_node_and_refuse_a_wrong_root() {
     };
     let tmp = support::scratch();
     let work = tmp.path();
-    let profile = NodeProfile {
-        name: "pc-node",
-        extends: "amd64-worker",
-        base: &base,
-        arch: "amd64",
-        boot_mount: "/boot/efi",
-    };
-    let setup = Setup::new(work, &profile, "pc");
-    let mirror = IpxeMirror::serve(&deb, &work.join("mirror"));
+    let (setup, mirror) = netbuild::pc_node(work, &base, &deb);
     let art = work.join("netboot");
     netbuild::build(&setup, &mirror, &art, "022", "UTC");
     let json = netbuild::netboot_json(&art);

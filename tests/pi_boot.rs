@@ -27,7 +27,6 @@ use support::{require_tool, run};
 /// An arm64 boot with systemd, cloud-init, the mesh join and k3s under TCG: several minutes on two
 /// idle cores, much more on a loaded machine.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(1800);
-const BOOT_MOUNT: &str = "/boot/firmware";
 
 fn tools_present() -> bool {
     qemu::require_qemu(Arch::Aarch64, false)
@@ -134,13 +133,7 @@ fn pi_image_boots_under_qemu_joins_the_mesh_starts_k3s_and_keeps_its_state() {
     let Some(base) = pi_base(None) else { return };
     let tmp = support::scratch();
     let work = tmp.path();
-    let profile = NodeProfile {
-        name: "pi-node",
-        extends: "pi-worker",
-        base: &base,
-        arch: "arm64",
-        boot_mount: BOOT_MOUNT,
-    };
+    let profile = NodeProfile::pi_node(&base);
     let setup = Setup::new(work, &profile, "pi");
     let img = setup.build_node("pi-1");
     setup.assert_secrets_only_in_node_image(&img);
@@ -155,7 +148,7 @@ fn pi_image_boots_under_qemu_joins_the_mesh_starts_k3s_and_keeps_its_state() {
 
     let first = boot(&disk, &fw, work, "pi-1-first");
     assert_eq!(first.get("arch"), "aarch64", "{}", first.show());
-    first.assert_first_boot("pi-1", BOOT_MOUNT);
+    first.assert_first_boot("pi-1", profile.boot_mount);
 
     let second = boot(&disk, &fw, work, "pi-1-second");
     second.assert_later_boot(&first, "pi-1", 2);

@@ -233,20 +233,13 @@ pub fn mtype(disk: &Path, offset: u64, name: &str) -> String {
 /// A node workspace (`pc-node` extending amd64-worker, or `pi-node` extending pi-worker) whose
 /// image has a block map; builds node `<prefix>-1` (and with it the shared image).
 pub fn node_build(work: &Path, base: &Path, pi: bool) -> (Setup, PathBuf) {
-    let (name, extends, arch, boot_mount, prefix) = if pi {
-        ("pi-node", "pi-worker", "arm64", "/boot/firmware", "pi")
+    let (profile, prefix) = if pi {
+        (NodeProfile::pi_node(base), "pi")
     } else {
-        ("pc-node", "amd64-worker", "amd64", "/boot/efi", "pc")
-    };
-    let profile = NodeProfile {
-        name,
-        extends,
-        base,
-        arch,
-        boot_mount,
+        (NodeProfile::pc_node(base), "pc")
     };
     let setup = Setup::new(work, &profile, prefix);
-    let toml = work.join(format!("profiles/{name}.toml"));
+    let toml = work.join(format!("profiles/{}.toml", profile.name));
     let text = fs::read_to_string(&toml)
         .unwrap()
         .replace("formats = [\"img\"]", "formats = [\"img\", \"bmap\"]");

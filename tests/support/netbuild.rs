@@ -76,6 +76,14 @@ impl IpxeMirror {
 
 /// `imgbuild netboot build PROFILE --out OUT` in the setup's folder; `env` adds variables
 /// (TZ, …) and `umask` runs it under that umask.
+/// The `pc-node` workspace on the Debian base, with Debian's iPXE package served from loopback
+/// under `work/mirror`.
+pub fn pc_node(work: &Path, base: &Path, deb: &Path) -> (Setup, IpxeMirror) {
+    let setup = Setup::new(work, &super::node::NodeProfile::pc_node(base), "pc");
+    let mirror = IpxeMirror::serve(deb, &work.join("mirror"));
+    (setup, mirror)
+}
+
 pub fn build(setup: &Setup, mirror: &IpxeMirror, out: &Path, umask: &str, tz: &str) -> String {
     let bin = imgbuild().get_program().to_owned();
     let mut cmd = Command::new("sh");

@@ -103,6 +103,30 @@ pub struct NodeProfile<'a> {
     pub boot_mount: &'a str,
 }
 
+impl<'a> NodeProfile<'a> {
+    /// `pc-node`: the stock amd64 worker on `base`, its ESP at /boot/efi.
+    pub fn pc_node(base: &'a Path) -> Self {
+        NodeProfile {
+            name: "pc-node",
+            extends: "amd64-worker",
+            base,
+            arch: "amd64",
+            boot_mount: "/boot/efi",
+        }
+    }
+
+    /// `pi-node`: the stock Raspberry Pi worker on `base`, its boot partition at /boot/firmware.
+    pub fn pi_node(base: &'a Path) -> Self {
+        NodeProfile {
+            name: "pi-node",
+            extends: "pi-worker",
+            base,
+            arch: "arm64",
+            boot_mount: "/boot/firmware",
+        }
+    }
+}
+
 /// A workspace with profiles, inventory, secrets, stand-ins and the observer overlay.
 pub struct Setup {
     pub dir: PathBuf,
