@@ -8,7 +8,7 @@ use super::{Context, ProfileSelection};
 use crate::build;
 use crate::disk::outputs::{self, Formats, OutputRequest};
 use crate::disk::xz::XzSettings;
-use crate::fetch::{self, FetchArgs, Fetcher, lock::Lock};
+use crate::fetch::{self, FetchArgs, Fetcher};
 use crate::node::inputs::{self, NodeInputs, NodeSource};
 use crate::node::templates::Templates;
 use crate::output::{OutputDir, PendingFile};
@@ -51,18 +51,8 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
         .unwrap_or_else(|| Path::new("images").join(resolved.image_name()));
 
     // Inputs: pinned by the lock, verified, in the cache.
-    let fetcher = Fetcher::from_args(&args.fetch, ctx.progress.clone())?;
-    let lock_path = args.fetch.lock_path(&ctx.profiles_dir);
-    let mut lock = Lock::load(&lock_path)?;
-    let before = lock.clone();
-    let inputs = fetch::resolve_inputs(&resolved, &mut lock, &fetcher, args.fetch.locked)
-        .with_context(|| format!("getting the inputs of profile {}", resolved.name))?;
-    if lock != before {
-        crate::output::write_file(&lock_path, lock.to_toml().as_bytes())?;
-        if ctx.verbosity >= 0 {
-            eprintln!("pinned new inputs in {}", lock_path.display());
-        }
-    }
+    let planned = fetch::plan::plan(&resolved, Path::new("."))?;
+    let (inputs, fetcher) = super::fetch_pinned(&resolved, &planned, &args.fetch, ctx)?;
 
     let out = OutputDir::prepare(&out_path)?;
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);

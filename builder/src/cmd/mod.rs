@@ -95,6 +95,36 @@ impl NodeSelection {
     }
 }
 
+/// Gets a profile's `planned` inputs into the cache, verified against the lockfile that
+/// `fetch` selects, and writes the lockfile back when inputs were newly pinned.
+pub fn fetch_pinned(
+    resolved: &Resolved,
+    planned: &[crate::fetch::plan::PlannedInput],
+    fetch: &crate::fetch::FetchArgs,
+    ctx: &Context,
+) -> anyhow::Result<(Vec<crate::fetch::FetchedInput>, crate::fetch::Fetcher)> {
+    use anyhow::Context as _;
+    let fetcher = crate::fetch::Fetcher::from_args(fetch, ctx.progress.clone())?;
+    let lock_path = fetch.lock_path(&ctx.profiles_dir);
+    let mut lock = crate::fetch::Lock::load(&lock_path)?;
+    let before = lock.clone();
+    let inputs = crate::fetch::resolve_planned(
+        planned,
+        &mut lock,
+        &fetcher,
+        fetch.locked,
+        crate::fetch::Refresh::None,
+    )
+    .with_context(|| format!("getting the inputs of profile {}", resolved.name))?;
+    if lock != before {
+        crate::output::write_file(&lock_path, lock.to_toml().as_bytes())?;
+        if ctx.verbosity >= 0 {
+            eprintln!("pinned new inputs in {}", lock_path.display());
+        }
+    }
+    Ok((inputs, fetcher))
+}
+
 /// Reads a secret from the environment (`IMGBUILD_SECRET_*`), for [`crate::node::inputs`].
 pub fn env_var(k: &str) -> Option<String> {
     std::env::var(k).ok()

@@ -23,7 +23,6 @@ pub use cache::Cache;
 pub use lock::{Lock, LockEntry};
 pub use plan::{Expected, InputKind, PlannedInput, Trust};
 
-use crate::profile::Resolved;
 use crate::progress::Progress;
 
 /// Everything that can go wrong getting an input.
@@ -369,19 +368,8 @@ impl Refresh<'_> {
     }
 }
 
-/// The inputs of `resolved`, verified and in the cache, pinning new ones in `lock`.
-/// `fallback_dir` resolves relative `base.path` values of stock profiles.
-pub fn resolve_inputs(
-    resolved: &Resolved,
-    lock: &mut Lock,
-    fetcher: &Fetcher,
-    locked: bool,
-) -> Result<Vec<FetchedInput>, FetchError> {
-    let planned = plan::plan(resolved, Path::new("."))?;
-    resolve_planned(&planned, lock, fetcher, locked, Refresh::None)
-}
-
-/// [`resolve_inputs`] for an explicit plan, re-verifying the entries `refresh` selects.
+/// The `planned` inputs, verified and in the cache, pinning new ones in `lock`; the entries
+/// `refresh` selects are verified again.
 pub fn resolve_planned(
     planned: &[PlannedInput],
     lock: &mut Lock,

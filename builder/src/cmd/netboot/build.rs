@@ -7,10 +7,10 @@ use anyhow::{Context as _, Result};
 
 use crate::cmd::{Context, ProfileSelection};
 use crate::fetch::plan::InputKind;
-use crate::fetch::{self, FetchArgs, Fetcher, lock::Lock};
+use crate::fetch::{self, FetchArgs};
 use crate::fs::squashfs::SquashfsSettings;
 use crate::netboot::artifacts::{self, NetbootRequest};
-use crate::output::{OutputDir, PendingFile};
+use crate::output::OutputDir;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -32,29 +32,9 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
             .join("netboot")
     });
 
-    let fetcher = Fetcher::from_args(&args.fetch, ctx.progress.clone())?;
-    let lock_path = args.fetch.lock_path(&ctx.profiles_dir);
-    let mut lock = Lock::load(&lock_path)?;
-    let before = lock.clone();
     let mut planned = fetch::plan::plan(&resolved, Path::new("."))?;
     planned.extend(fetch::plan::plan_ipxe(&resolved));
-    let inputs = fetch::resolve_planned(
-        &planned,
-        &mut lock,
-        &fetcher,
-        args.fetch.locked,
-        fetch::Refresh::None,
-    )
-    .with_context(|| format!("getting the inputs of profile {}", resolved.name))?;
-    if lock != before {
-        let mut f = PendingFile::create(&lock_path)?;
-        std::io::Write::write_all(f.file(), lock.to_toml().as_bytes())
-            .with_context(|| format!("writing {}", lock_path.display()))?;
-        f.commit(true)?;
-        if ctx.verbosity >= 0 {
-            eprintln!("pinned new inputs in {}", lock_path.display());
-        }
-    }
+    let (inputs, fetcher) = crate::cmd::fetch_pinned(&resolved, &planned, &args.fetch, ctx)?;
 
     let out = OutputDir::prepare(&out_path)?;
     let scratch = tempfile::Builder::new()
