@@ -27,7 +27,9 @@ pub enum ProbeError {
     #[error(
         "partition {number} ends at byte {end} but the image is only {size} bytes: the image is truncated"
     )]
-    Truncated { number: usize, end: u64, size: u64 },
+    Truncated { number: u32, end: u64, size: u64 },
+    #[error("partition {number} starts at byte 0, over the partition table: the table is corrupt")]
+    OverTable { number: u32 },
     #[error("reading the image: {0}")]
     Io(#[from] io::Error),
 }
@@ -61,68 +63,66 @@ pub struct ProbedImage {
     pub partitions: Vec<ProbedPartition>,
 }
 
-/// Reads the partition table and identifies each partition's filesystem.
-pub fn probe<R: Read + Seek>(r: &mut R, size: u64) -> Result<ProbedImage, ProbeError> {
-    let mut first = [0u8; SECTOR as usize];
-    if size < SECTOR {
-        return Err(ProbeError::NotAnImage(format!(
-            "it is {size} bytes, smaller than one sector"
-        )));
+/// The partition's type as the table states it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PartTypeId {
+    Mbr(u8),
+    Gpt(String),
+}
+
+impl std::fmt::Display for PartTypeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PartTypeId::Mbr(t) => write!(f, "0x{t:02x}"),
+            PartTypeId::Gpt(g) => f.write_str(g),
+        }
     }
-    read_at(r, 0, &mut first)?;
-    let mbr = MbrTable::parse(&first).map_err(|e| match e {
+}
+
+/// One used slot of a partition table, as the table states it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableEntry {
+    /// 1-based slot position, as the kernel numbers it.
+    pub number: u32,
+    pub offset: u64,
+    pub size: u64,
+    pub type_id: PartTypeId,
+    /// GPT partition name (empty on MBR).
+    pub name: String,
+    pub partuuid: String,
+}
+
+/// A disk's partition table: the one reader behind `inspect` and the base-image reader.
+#[derive(Debug, Clone)]
+pub struct Table {
+    pub kind: TableKind,
+    /// GPT disk GUID or MBR disk signature (8 hex digits).
+    pub disk_id: String,
+    pub entries: Vec<TableEntry>,
+}
+
+/// Reads the MBR or GPT of a disk of `size` bytes. Empty slots are skipped, and so are MBR
+/// extended partitions (logical partitions are not read); a partition starting at byte 0 or
+/// reaching past the end is an error.
+pub fn read_table<R: Read + Seek>(r: &mut R, size: u64) -> Result<Table, ProbeError> {
+    let mbr = MbrTable::read(r, size).map_err(|e| match e {
+        MbrError::Io(e) => ProbeError::Io(e),
         MbrError::NoSignature => ProbeError::NotAnImage(
             "the first sector has no partition table (no 0x55AA boot signature)".into(),
         ),
         other => ProbeError::NotAnImage(other.to_string()),
     })?;
-    let mut img = if mbr.entries.iter().any(|e| e.type_byte == 0xEE) {
-        let t = GptTable::read(r, size)?;
-        ProbedImage {
-            table: TableKind::Gpt,
-            size,
-            disk_id: t.disk_guid.to_string(),
-            partitions: t
-                .entries
-                .iter()
-                .enumerate()
-                .map(|(i, e)| ProbedPartition {
-                    number: i + 1,
-                    label: Some(e.name.clone()),
-                    ptype: PartType::from_gpt_type(e.type_guid).map(|t| t.name().to_string()),
-                    type_id: e.type_guid.to_string(),
-                    offset: e.first_lba * SECTOR,
-                    size: (e.last_lba + 1).saturating_sub(e.first_lba) * SECTOR,
-                    partuuid: e.unique_guid.to_string(),
-                    fs: None,
-                })
-                .collect(),
-        }
+    let table = if mbr.entries.iter().any(|e| e.type_byte == 0xEE) {
+        gpt_table(r, size)?
     } else {
-        ProbedImage {
-            table: TableKind::Mbr,
-            size,
-            disk_id: format!("{:08x}", mbr.disk_signature),
-            partitions: mbr
-                .entries
-                .iter()
-                .enumerate()
-                .filter(|(_, e)| e.type_byte != 0)
-                .map(|(i, e)| ProbedPartition {
-                    number: i + 1,
-                    label: None,
-                    ptype: None,
-                    type_id: format!("0x{:02x}", e.type_byte),
-                    offset: u64::from(e.first_lba) * SECTOR,
-                    size: u64::from(e.sectors) * SECTOR,
-                    partuuid: MbrTable::partuuid(mbr.disk_signature, i + 1),
-                    fs: None,
-                })
-                .collect(),
-        }
+        mbr_table(&mbr)
     };
-    for p in &mut img.partitions {
-        let end = p.offset + p.size;
+    for p in &table.entries {
+        let end = p.offset.saturating_add(p.size);
+        if p.offset == 0 {
+            return Err(ProbeError::OverTable { number: p.number });
+        }
         if end > size {
             return Err(ProbeError::Truncated {
                 number: p.number,
@@ -130,9 +130,122 @@ pub fn probe<R: Read + Seek>(r: &mut R, size: u64) -> Result<ProbedImage, ProbeE
                 size,
             });
         }
-        p.fs = probe_fs(r, p.offset, p.size)?;
     }
-    Ok(img)
+    Ok(table)
+}
+
+fn mbr_table(mbr: &MbrTable) -> Table {
+    let entries = mbr
+        .entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.type_byte != 0 && e.sectors != 0)
+        .filter(|(_, e)| !matches!(e.type_byte, 0x05 | 0x0F | 0x85))
+        .map(|(i, e)| TableEntry {
+            number: i as u32 + 1,
+            offset: u64::from(e.first_lba) * SECTOR,
+            size: u64::from(e.sectors) * SECTOR,
+            type_id: PartTypeId::Mbr(e.type_byte),
+            name: String::new(),
+            partuuid: MbrTable::partuuid(mbr.disk_signature, i + 1),
+        })
+        .collect();
+    Table {
+        kind: TableKind::Mbr,
+        disk_id: format!("{:08x}", mbr.disk_signature),
+        entries,
+    }
+}
+
+fn gpt_table<R: Read + Seek>(r: &mut R, size: u64) -> Result<Table, ProbeError> {
+    let gpt = GptTable::read(r, size)?;
+    let slots = gpt_slots(r)?;
+    let mut entries = Vec::new();
+    for (i, e) in gpt.entries.iter().enumerate() {
+        // The table reader drops empty slots; partition numbers are slot positions.
+        let number = slots
+            .iter()
+            .position(|g| *g == e.unique_guid.to_gpt_bytes())
+            .map_or(i as u32 + 1, |s| s as u32 + 1);
+        let bad = ProbeError::Truncated {
+            number,
+            end: u64::MAX,
+            size,
+        };
+        let offset = e.first_lba.checked_mul(SECTOR);
+        let len = e
+            .last_lba
+            .checked_sub(e.first_lba)
+            .and_then(|n| n.checked_add(1))
+            .and_then(|n| n.checked_mul(SECTOR));
+        let (Some(offset), Some(len)) = (offset, len) else {
+            return Err(bad);
+        };
+        entries.push(TableEntry {
+            number,
+            offset,
+            size: len,
+            type_id: PartTypeId::Gpt(e.type_guid.to_string()),
+            name: e.name.clone(),
+            partuuid: e.unique_guid.to_string(),
+        });
+    }
+    Ok(Table {
+        kind: TableKind::Gpt,
+        disk_id: gpt.disk_guid.to_string(),
+        entries,
+    })
+}
+
+/// The unique GUID (on-disk bytes) of every slot of the primary GPT entry array, empty ones
+/// included. Called only after [`GptTable::read`] checked the header and the array's CRC.
+fn gpt_slots<R: Read + Seek>(disk: &mut R) -> io::Result<Vec<[u8; 16]>> {
+    let mut h = [0u8; 512];
+    read_at(disk, 512, &mut h)?;
+    let u32_at = |o: usize| u32::from_le_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
+    let lba = u64::from_le_bytes(h[72..80].try_into().expect("8 bytes"));
+    let (count, esize) = (
+        u32_at(80).min(1024) as usize,
+        u32_at(84).clamp(128, 4096) as usize,
+    );
+    let mut array = vec![0u8; count * esize];
+    read_at(disk, lba.saturating_mul(512), &mut array)?;
+    Ok(array
+        .chunks_exact(esize)
+        .map(|c| c[16..32].try_into().expect("16 bytes"))
+        .collect())
+}
+
+/// Reads the partition table and identifies each partition's filesystem.
+pub fn probe<R: Read + Seek>(r: &mut R, size: u64) -> Result<ProbedImage, ProbeError> {
+    let table = read_table(r, size)?;
+    let mut partitions = Vec::new();
+    for e in table.entries {
+        let ptype = match &e.type_id {
+            PartTypeId::Gpt(g) => g
+                .parse()
+                .ok()
+                .and_then(PartType::from_gpt_type)
+                .map(|t| t.name().to_string()),
+            PartTypeId::Mbr(_) => None,
+        };
+        partitions.push(ProbedPartition {
+            number: e.number as usize,
+            label: (table.kind == TableKind::Gpt).then(|| e.name.clone()),
+            ptype,
+            type_id: e.type_id.to_string(),
+            offset: e.offset,
+            size: e.size,
+            partuuid: e.partuuid,
+            fs: probe_fs(r, e.offset, e.size)?,
+        });
+    }
+    Ok(ProbedImage {
+        table: table.kind,
+        size,
+        disk_id: table.disk_id,
+        partitions,
+    })
 }
 
 /// The filesystem at `offset`, by the one prober ([`crate::fs::probe`]), in the report's terms.

@@ -98,6 +98,12 @@ pub enum RawError {
         #[source]
         source: TreeError,
     },
+    #[error("{image}: {source}")]
+    Table {
+        image: String,
+        #[source]
+        source: crate::disk::probe::ProbeError,
+    },
     #[error(transparent)]
     Tar(#[from] super::tar::TarError),
     #[error(transparent)]

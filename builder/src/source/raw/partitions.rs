@@ -7,30 +7,15 @@
 //! root-x86-64 / root-arm64), then by label (`bootfs`, `boot`, `esp`, `efi` / `rootfs`, `root`),
 //! then the first FAT partition for boot and the largest ext4 partition for root.
 
-use std::io::{self, Read, Seek, SeekFrom};
-
 use super::RawError;
 use crate::blockio::{ReadAt, SliceCursor};
-use crate::disk::gpt::{GptError, GptTable};
 use crate::disk::layout::PartType;
-use crate::disk::mbr::{MbrError, MbrTable};
+use crate::disk::probe::{ProbeError, read_table};
 use crate::fs::probe::{self, FsKind};
 
 /// The partition table kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scheme {
-    Mbr,
-    Gpt,
-}
-
-/// The partition's type as the table states it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PartTypeId {
-    Mbr(u8),
-    Gpt(String),
-}
+pub use crate::disk::layout::TableKind as Scheme;
+pub use crate::disk::probe::PartTypeId;
 
 /// One partition of a base image.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -86,122 +71,51 @@ impl Partition {
     }
 }
 
-/// Reads the partition table of a disk image of `size` bytes and probes each partition's
-/// filesystem. Empty slots are skipped; MBR extended partitions (logical partitions) are not
-/// read. A partition reaching past the end of the image is an error.
+/// Reads the partition table of a disk image of `size` bytes ([`crate::disk::probe::read_table`])
+/// and probes each partition's filesystem.
 pub fn read_partitions<R: ReadAt + ?Sized>(
     src: &R,
     size: u64,
     image: &str,
 ) -> Result<(Scheme, Vec<Partition>), RawError> {
-    let mut cursor = SliceCursor::new(src, 0, size);
-    let disk = &mut cursor;
     let io = |source| RawError::Io {
         image: image.to_string(),
         source,
     };
-    let mbr = match MbrTable::read(disk, size) {
-        Ok(m) => m,
-        Err(MbrError::Io(e)) => return Err(io(e)),
-        Err(_) => {
-            return Err(RawError::NoTable {
-                image: image.to_string(),
-            });
-        }
-    };
+    let table = read_table(&mut SliceCursor::new(src, 0, size), size).map_err(|e| match e {
+        ProbeError::Io(e) => io(e),
+        ProbeError::NotAnImage(_) => RawError::NoTable {
+            image: image.to_string(),
+        },
+        ProbeError::Gpt(source) => RawError::Gpt {
+            image: image.to_string(),
+            source,
+        },
+        ProbeError::Truncated { number, end, size } => RawError::PastEnd {
+            image: image.to_string(),
+            number,
+            end,
+            size,
+        },
+        other => RawError::Table {
+            image: image.to_string(),
+            source: other,
+        },
+    })?;
     let mut parts = Vec::new();
-    let scheme = if mbr.entries.iter().any(|e| e.type_byte == 0xEE) {
-        let gpt = GptTable::read(disk, size).map_err(|source| match source {
-            GptError::Io(e) => io(e),
-            source => RawError::Gpt {
-                image: image.to_string(),
-                source,
-            },
-        })?;
-        let slots = gpt_slots(disk).map_err(io)?;
-        for (i, e) in gpt.entries.iter().enumerate() {
-            // The table reader drops empty slots; partition numbers are slot positions.
-            let number = slots
-                .iter()
-                .position(|g| *g == e.unique_guid.to_gpt_bytes())
-                .map_or(i as u32 + 1, |s| s as u32 + 1);
-            let bad = || RawError::PastEnd {
-                image: image.to_string(),
-                number,
-                end: u64::MAX,
-                size,
-            };
-            let offset = e.first_lba.checked_mul(512).ok_or_else(bad)?;
-            let len = e
-                .last_lba
-                .checked_sub(e.first_lba)
-                .and_then(|n| n.checked_add(1))
-                .and_then(|n| n.checked_mul(512))
-                .ok_or_else(bad)?;
-            parts.push(Partition {
-                number,
-                offset,
-                size: len,
-                type_id: PartTypeId::Gpt(e.type_guid.to_string()),
-                name: e.name.clone(),
-                fs: FsKind::Unknown,
-                label: String::new(),
-            });
-        }
-        Scheme::Gpt
-    } else {
-        for (i, e) in mbr.entries.iter().enumerate() {
-            if e.type_byte == 0 || e.sectors == 0 || matches!(e.type_byte, 0x05 | 0x0F | 0x85) {
-                continue;
-            }
-            parts.push(Partition {
-                number: i as u32 + 1,
-                offset: u64::from(e.first_lba) * 512,
-                size: u64::from(e.sectors) * 512,
-                type_id: PartTypeId::Mbr(e.type_byte),
-                name: String::new(),
-                fs: FsKind::Unknown,
-                label: String::new(),
-            });
-        }
-        Scheme::Mbr
-    };
-    for p in &mut parts {
-        let end = p.offset.saturating_add(p.size);
-        if end > size || p.offset == 0 {
-            return Err(RawError::PastEnd {
-                image: image.to_string(),
-                number: p.number,
-                end,
-                size,
-            });
-        }
-        let found = probe::probe(src, p.offset, p.size).map_err(io)?;
-        p.fs = found.kind;
-        p.label = found.label.unwrap_or_default();
+    for e in table.entries {
+        let found = probe::probe(src, e.offset, e.size).map_err(io)?;
+        parts.push(Partition {
+            number: e.number,
+            offset: e.offset,
+            size: e.size,
+            type_id: e.type_id,
+            name: e.name,
+            fs: found.kind,
+            label: found.label.unwrap_or_default(),
+        });
     }
-    Ok((scheme, parts))
-}
-
-/// The unique GUID (on-disk bytes) of every slot of the primary GPT entry array, empty ones
-/// included. Called only after [`GptTable::read`] checked the header and the array's CRC.
-fn gpt_slots<R: Read + Seek>(disk: &mut R) -> io::Result<Vec<[u8; 16]>> {
-    let mut h = [0u8; 512];
-    disk.seek(SeekFrom::Start(512))?;
-    disk.read_exact(&mut h)?;
-    let u32_at = |o: usize| u32::from_le_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
-    let lba = u64::from_le_bytes(h[72..80].try_into().expect("8 bytes"));
-    let (count, esize) = (
-        u32_at(80).min(1024) as usize,
-        u32_at(84).clamp(128, 4096) as usize,
-    );
-    let mut array = vec![0u8; count * esize];
-    disk.seek(SeekFrom::Start(lba.saturating_mul(512)))?;
-    disk.read_exact(&mut array)?;
-    Ok(array
-        .chunks_exact(esize)
-        .map(|c| c[16..32].try_into().expect("16 bytes"))
-        .collect())
+    Ok((table.kind, parts))
 }
 
 /// Picks the boot and root partitions (indexes into `parts`).
