@@ -821,8 +821,9 @@ fn first_boot_scripts_run_against_the_stand_ins() {
             stage(&shown, e.mode, &c.read_all().unwrap());
         }
     }
-    // The stand-ins where the artifacts go, and recorders for systemctl and cloud-init.
-    let standins = support::tests_dir().join("fixtures/standins");
+    // The stand-ins (as packaged, with their flag data) where the artifacts go, and recorders
+    // for systemctl and cloud-init.
+    let standins = packaged_standins(&d.join("pkg"));
     for b in ["k3s", "tailscale", "tailscaled"] {
         stage(
             &format!("/usr/local/bin/{b}"),
@@ -1014,6 +1015,29 @@ fn a_base_or_artifact_of_another_architecture_is_refused() {
     );
 }
 
+/// The stand-ins as `package.sh` lays them out (flag data appended), the tailscale binaries
+/// unpacked from their tarball by GNU tar: a folder with `k3s`, `tailscale` and `tailscaled`.
+fn packaged_standins(dir: &Path) -> std::path::PathBuf {
+    let (code, _, err) = support::run(
+        Command::new("sh")
+            .arg(support::tests_dir().join("fixtures/standins/package.sh"))
+            .arg(dir),
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = support::run(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(dir.join("tailscale_1.96.4_amd64.tgz"))
+            .arg("-C")
+            .arg(dir),
+    );
+    assert_eq!(code, 0, "{err}");
+    for b in ["tailscale", "tailscaled"] {
+        std::fs::rename(dir.join("tailscale_1.96.4_amd64").join(b), dir.join(b)).unwrap();
+    }
+    dir.to_path_buf()
+}
+
 #[test]
 fn tailscale_binaries_come_from_the_release_tarball() {
     let dir = tempfile::tempdir().unwrap();
@@ -1031,7 +1055,8 @@ fn tailscale_binaries_come_from_the_release_tarball() {
     )
     .unwrap();
     let mesh = MeshArtifacts::tailscale_from_tarball(&tgz).unwrap();
-    let standins = support::tests_dir().join("fixtures/standins");
+    // The binaries as GNU tar unpacks them from the same tarball.
+    let standins = packaged_standins(&dir.path().join("unpacked"));
     let r = resolve("amd64-worker", &[]);
     let mut t = base();
     let arts = Artifacts {
