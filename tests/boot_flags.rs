@@ -17,7 +17,9 @@ const SERVER_ONLY: &str = "kube-apiserver-arg = [\"audit-log-maxage=30\"]";
 
 #[test]
 fn server_only_key_boots_on_a_server_and_is_refused_for_an_agent() {
-    if !(qemu::require_qemu(Arch::X86_64, true) && require_tool("mkfs.vfat") && require_tool("mtype"))
+    if !(qemu::require_qemu(Arch::X86_64, true)
+        && require_tool("mkfs.vfat")
+        && require_tool("mtype"))
     {
         return;
     }
@@ -50,9 +52,19 @@ fn server_only_key_boots_on_a_server_and_is_refused_for_an_agent() {
         "{err}"
     );
     assert!(err.contains("k3s.role = \"server\""), "{err}");
-    assert!(!refused.out.exists(), "the refused build wrote {}", refused.out.display());
-    assert!(!refused.dir.join("cache").exists(), "the refused build fetched its inputs");
-    assert!(!refused.dir.join("imgbuild.lock").exists(), "the refused build wrote a lock");
+    assert!(
+        !refused.out.exists(),
+        "the refused build wrote {}",
+        refused.out.display()
+    );
+    assert!(
+        !refused.dir.join("cache").exists(),
+        "the refused build fetched its inputs"
+    );
+    assert!(
+        !refused.dir.join("imgbuild.lock").exists(),
+        "the refused build wrote a lock"
+    );
 
     // The server with the same key: builds, boots, and the stand-in k3s accepted its config.
     let server = NodeProfile {

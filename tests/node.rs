@@ -357,8 +357,13 @@ fn k3s_config_keys_we_write_are_flags_of_the_pinned_release() {
         let map = v.as_object().unwrap();
         assert!(map.len() >= 5, "{name}: {map:?}");
         for (key, value) in map {
-            let flag = set.get(key.trim_end_matches('+')).unwrap_or_else(|| panic!("{name}: {key}"));
-            assert!(flag.role.unwrap().accepts(role), "{name}: {key} on a {role}");
+            let flag = set
+                .get(key.trim_end_matches('+'))
+                .unwrap_or_else(|| panic!("{name}: {key}"));
+            assert!(
+                flag.role.unwrap().accepts(role),
+                "{name}: {key} on a {role}"
+            );
             let ok = match flag.kind {
                 FlagKind::List => value.is_array(),
                 FlagKind::Bool => value.is_boolean(),

@@ -215,14 +215,16 @@ fn flag_data_regenerates_byte_identically() {
     };
     let data = support::repo_root().join("builder/data/flags");
     let regenerate = |out: &Path| {
-        run(std::process::Command::new(support::repo_root().join("scripts/gen-flags"))
-            .arg("--check")
-            .arg("--k3s-git")
-            .arg(&k3s)
-            .arg("--tailscale-git")
-            .arg(&ts)
-            .arg("--out")
-            .arg(out))
+        run(
+            std::process::Command::new(support::repo_root().join("scripts/gen-flags"))
+                .arg("--check")
+                .arg("--k3s-git")
+                .arg(&k3s)
+                .arg("--tailscale-git")
+                .arg(&ts)
+                .arg("--out")
+                .arg(out),
+        )
     };
     let (code, out, err) = regenerate(&data);
     assert_eq!(code, 0, "{out}{err}");
@@ -239,5 +241,8 @@ fn flag_data_regenerates_byte_identically() {
     std::fs::write(&f, changed).unwrap();
     let (code, _, err) = regenerate(tmp.path());
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("out of date") && err.contains("k3s-v1.36.2+k3s1.toml"), "{err}");
+    assert!(
+        err.contains("out of date") && err.contains("k3s-v1.36.2+k3s1.toml"),
+        "{err}"
+    );
 }

@@ -49,17 +49,64 @@ fn k3s_standin_refuses_keys_and_flags_the_release_would_not_take() {
     };
     ok("server", &[], SERVER, NODE);
     ok("agent", &[], AGENT, NODE);
-    ok("agent", &["--node-label", "a=b", "--debug", "-s", "https://x:6443"], AGENT, NODE);
+    ok(
+        "agent",
+        &["--node-label", "a=b", "--debug", "-s", "https://x:6443"],
+        AGENT,
+        NODE,
+    );
     // node-ip is a list flag; k3s (and the stand-in) take a single value for it too.
     ok("agent", &[], AGENT, "node-ip: \"100.64.0.3\"\n");
     for (role, args, config, drop_in, why) in [
-        ("agent", &[][..], SERVER, NODE, "cluster-init is a server flag, not for k3s agent"),
-        ("server", &[], AGENT, "node-nmae: \"pc-1\"\n", "unknown flag node-nmae"),
-        ("agent", &[], "server:\n  - \"https://a:6443\"\n", NODE, "server takes one value"),
-        ("agent", &[], "selinux: \"yes\"\n", NODE, "selinux takes true or false"),
-        ("agent", &[], "\"node-name+\": \"x\"\n", NODE, "node-name+ appends"),
-        ("agent", &["--node-lable=a=b"], AGENT, NODE, "unknown flag node-lable"),
-        ("agent", &["--disable=traefik"], AGENT, NODE, "disable is a server flag"),
+        (
+            "agent",
+            &[][..],
+            SERVER,
+            NODE,
+            "cluster-init is a server flag, not for k3s agent",
+        ),
+        (
+            "server",
+            &[],
+            AGENT,
+            "node-nmae: \"pc-1\"\n",
+            "unknown flag node-nmae",
+        ),
+        (
+            "agent",
+            &[],
+            "server:\n  - \"https://a:6443\"\n",
+            NODE,
+            "server takes one value",
+        ),
+        (
+            "agent",
+            &[],
+            "selinux: \"yes\"\n",
+            NODE,
+            "selinux takes true or false",
+        ),
+        (
+            "agent",
+            &[],
+            "\"node-name+\": \"x\"\n",
+            NODE,
+            "node-name+ appends",
+        ),
+        (
+            "agent",
+            &["--node-lable=a=b"],
+            AGENT,
+            NODE,
+            "unknown flag node-lable",
+        ),
+        (
+            "agent",
+            &["--disable=traefik"],
+            AGENT,
+            NODE,
+            "disable is a server flag",
+        ),
     ] {
         let (code, err) = k3s(d.path(), role, args, config, drop_in);
         assert_eq!(code, 1, "{why}: {err}");
@@ -82,25 +129,49 @@ fn tailscale_standin_refuses_up_flags_the_release_does_not_have() {
         .arg(d.path()));
     assert_eq!(code, 0, "{err}");
     let up = |args: &[&str]| {
-        let (code, _, err) = run(Command::new(d.path().join("tailscale_1.96.4_amd64/tailscale"))
-            .arg("up")
-            .args(args)
-            .env("IMGBUILD_STANDIN_LOG", d.path().join("log")));
+        let (code, _, err) = run(
+            Command::new(d.path().join("tailscale_1.96.4_amd64/tailscale"))
+                .arg("up")
+                .args(args)
+                .env("IMGBUILD_STANDIN_LOG", d.path().join("log")),
+        );
         (code, err)
     };
     // What our join script passes gets past the flag check (and stops at "no tailscaled").
     for good in [
-        &["--auth-key=file:/k", "--accept-dns=false", "--hostname=pc-1", "--advertise-tags=tag:k3s"][..],
-        &["--authkey=file:/k", "--ssh", "--login-server", "https://hs.lan"],
+        &[
+            "--auth-key=file:/k",
+            "--accept-dns=false",
+            "--hostname=pc-1",
+            "--advertise-tags=tag:k3s",
+        ][..],
+        &[
+            "--authkey=file:/k",
+            "--ssh",
+            "--login-server",
+            "https://hs.lan",
+        ],
     ] {
         let (code, err) = up(good);
         assert_eq!(code, 1, "{good:?}: {err}");
-        assert!(err.contains("failed to connect to local tailscaled"), "{err}");
+        assert!(
+            err.contains("failed to connect to local tailscaled"),
+            "{err}"
+        );
     }
     for (bad, why) in [
-        (&["--accept-dsn=false"][..], "flag provided but not defined: -accept-dsn"),
-        (&["--unattended"], "flag provided but not defined: -unattended"),
-        (&["--accept-dns=maybe"], "invalid boolean value for -accept-dns"),
+        (
+            &["--accept-dsn=false"][..],
+            "flag provided but not defined: -accept-dsn",
+        ),
+        (
+            &["--unattended"],
+            "flag provided but not defined: -unattended",
+        ),
+        (
+            &["--accept-dns=maybe"],
+            "invalid boolean value for -accept-dns",
+        ),
         (&["--hostname"], "flag needs an argument: -hostname"),
         (&["--ssh", "pc-1"], "too many non-flag arguments"),
     ] {

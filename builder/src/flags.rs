@@ -12,7 +12,10 @@ const K3S: &[(&str, &str)] = &[(
 )];
 
 /// Tailscale releases whose `tailscale up` flag sets ship in the binary, newest last.
-const TAILSCALE: &[(&str, &str)] = &[("1.96.4", include_str!("../data/flags/tailscale-1.96.4.toml"))];
+const TAILSCALE: &[(&str, &str)] = &[(
+    "1.96.4",
+    include_str!("../data/flags/tailscale-1.96.4.toml"),
+)];
 
 /// The `tailscale up` flags imgbuild's join script (`overlays/node/mesh-join-tailscale.sh.j2`)
 /// passes; a test below keeps this list and the script in step.
@@ -109,7 +112,9 @@ impl FlagSet {
 
     /// The flag that has `name` as an alias.
     pub fn by_alias(&self, name: &str) -> Option<&Flag> {
-        self.flags.iter().find(|f| f.aliases.iter().any(|a| a == name))
+        self.flags
+            .iter()
+            .find(|f| f.aliases.iter().any(|a| a == name))
     }
 
     /// The flags of [`TAILSCALE_UP_FLAGS`] this (`tailscale up`) flag set lacks.
@@ -146,8 +151,16 @@ mod tests {
                 let set = find(table, version).unwrap();
                 assert_eq!(set.program, program);
                 assert_eq!(&set.version, version);
-                assert_eq!(set.commit.len(), 40, "{program} {version}: a full commit id");
-                assert!(set.flags.len() > 20, "{program} {version}: {}", set.flags.len());
+                assert_eq!(
+                    set.commit.len(),
+                    40,
+                    "{program} {version}: a full commit id"
+                );
+                assert!(
+                    set.flags.len() > 20,
+                    "{program} {version}: {}",
+                    set.flags.len()
+                );
                 let mut names: Vec<_> = set.flags.iter().map(|f| &f.name).collect();
                 names.dedup();
                 assert_eq!(names.len(), set.flags.len(), "sorted, no duplicates");

@@ -413,7 +413,10 @@ impl Seen {
         let k3s = line(&format!("k3s start role={role}"));
         assert!(up < k3s, "k3s started before the mesh was up: {show}");
         assert!(line("k3s flags checked") > k3s, "{show}");
-        assert!(!log.contains(" refused: "), "a stand-in refused its flags: {show}");
+        assert!(
+            !log.contains(" refused: "),
+            "a stand-in refused its flags: {show}"
+        );
         for needle in [
             "server: \"https://k3s-1:6443\"",
             "token-file: \"/etc/rancher/k3s/token\"",
@@ -460,7 +463,11 @@ impl Seen {
 /// The k3s unit of a node of `role` (`server` or `agent`), without `.service`.
 pub fn k3s_unit(role: &str) -> &'static str {
     use imgbuild::profile::Role;
-    let role = if role == "server" { Role::Server } else { Role::Agent };
+    let role = if role == "server" {
+        Role::Server
+    } else {
+        Role::Agent
+    };
     imgbuild::node::files::k3s_unit(role).trim_end_matches(".service")
 }
 

@@ -204,7 +204,11 @@ fn line_index_places_offsets_like_a_scan() {
 
 /// A worker (agent) or server profile of ours with `[k3s.config]` lines, resolved.
 fn with_config(role: &str, config: &str) -> (tempfile::TempDir, Result<Resolved, ProfileError>) {
-    let extends = if role == "agent" { "amd64-worker" } else { "amd64-server" };
+    let extends = if role == "agent" {
+        "amd64-worker"
+    } else {
+        "amd64-server"
+    };
     let text = format!("extends = \"{extends}\"\n\n[k3s.config]\n{config}\n");
     let (d, store) = store_with(&[("p", &text)]);
     let r = store.resolve("p", &[]);
@@ -215,7 +219,9 @@ fn with_config(role: &str, config: &str) -> (tempfile::TempDir, Result<Resolved,
 /// line 4 (the first config line) of the profile.
 fn refused(role: &str, config: &str) -> (String, String, String) {
     let (d, r) = with_config(role, config);
-    let err = r.err().unwrap_or_else(|| panic!("{role}: {config:?} was accepted"));
+    let err = r
+        .err()
+        .unwrap_or_else(|| panic!("{role}: {config:?} was accepted"));
     assert_eq!(err.problems.len(), 1, "{err}");
     let p = &err.problems[0];
     let at = format!("{}:4:1", d.path().join("p.toml").display());
@@ -230,11 +236,23 @@ fn refused(role: &str, config: &str) -> (String, String, String) {
 #[test]
 fn k3s_config_valid_keys_of_each_role_resolve() {
     for (role, config) in [
-        ("agent", "kubelet-arg = [\"max-pods=150\"]\nprotect-kernel-defaults = true"),
-        ("agent", "node-external-ip = [\"203.0.113.7\"]\nsnapshotter = \"native\""),
+        (
+            "agent",
+            "kubelet-arg = [\"max-pods=150\"]\nprotect-kernel-defaults = true",
+        ),
+        (
+            "agent",
+            "node-external-ip = [\"203.0.113.7\"]\nsnapshotter = \"native\"",
+        ),
         ("agent", "\"kubelet-arg+\" = [\"v=2\"]"),
-        ("server", "kube-apiserver-arg = [\"audit-log-maxage=30\"]\ndisable = [\"traefik\"]"),
-        ("server", "etcd-snapshot-retention = 10\ncluster-domain = \"home.arpa\""),
+        (
+            "server",
+            "kube-apiserver-arg = [\"audit-log-maxage=30\"]\ndisable = [\"traefik\"]",
+        ),
+        (
+            "server",
+            "etcd-snapshot-retention = 10\ncluster-domain = \"home.arpa\"",
+        ),
     ] {
         let (_d, r) = with_config(role, config);
         r.unwrap_or_else(|e| panic!("{role}: {config:?}: {e}"));
@@ -259,9 +277,16 @@ fn k3s_config_unknown_key_is_refused_with_the_nearest_name() {
 
 #[test]
 fn k3s_config_key_of_the_other_role_is_refused() {
-    for key in ["kube-apiserver-arg = [\"x=y\"]", "cluster-reset = true", "disable = [\"traefik\"]"] {
+    for key in [
+        "kube-apiserver-arg = [\"x=y\"]",
+        "cluster-reset = true",
+        "disable = [\"traefik\"]",
+    ] {
         let (_, msg, help) = refused("agent", key);
-        assert!(msg.contains("is a k3s server setting; this profile's role is agent"), "{msg}");
+        assert!(
+            msg.contains("is a k3s server setting; this profile's role is agent"),
+            "{msg}"
+        );
         assert!(help.contains("k3s.role = \"server\""), "{help}");
     }
     let (_, msg, _) = refused("server", "disable-apiserver-lb = true");

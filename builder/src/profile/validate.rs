@@ -531,7 +531,9 @@ fn check_tailscale_flags(c: &mut Checker<'_>, m: &MeshSpec) {
     for name in set.missing_up_flags() {
         c.problem(
             "mesh.version",
-            format!("tailscale up of Tailscale {version} has no --{name}, which imgbuild's join passes"),
+            format!(
+                "tailscale up of Tailscale {version} has no --{name}, which imgbuild's join passes"
+            ),
             format!(
                 "pin a release that has it, e.g. version = \"{}\"",
                 latest.last().unwrap_or(&"1.96.4")
