@@ -6,13 +6,10 @@
 
 mod support;
 
-use std::time::Duration;
-
-use support::node::{self, NodeProfile, Seen, Setup, grown_copy};
-use support::qemu::{self, Arch, ResultsDisk, VmBuilder};
+use support::node::{NodeProfile, Setup, boot_uefi, grown_copy};
+use support::qemu::{self, Arch};
 use support::{imgbuild, require_tool, run};
 
-const BOOT_TIMEOUT: Duration = Duration::from_secs(1200);
 const SERVER_ONLY: &str = "kube-apiserver-arg = [\"audit-log-maxage=30\"]";
 
 #[test]
@@ -75,16 +72,7 @@ fn server_only_key_boots_on_a_server_and_is_refused_for_an_agent() {
     let img = setup.build_node("pc-1");
     setup.assert_secrets_only_in_node_image(&img);
     let disk = grown_copy(&img, &work.join("pc-1.img"));
-    let results = ResultsDisk::create(&work.join("results.img"));
-    let mut vm = VmBuilder::uefi(Arch::X86_64)
-        .disk(&disk, "disk")
-        .disk(&results.image, "results")
-        .memory_mib(2048)
-        .start(&work.join("vm"));
-    vm.wait_for_poweroff(node::DONE, node::FAILED, BOOT_TIMEOUT);
-    eprintln!("boot: {:.1?}", vm.elapsed());
-    drop(vm);
-    let seen = Seen::read(&results);
+    let seen = boot_uefi(&disk, work, "pc-1");
     seen.assert_first_boot_as("pc-1", server.boot_mount, "server");
     let show = seen.show();
     assert!(seen.standin.contains("- \"audit-log-maxage=30\""), "{show}");

@@ -460,6 +460,26 @@ impl Seen {
     }
 }
 
+/// Firmware, boot, cloud-init, mesh join, k3s start and the observer under TCG: about four minutes
+/// on two idle cores, much more on a loaded machine.
+pub const BOOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1200);
+
+/// Boots `disk` under OVMF with a results disk until the observer powers it off, and reads what
+/// it saw. `name` names the boot's scratch files in `work`.
+pub fn boot_uefi(disk: &Path, work: &Path, name: &str) -> Seen {
+    use super::qemu::{Arch, VmBuilder};
+    let results = ResultsDisk::create(&work.join(format!("results-{name}.img")));
+    let mut vm = VmBuilder::uefi(Arch::X86_64)
+        .disk(disk, "disk")
+        .disk(&results.image, "results")
+        .memory_mib(2048)
+        .start(&work.join(format!("vm-{name}")));
+    vm.wait_for_poweroff(DONE, FAILED, BOOT_TIMEOUT);
+    eprintln!("boot {name}: {:.1?}", vm.elapsed());
+    drop(vm);
+    Seen::read(&results)
+}
+
 /// The k3s unit of a node of `role` (`server` or `agent`), without `.service`.
 pub fn k3s_unit(role: &str) -> &'static str {
     use imgbuild::profile::Role;
