@@ -8,32 +8,12 @@
 
 mod support;
 
-use std::path::Path;
-use std::time::Duration;
-
-use support::node::{self, NodeProfile, Seen, Setup, grown_copy};
-use support::qemu::{self, Arch, ResultsDisk, VmBuilder};
+use support::node::{NodeProfile, Setup, boot_uefi as boot, grown_copy};
+use support::qemu::{self, Arch};
 use support::require_tool;
-
-/// Firmware, boot, cloud-init, mesh join, k3s start and the observer under TCG: about four minutes
-/// on two idle cores, much more on a loaded machine.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(1200);
 
 fn tools_present() -> bool {
     qemu::require_qemu(Arch::X86_64, true) && require_tool("mkfs.vfat") && require_tool("mtype")
-}
-
-fn boot(disk: &Path, work: &Path, name: &str) -> Seen {
-    let results = ResultsDisk::create(&work.join(format!("results-{name}.img")));
-    let mut vm = VmBuilder::uefi(Arch::X86_64)
-        .disk(disk, "disk")
-        .disk(&results.image, "results")
-        .memory_mib(2048)
-        .start(&work.join(format!("vm-{name}")));
-    vm.wait_for_poweroff(node::DONE, node::FAILED, BOOT_TIMEOUT);
-    eprintln!("boot {name}: {:.1?}", vm.elapsed());
-    drop(vm);
-    Seen::read(&results)
 }
 
 #[test]

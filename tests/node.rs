@@ -341,6 +341,39 @@ fn every_role_gets_its_units_enabled() {
     }
 }
 
+/// Every key imgbuild itself writes into config.yaml is a flag of the pinned k3s release for
+/// the node's role, with a value of that flag's kind (read back by PyYAML, not our writer).
+#[test]
+fn k3s_config_keys_we_write_are_flags_of_the_pinned_release() {
+    use imgbuild::flags::Kind as FlagKind;
+    for name in STOCK {
+        let (t, _, r) = composed_with(name, &["k3s.taints=[\"dedicated=x:NoSchedule\"]"]);
+        let Some(v) = yaml_to_json(&text(&t, "/etc/rancher/k3s/config.yaml")) else {
+            return;
+        };
+        let version = r.profile.k3s.version.as_deref().unwrap();
+        let set = imgbuild::flags::k3s(version).expect("stock profiles pin a release we have");
+        let role = r.profile.k3s.role.unwrap().as_str();
+        let map = v.as_object().unwrap();
+        assert!(map.len() >= 5, "{name}: {map:?}");
+        for (key, value) in map {
+            let flag = set
+                .get(key.trim_end_matches('+'))
+                .unwrap_or_else(|| panic!("{name}: {key}"));
+            assert!(
+                flag.role.unwrap().accepts(role),
+                "{name}: {key} on a {role}"
+            );
+            let ok = match flag.kind {
+                FlagKind::List => value.is_array(),
+                FlagKind::Bool => value.is_boolean(),
+                FlagKind::Scalar => value.is_string() || value.is_number(),
+            };
+            assert!(ok, "{name}: {key} = {value}");
+        }
+    }
+}
+
 #[test]
 fn k3s_config_reads_back_with_the_right_types() {
     for name in STOCK {
@@ -376,8 +409,8 @@ fn k3s_config_reads_back_with_the_right_types() {
     let (t, _, _) = composed_with(
         "amd64-worker",
         &[
-            "k3s.config.node-external-ip=\"on\"",
-            "k3s.config.cluster-domain=\"0600\"",
+            "k3s.config.node-external-ip=[\"on\"]",
+            "k3s.config.pause-image=\"0600\"",
             "k3s.config.kubelet-arg=[\"max-pods=150\"]",
             "k3s.config.protect-kernel-defaults=true",
         ],
@@ -385,8 +418,8 @@ fn k3s_config_reads_back_with_the_right_types() {
     let Some(v) = yaml_to_json(&text(&t, "/etc/rancher/k3s/config.yaml")) else {
         return;
     };
-    assert_eq!(v["node-external-ip"], "on");
-    assert_eq!(v["cluster-domain"], "0600");
+    assert_eq!(v["node-external-ip"], serde_json::json!(["on"]));
+    assert_eq!(v["pause-image"], "0600");
     assert_eq!(v["protect-kernel-defaults"], true);
     assert_eq!(
         v["kubelet-arg"],
@@ -793,8 +826,9 @@ fn first_boot_scripts_run_against_the_stand_ins() {
             stage(&shown, e.mode, &c.read_all().unwrap());
         }
     }
-    // The stand-ins where the artifacts go, and recorders for systemctl and cloud-init.
-    let standins = support::tests_dir().join("fixtures/standins");
+    // The stand-ins (as packaged, with their flag data) where the artifacts go, and recorders
+    // for systemctl and cloud-init.
+    let standins = packaged_standins(&d.join("pkg"));
     for b in ["k3s", "tailscale", "tailscaled"] {
         stage(
             &format!("/usr/local/bin/{b}"),
@@ -986,6 +1020,29 @@ fn a_base_or_artifact_of_another_architecture_is_refused() {
     );
 }
 
+/// The stand-ins as `package.sh` lays them out (flag data appended), the tailscale binaries
+/// unpacked from their tarball by GNU tar: a folder with `k3s`, `tailscale` and `tailscaled`.
+fn packaged_standins(dir: &Path) -> std::path::PathBuf {
+    let (code, _, err) = support::run(
+        Command::new("sh")
+            .arg(support::tests_dir().join("fixtures/standins/package.sh"))
+            .arg(dir),
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = support::run(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(dir.join("tailscale_1.96.4_amd64.tgz"))
+            .arg("-C")
+            .arg(dir),
+    );
+    assert_eq!(code, 0, "{err}");
+    for b in ["tailscale", "tailscaled"] {
+        std::fs::rename(dir.join("tailscale_1.96.4_amd64").join(b), dir.join(b)).unwrap();
+    }
+    dir.to_path_buf()
+}
+
 #[test]
 fn tailscale_binaries_come_from_the_release_tarball() {
     let dir = tempfile::tempdir().unwrap();
@@ -1004,7 +1061,8 @@ fn tailscale_binaries_come_from_the_release_tarball() {
     )
     .unwrap();
     let mesh = MeshArtifacts::tailscale_from_tarball(&tgz).unwrap();
-    let standins = support::tests_dir().join("fixtures/standins");
+    // The binaries as GNU tar unpacks them from the same tarball.
+    let standins = packaged_standins(&dir.path().join("unpacked"));
     let r = resolve("amd64-worker", &[]);
     let mut t = base();
     let arts = Artifacts {

@@ -199,3 +199,50 @@ fn large_profiles_are_checked() {
         .args(["profiles", "check", "big"]));
     assert_eq!(code, 0, "{out}{err}");
 }
+
+/// `scripts/gen-flags --check` regenerates builder/data/flags byte for byte from the pinned
+/// upstream commits, and reports a file that differs. It needs git directories holding those
+/// commits (IMGBUILD_FLAGS_K3S_GIT, IMGBUILD_FLAGS_TAILSCALE_GIT: clones or bare mirrors of
+/// k3s-io/k3s and tailscale/tailscale); without them it is skipped with a note.
+#[test]
+fn flag_data_regenerates_byte_identically() {
+    let (Some(k3s), Some(ts)) = (
+        std::env::var_os("IMGBUILD_FLAGS_K3S_GIT"),
+        std::env::var_os("IMGBUILD_FLAGS_TAILSCALE_GIT"),
+    ) else {
+        eprintln!("skipped: set IMGBUILD_FLAGS_K3S_GIT and IMGBUILD_FLAGS_TAILSCALE_GIT");
+        return;
+    };
+    let data = support::repo_root().join("builder/data/flags");
+    let regenerate = |out: &Path| {
+        run(
+            std::process::Command::new(support::repo_root().join("scripts/gen-flags"))
+                .arg("--check")
+                .arg("--k3s-git")
+                .arg(&k3s)
+                .arg("--tailscale-git")
+                .arg(&ts)
+                .arg("--out")
+                .arg(out),
+        )
+    };
+    let (code, out, err) = regenerate(&data);
+    assert_eq!(code, 0, "{out}{err}");
+    // A copy with one flag's kind changed is reported as out of date.
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(&data).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, tmp.path().join(p.file_name().unwrap())).unwrap();
+    }
+    let f = tmp.path().join("k3s-v1.36.2+k3s1.toml");
+    let text = std::fs::read_to_string(&f).unwrap();
+    let changed = text.replacen("kind = \"list\"", "kind = \"scalar\"", 1);
+    assert_ne!(text, changed);
+    std::fs::write(&f, changed).unwrap();
+    let (code, _, err) = regenerate(tmp.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("out of date") && err.contains("k3s-v1.36.2+k3s1.toml"),
+        "{err}"
+    );
+}

@@ -241,8 +241,8 @@ fn stock_profiles_snapshot_and_pass_cloud_init_schema() {
         let cfg = yaml_to_json(cfg["content"].as_str().unwrap());
         assert_eq!(cfg["token-file"], "/etc/rancher/k3s/token");
         if *profile == "lab-worker" {
-            assert_eq!(cfg["node-external-ip"], "on");
-            assert_eq!(cfg["cluster-domain"], "0600");
+            assert_eq!(cfg["node-external-ip"][0], "on");
+            assert_eq!(cfg["pause-image"], "0600");
             let motd = doc["write_files"]
                 .as_array()
                 .unwrap()

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod cmd;
 pub mod disk;
 pub mod fetch;
+pub mod flags;
 pub mod flash;
 pub mod fs;
 pub mod ids;

@@ -29,7 +29,7 @@ const OBSERVE: &str = r#"#!/bin/sh
 set -u
 fail() { echo "IMGBUILD-NODE-OBSERVE-FAILED: $*" > /dev/console; exit 1; }
 n=0
-until [ -e /var/lib/imgbuild/firstboot-done ] && systemctl is-active -q k3s-agent.service; do
+until [ -e /var/lib/imgbuild/firstboot-done ] && systemctl is-active -q @K3S_UNIT@.service; do
     [ "$n" -ge 600 ] && break
     sleep 1
     n=$((n + 1))
@@ -57,7 +57,7 @@ disk=$(lsblk -no PKNAME "$(findfs LABEL=imgbuild-data)")
     echo "host_key=$(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub 2>/dev/null | awk '{print $2}')"
     echo "user_ops=$(id -nG ops 2>/dev/null)"
     echo "authorized_keys=$(cat ~ops/.ssh/authorized_keys 2>/dev/null | head -n 1)"
-    for u in k3s-agent tailscaled imgbuild-mesh-join imgbuild-nodeip imgbuild-firstboot-done; do
+    for u in @K3S_UNIT@ tailscaled imgbuild-mesh-join imgbuild-nodeip imgbuild-firstboot-done; do
         echo "active.$u=$(systemctl is-active "$u.service")"
     done
     for f in @BOOT@/user-data @BOOT@/meta-data /var/lib/imgbuild/mesh-authkey \
@@ -101,6 +101,8 @@ pub struct NodeProfile<'a> {
     pub base: &'a Path,
     pub arch: &'a str,
     pub boot_mount: &'a str,
+    /// Extra `[k3s.config]` lines of the profile.
+    pub k3s_config: &'a str,
 }
 
 impl<'a> NodeProfile<'a> {
@@ -112,6 +114,25 @@ impl<'a> NodeProfile<'a> {
             base,
             arch: "amd64",
             boot_mount: "/boot/efi",
+            k3s_config: "",
+        }
+    }
+
+    /// `pc-server`: the stock amd64 server (joining the control plane at k3s-1) on `base`.
+    pub fn pc_server(base: &'a Path) -> Self {
+        NodeProfile {
+            name: "pc-server",
+            extends: "amd64-server",
+            ..Self::pc_node(base)
+        }
+    }
+
+    /// `server` or `agent`, as the stock profile it extends.
+    pub fn role(&self) -> &'static str {
+        if self.extends.ends_with("-server") {
+            "server"
+        } else {
+            "agent"
         }
     }
 
@@ -123,6 +144,7 @@ impl<'a> NodeProfile<'a> {
             base,
             arch: "arm64",
             boot_mount: "/boot/firmware",
+            k3s_config: "",
         }
     }
 }
@@ -153,7 +175,8 @@ impl Setup {
         let overlay = profiles.join("observer");
         let observe = OBSERVE
             .replace("@MOUNT@", ResultsDisk::GUEST_MOUNT)
-            .replace("@BOOT@", p.boot_mount);
+            .replace("@BOOT@", p.boot_mount)
+            .replace("@K3S_UNIT@", k3s_unit(p.role()));
         qemu::write_file(&overlay, "usr/local/sbin/imgbuild-observe", &observe, 0o755);
         qemu::write_file(
             &overlay,
@@ -185,6 +208,9 @@ url = "file://{base}"
 url = "file://{k3s}"
 labels = ["node.kubernetes.io/role=worker", "site=test"]
 
+[k3s.config]
+{k3s_config}
+
 [mesh]
 url = "file://{art}/tailscale_{{version}}_{{arch}}.tgz"
 
@@ -195,6 +221,7 @@ ssh-keys = ["{SSH_KEY}"]
 "#,
                 arch = p.arch,
                 extends = p.extends,
+                k3s_config = p.k3s_config,
                 base = p.base.display(),
                 art = art.display(),
             ),
@@ -297,6 +324,12 @@ impl Seen {
     /// The first boot of `node`: identity from the seed, read-only root, state on the grown data
     /// partition, mesh up before k3s with the right flags, seed and key gone, no secret logged.
     pub fn assert_first_boot(&self, node: &str, boot_mount: &str) {
+        self.assert_first_boot_as(node, boot_mount, "agent");
+    }
+
+    /// [`Seen::assert_first_boot`] of a node of `role` (`server` or `agent`); the stand-in k3s
+    /// checked the flags and config keys it was started with against the pinned release.
+    pub fn assert_first_boot_as(&self, node: &str, boot_mount: &str, role: &str) {
         let show = self.show();
         assert_eq!(self.get("hostname"), node, "{show}");
         assert_eq!(self.get("boots"), "1", "{show}");
@@ -342,7 +375,7 @@ impl Seen {
         assert!(self.get("user_ops").contains("sudo"), "{show}");
         assert_eq!(self.get("authorized_keys"), SSH_KEY, "{show}");
         for u in [
-            "k3s-agent",
+            k3s_unit(role),
             "tailscaled",
             "imgbuild-mesh-join",
             "imgbuild-nodeip",
@@ -377,8 +410,13 @@ impl Seen {
                 && up_line.contains(&format!("--hostname={node}")),
             "{up_line}"
         );
-        let k3s = line("k3s start role=agent");
+        let k3s = line(&format!("k3s start role={role}"));
         assert!(up < k3s, "k3s started before the mesh was up: {show}");
+        assert!(line("k3s flags checked") > k3s, "{show}");
+        assert!(
+            !log.contains(" refused: "),
+            "a stand-in refused its flags: {show}"
+        );
         for needle in [
             "server: \"https://k3s-1:6443\"",
             "token-file: \"/etc/rancher/k3s/token\"",
@@ -420,6 +458,37 @@ impl Seen {
             "k3s did not find its state from the earlier boot: {show}"
         );
     }
+}
+
+/// Firmware, boot, cloud-init, mesh join, k3s start and the observer under TCG: about four minutes
+/// on two idle cores, much more on a loaded machine.
+pub const BOOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1200);
+
+/// Boots `disk` under OVMF with a results disk until the observer powers it off, and reads what
+/// it saw. `name` names the boot's scratch files in `work`.
+pub fn boot_uefi(disk: &Path, work: &Path, name: &str) -> Seen {
+    use super::qemu::{Arch, VmBuilder};
+    let results = ResultsDisk::create(&work.join(format!("results-{name}.img")));
+    let mut vm = VmBuilder::uefi(Arch::X86_64)
+        .disk(disk, "disk")
+        .disk(&results.image, "results")
+        .memory_mib(2048)
+        .start(&work.join(format!("vm-{name}")));
+    vm.wait_for_poweroff(DONE, FAILED, BOOT_TIMEOUT);
+    eprintln!("boot {name}: {:.1?}", vm.elapsed());
+    drop(vm);
+    Seen::read(&results)
+}
+
+/// The k3s unit of a node of `role` (`server` or `agent`), without `.service`.
+pub fn k3s_unit(role: &str) -> &'static str {
+    use imgbuild::profile::Role;
+    let role = if role == "server" {
+        Role::Server
+    } else {
+        Role::Agent
+    };
+    imgbuild::node::files::k3s_unit(role).trim_end_matches(".service")
 }
 
 pub fn tail(s: &str, n: usize) -> String {

@@ -201,3 +201,145 @@ fn line_index_places_offsets_like_a_scan() {
     assert_eq!(idx.line_col(10_000), naive(text.len()));
     assert_eq!(idx.line_col(1), (1, 1), "inside a character: its start");
 }
+
+/// A worker (agent) or server profile of ours with `[k3s.config]` lines, resolved.
+fn with_config(role: &str, config: &str) -> (tempfile::TempDir, Result<Resolved, ProfileError>) {
+    let extends = if role == "agent" {
+        "amd64-worker"
+    } else {
+        "amd64-server"
+    };
+    let text = format!("extends = \"{extends}\"\n\n[k3s.config]\n{config}\n");
+    let (d, store) = store_with(&[("p", &text)]);
+    let r = store.resolve("p", &[]);
+    (d, r)
+}
+
+/// The one problem of a refused `[k3s.config]`: its key, message and help, and that it points at
+/// line 4 (the first config line) of the profile.
+fn refused(role: &str, config: &str) -> (String, String, String) {
+    let (d, r) = with_config(role, config);
+    let err = r
+        .err()
+        .unwrap_or_else(|| panic!("{role}: {config:?} was accepted"));
+    assert_eq!(err.problems.len(), 1, "{err}");
+    let p = &err.problems[0];
+    let at = format!("{}:4:1", d.path().join("p.toml").display());
+    assert!(err.to_string().contains(&at), "{at}: {err}");
+    (
+        p.key.clone().unwrap_or_default(),
+        p.message.clone(),
+        p.help.clone().unwrap_or_default(),
+    )
+}
+
+#[test]
+fn k3s_config_valid_keys_of_each_role_resolve() {
+    for (role, config) in [
+        (
+            "agent",
+            "kubelet-arg = [\"max-pods=150\"]\nprotect-kernel-defaults = true",
+        ),
+        (
+            "agent",
+            "node-external-ip = [\"203.0.113.7\"]\nsnapshotter = \"native\"",
+        ),
+        ("agent", "\"kubelet-arg+\" = [\"v=2\"]"),
+        (
+            "server",
+            "kube-apiserver-arg = [\"audit-log-maxage=30\"]\ndisable = [\"traefik\"]",
+        ),
+        (
+            "server",
+            "etcd-snapshot-retention = 10\ncluster-domain = \"home.arpa\"",
+        ),
+    ] {
+        let (_d, r) = with_config(role, config);
+        r.unwrap_or_else(|e| panic!("{role}: {config:?}: {e}"));
+    }
+}
+
+#[test]
+fn k3s_config_unknown_key_is_refused_with_the_nearest_name() {
+    let (key, msg, help) = refused("agent", "node-lable = [\"a=b\"]");
+    assert_eq!(key, "k3s.config.node-lable");
+    assert!(msg.contains("not a setting of k3s v1.36.2+k3s1"), "{msg}");
+    assert!(help.contains("did you mean `node-label`?"), "{help}");
+    // Nothing near: no guess, but where the settings are listed.
+    let (_, _, help) = refused("agent", "frobnicate-everything = true");
+    assert!(!help.contains("did you mean"), "{help}");
+    assert!(help.contains("k3s agent --help"), "{help}");
+    // A one-letter alias is named by its full name.
+    let (_, msg, help) = refused("agent", "d = \"/data\"");
+    assert!(msg.contains("one-letter form of data-dir"), "{msg}");
+    assert!(help.contains("data-dir"), "{help}");
+}
+
+#[test]
+fn k3s_config_key_of_the_other_role_is_refused() {
+    for key in [
+        "kube-apiserver-arg = [\"x=y\"]",
+        "cluster-reset = true",
+        "disable = [\"traefik\"]",
+    ] {
+        let (_, msg, help) = refused("agent", key);
+        assert!(
+            msg.contains("is a k3s server setting; this profile's role is agent"),
+            "{msg}"
+        );
+        assert!(help.contains("k3s.role = \"server\""), "{help}");
+    }
+    let (_, msg, _) = refused("server", "disable-apiserver-lb = true");
+    assert!(msg.contains("is a k3s agent setting"), "{msg}");
+    // A misspelt key on an agent is not pointed at a server-only flag.
+    let (_, _, help) = refused("agent", "cluster-rest = true");
+    assert!(!help.contains("cluster-reset"), "{help}");
+}
+
+#[test]
+fn k3s_config_value_kinds_are_checked() {
+    let (_, msg, help) = refused("agent", "kubelet-arg = \"max-pods=150\"");
+    assert!(msg.contains("takes a list, but a single value"), "{msg}");
+    assert!(help.contains("kubelet-arg = [\"max-pods=150\"]"), "{help}");
+    let (_, msg, _) = refused("agent", "snapshotter = [\"native\", \"overlayfs\"]");
+    assert!(msg.contains("takes one value"), "{msg}");
+    let (_, msg, help) = refused("agent", "protect-kernel-defaults = \"yes\"");
+    assert!(msg.contains("takes true or false"), "{msg}");
+    assert!(help.contains("protect-kernel-defaults = true"), "{help}");
+    let (_, msg, _) = refused("agent", "\"snapshotter+\" = \"native\"");
+    assert!(msg.contains("`+` appends to a list"), "{msg}");
+    let (_, msg, _) = refused("agent", "kubelet-arg = [[\"a\"]]");
+    assert!(msg.contains("not of tables or lists"), "{msg}");
+}
+
+#[test]
+fn k3s_config_keys_imgbuild_sets_point_at_their_field() {
+    for (key, field) in [
+        ("node-ip = [\"10.0.0.5\"]", "mesh address"),
+        ("flannel-iface = \"eth0\"", "mesh.interface"),
+        ("token-file = \"/t\"", "k3s.token"),
+        ("server = \"https://x:6443\"", "k3s.server"),
+        ("\"node-label+\" = [\"a=b\"]", "k3s.labels"),
+        ("write-kubeconfig-mode = \"0644\"", "0600"),
+    ] {
+        let (_, msg, help) = refused("agent", key);
+        assert!(msg.contains("managed by imgbuild"), "{key}: {msg}");
+        assert!(help.contains(field), "{key}: {help}");
+    }
+}
+
+#[test]
+fn k3s_config_of_a_release_without_flag_data_is_warned_about() {
+    let text = "extends = \"amd64-worker\"\n[k3s]\nversion = \"v1.20.0+k3s1\"\n[k3s.config]\nnode-lable = [\"a=b\"]\n";
+    let (_d, store) = store_with(&[("p", text)]);
+    let r = store.resolve("p", &[]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        r.warnings.iter().any(|w| w.message.contains("not checked")),
+        "{:?}",
+        r.warnings
+    );
+    // Keys imgbuild owns are refused whatever the release.
+    let text = text.replace("node-lable", "node-ip");
+    let (_d, store) = store_with(&[("p", &text)]);
+    assert!(store.resolve("p", &[]).is_err());
+}

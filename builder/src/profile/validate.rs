@@ -364,27 +364,181 @@ fn check_k3s(c: &mut Checker<'_>, p: &Profile, concrete: bool, board: Option<Boa
             );
         }
     }
-    for key in k.config.keys() {
-        let owned = match key.as_str() {
-            "token" | "token-file" | "agent-token" | "agent-token-file" => {
-                Some("k3s.token / k3s.agent-token (as secret references)")
-            }
-            "server" => Some("k3s.server"),
-            "cluster-init" => Some("k3s.cluster-init"),
-            "node-label" => Some("k3s.labels"),
-            "node-taint" => Some("k3s.taints"),
-            "node-ip" | "flannel-iface" | "node-name" => Some(
-                "nothing instead: imgbuild sets it for each node from its mesh address and name",
-            ),
-            _ => None,
-        };
-        if let Some(instead) = owned {
-            c.problem(
-                &format!("k3s.config.{key}"),
-                format!("k3s.config.{key} is managed by imgbuild"),
-                format!("remove it from k3s.config; set {instead}"),
-            );
+    check_k3s_config(c, k);
+}
+
+/// The profile field that owns a `config.yaml` key imgbuild writes itself, for the help text.
+fn owned_by(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "token" | "token-file" | "agent-token" | "agent-token-file" => {
+            "set k3s.token / k3s.agent-token (as secret references)"
         }
+        "server" => "set k3s.server",
+        "cluster-init" => "set k3s.cluster-init",
+        "node-label" => "set k3s.labels (per node: labels in nodes.toml)",
+        "node-taint" => "set k3s.taints (per node: taints in nodes.toml)",
+        "node-ip" | "node-name" => {
+            "set nothing: imgbuild sets it for each node from its mesh address and name"
+        }
+        "flannel-iface" => "set mesh.interface (imgbuild points flannel at the mesh)",
+        "write-kubeconfig-mode" => {
+            "set nothing: imgbuild writes the admin kubeconfig 0600, readable by root only"
+        }
+        _ => return None,
+    })
+}
+
+/// `[k3s.config]`: every key a flag of the pinned k3s release, for this role, with a value of
+/// the flag's kind; keys imgbuild writes itself are refused with the field that owns them.
+/// Real k3s only warns about an unknown key (the setting is silently not applied) and an agent
+/// with a server flag does not start, so both are caught here, before an image exists.
+fn check_k3s_config(c: &mut Checker<'_>, k: &K3sSpec) {
+    if k.config.is_empty() {
+        return;
+    }
+    let set = k.version.as_deref().and_then(crate::flags::k3s);
+    if set.is_none()
+        && let Some(v) = &k.version
+    {
+        let w = c.warn(
+            "k3s.version",
+            format!(
+                "k3s.config is not checked: imgbuild has no flag set for k3s {v} (it has {}); a misspelt key would be ignored by k3s",
+                crate::flags::known_versions("k3s").join(", ")
+            ),
+        );
+        c.warnings.push(w);
+    }
+    for (key, value) in &k.config {
+        let at = format!("k3s.config.{key}");
+        let (base, append) = match key.strip_suffix('+') {
+            Some(b) => (b, true),
+            None => (key.as_str(), false),
+        };
+        if let Some(instead) = owned_by(base) {
+            c.problem(
+                &at,
+                format!("k3s.config.{key} is managed by imgbuild"),
+                format!("remove it from k3s.config; {instead}"),
+            );
+            continue;
+        }
+        if let Some(set) = &set {
+            check_k3s_key(c, set, k.role, &at, key, base, append, value);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_k3s_key(
+    c: &mut Checker<'_>,
+    set: &crate::flags::FlagSet,
+    role: Option<Role>,
+    at: &str,
+    key: &str,
+    base: &str,
+    append: bool,
+    value: &toml::Value,
+) {
+    use crate::flags::Kind;
+    let v = &set.version;
+    let for_role = |f: &crate::flags::Flag| {
+        role.is_none_or(|r| f.role.is_some_and(|fr| fr.accepts(r.as_str())))
+    };
+    let Some(flag) = set.get(base) else {
+        let (message, help) = match set.by_alias(base) {
+            Some(f) => (
+                format!("k3s.config.{key} is the one-letter form of {}", f.name),
+                format!("write the full name: {}", f.name),
+            ),
+            None => (
+                format!("k3s.config.{key} is not a setting of k3s {v}"),
+                match set.nearest(base, for_role) {
+                    Some(n) => format!("did you mean `{n}`?"),
+                    None => format!(
+                        "remove it; the settings are the flags of `k3s {} --help` of {v}",
+                        role.map_or("server", |r| r.as_str())
+                    ),
+                },
+            ),
+        };
+        c.problem(at, message, help);
+        return;
+    };
+    if let (Some(r), Some(fr)) = (role, flag.role)
+        && !fr.accepts(r.as_str())
+    {
+        let only = if r == Role::Agent { "server" } else { "agent" };
+        c.problem(
+            at,
+            format!(
+                "k3s.config.{key} is a k3s {only} setting; this profile's role is {} (k3s {} does not start with it)",
+                r.as_str(),
+                r.as_str()
+            ),
+            format!("remove it from this profile, or set k3s.role = \"{only}\""),
+        );
+        return;
+    }
+    let scalar = |v: &toml::Value| !matches!(v, toml::Value::Array(_) | toml::Value::Table(_));
+    let wrong = match flag.kind {
+        _ if append && flag.kind != Kind::List => Some((
+            format!("k3s.config.{key}: `+` appends to a list, but {base} is not a list"),
+            format!("write {base} without the `+`"),
+        )),
+        Kind::List => match value {
+            toml::Value::Array(items) if items.iter().all(scalar) => None,
+            toml::Value::Array(_) => Some((
+                format!("k3s.config.{key} is a list of values, not of tables or lists"),
+                format!("write {key} = [\"value\", …]"),
+            )),
+            other => Some((
+                format!("k3s.config.{key} takes a list, but a single value is given"),
+                format!("write it as a list: {key} = [{other}]"),
+            )),
+        },
+        Kind::Scalar if !scalar(value) => Some((
+            format!("k3s.config.{key} takes one value, but a list or table is given"),
+            format!("write {key} = \"value\" (k3s would keep only one of the list's values)"),
+        )),
+        Kind::Bool if !matches!(value, toml::Value::Boolean(_)) => Some((
+            format!("k3s.config.{key} is a switch: it takes true or false"),
+            format!("write {key} = true"),
+        )),
+        _ => None,
+    };
+    if let Some((message, help)) = wrong {
+        c.problem(at, message, help);
+    }
+}
+
+/// The `tailscale up` flags our join script passes, checked against the pinned release.
+fn check_tailscale_flags(c: &mut Checker<'_>, m: &MeshSpec) {
+    let Some(version) = &m.version else { return };
+    let Some(set) = crate::flags::tailscale_up(version) else {
+        let w = c.warn(
+            "mesh.version",
+            format!(
+                "the tailscale up flags imgbuild passes are not checked: imgbuild has no flag set \
+                 for Tailscale {version} (it has {})",
+                crate::flags::known_versions("tailscale").join(", ")
+            ),
+        );
+        c.warnings.push(w);
+        return;
+    };
+    let latest = crate::flags::known_versions("tailscale");
+    for name in set.missing_up_flags() {
+        c.problem(
+            "mesh.version",
+            format!(
+                "tailscale up of Tailscale {version} has no --{name}, which imgbuild's join passes"
+            ),
+            format!(
+                "pin a release that has it, e.g. version = \"{}\"",
+                latest.last().unwrap_or(&"1.96.4")
+            ),
+        );
     }
 }
 
@@ -396,6 +550,7 @@ fn check_mesh(c: &mut Checker<'_>, p: &Profile, concrete: bool) {
     }
     match m.provider {
         MeshProvider::Tailscale => {
+            check_tailscale_flags(c, m);
             if concrete && m.version.is_none() {
                 c.problem(
                     "mesh.version",
