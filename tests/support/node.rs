@@ -61,7 +61,7 @@ disk=$(lsblk -no PKNAME "$(findfs LABEL=imgbuild-data)")
     echo "failed_units=$(systemctl --failed --no-legend --plain | awk '{print $1}' | tr '\n' ' ')"
     echo "cloud_state_fs=$(findmnt -no FSTYPE /var/lib/cloud)"
     # The persistent journal: every boot of this disk, and the first boot's cleanup in it.
-    echo "journal_boots=$(journalctl --list-boots --no-pager -q 2>/dev/null | grep -c .)"
+    echo "journal_boots=$(journalctl --list-boots --no-pager 2>/dev/null | grep -cE '[0-9a-f]{32}')"
     echo "journal_firstboot_done=$(journalctl --no-pager -o cat -u imgbuild-firstboot-done.service | grep -c 'seed and key files removed')"
     echo "journal_files=$(find /var/log/journal -name '*.journal' | wc -l)"
     echo "ipv4=$(ip -4 -o addr show scope global | awk '{print $2 "=" $4}' | tr '\n' ' ')"
