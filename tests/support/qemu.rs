@@ -560,23 +560,29 @@ pub fn tar_with_extra_files(base: &Path, extra: &Path, out: &Path) {
     let mut members = Vec::new();
     collect_files(extra, extra, &mut members);
     members.sort();
+    // The extras go into a POSIX tar of their own, concatenated (`-A`) onto the copy: `tar -r`
+    // keeps the base's header format, which drops xattrs, while a file capability set on an
+    // extra file must travel as a PAX SCHILY.xattr record, as in a real base's tarball.
+    let extras = out.with_extension("extras.tar");
     let (code, _, err) = run(Command::new("tar")
         .args([
+            "--format=posix",
             "--owner=0",
             "--group=0",
             "--numeric-owner",
             "--no-recursion",
-            // A file capability set on an extra file travels as a PAX SCHILY.xattr record, as
-            // in a real base's tarball.
             "--xattrs",
             "--xattrs-include=security.capability",
         ])
-        .arg("-rf")
-        .arg(out)
+        .arg("-cf")
+        .arg(&extras)
         .arg("-C")
         .arg(extra)
         .args(&members));
+    assert_eq!(code, 0, "archiving {members:?}: {err}");
+    let (code, _, err) = run(Command::new("tar").arg("-Af").arg(out).arg(&extras));
     assert_eq!(code, 0, "appending {members:?} to {}: {err}", out.display());
+    fs::remove_file(&extras).unwrap();
 }
 
 fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) {
