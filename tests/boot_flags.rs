@@ -72,7 +72,7 @@ fn server_only_key_boots_on_a_server_and_is_refused_for_an_agent() {
     let img = setup.build_node("pc-1");
     setup.assert_secrets_only_in_node_image(&img);
     let disk = grown_copy(&img, &work.join("pc-1.img"));
-    let seen = boot_uefi(&disk, work, "pc-1");
+    let seen = boot_uefi(&disk, work, "pc-1", None);
     seen.assert_first_boot_as("pc-1", server.boot_mount, "server");
     let show = seen.show();
     assert!(seen.standin.contains("- \"audit-log-maxage=30\""), "{show}");

@@ -150,7 +150,7 @@ fn assert_first_netboot(s: &Seen, served: &[String], persist_on_disk: bool) {
         assert_eq!(s.get(&format!("active.{u}")), "active", "{u}: {show}");
     }
     for (f, want) in [
-        ("/var/lib/imgbuild/mesh-authkey", "no"),
+        ("/run/imgbuild/mesh-authkey", "no"),
         ("/etc/cloud/cloud-init.disabled", "yes"),
         ("/var/lib/imgbuild/firstboot-done", "yes"),
         ("/etc/rancher/k3s/token", "yes"),

@@ -889,6 +889,7 @@ mount --bind "$S/varlib" /var/lib
 mount --bind "$S/var-log" /var/log
 mount --bind "$S/usrlocal" /usr/local
 mount -t tmpfs tmpfs /run
+cp -a "$S/stage/run/." /run/
 export PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 hostname pc-1
 ip link set lo up
@@ -901,7 +902,7 @@ for i in 1 2 3 4 5 6 7 8 9 10; do grep -q ready /var/log/imgbuild-standin.log &&
 echo "== firstboot-done"; /usr/local/lib/imgbuild/firstboot-done; echo "rc=$?"
 echo "== second mesh-join"; /usr/local/lib/imgbuild/mesh-join; echo "rc=$?"
 echo "== files"
-ls /var/lib/imgbuild/
+ls /var/lib/imgbuild/ /run/imgbuild/
 ls /etc/cloud/
 echo "== node-ip"; cat /etc/rancher/k3s/config.yaml.d/10-node-ip.yaml
 echo "== log"; cat /var/log/imgbuild-standin.log
@@ -934,11 +935,11 @@ echo "== calls"; cat /var/log/calls.log
     };
     assert!(section("mesh-join").contains("rc=0"), "{out}\n{err}");
     assert!(
-        out.contains("tailscale up flags=--auth-key=file:/var/lib/imgbuild/mesh-authkey --accept-dns=false --hostname=pc-1 --advertise-tags=tag:k3s,tag:home"),
+        out.contains("tailscale up flags=--auth-key=file:/run/imgbuild/mesh-authkey --accept-dns=false --hostname=pc-1 --advertise-tags=tag:k3s,tag:home"),
         "{out}"
     );
     assert!(
-        out.contains("auth-key-file /var/lib/imgbuild/mesh-authkey readable"),
+        out.contains("auth-key-file /run/imgbuild/mesh-authkey readable"),
         "{out}"
     );
     assert!(section("nodeip").contains("rc=0"), "{out}\n{err}");

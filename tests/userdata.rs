@@ -129,7 +129,7 @@ fn assert_secret_placement(text: &str, doc: &serde_json::Value, what: &str) {
     let key_paths = [
         "/etc/rancher/k3s/token",
         "/etc/rancher/k3s/agent-token",
-        "/var/lib/imgbuild/mesh-authkey",
+        "/run/imgbuild/mesh-authkey",
     ];
     for secret in FAKE_SECRETS {
         let in_text = text.matches(secret).count();
@@ -193,7 +193,7 @@ fn stock_profiles_snapshot_and_pass_cloud_init_schema() {
         } else {
             &[
                 "/etc/systemd/system/tailscaled.service",
-                "/var/lib/imgbuild/mesh-authkey",
+                "/run/imgbuild/mesh-authkey",
             ]
         };
         let common = [
@@ -219,7 +219,7 @@ fn stock_profiles_snapshot_and_pass_cloud_init_schema() {
                 "{profile}"
             );
             assert!(!text.contains("identity.secret"), "{profile}");
-            assert!(!files.contains(&"/var/lib/imgbuild/mesh-authkey"));
+            assert!(!files.contains(&"/run/imgbuild/mesh-authkey"));
             assert!(text.contains("nwid=8056c2e21c000001"));
             assert!(text.contains("FAKE-k3s-agent-token-0002"));
         }

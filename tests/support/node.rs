@@ -57,10 +57,20 @@ disk=$(lsblk -no PKNAME "$(findfs LABEL=imgbuild-data)")
     echo "host_key=$(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub 2>/dev/null | awk '{print $2}')"
     echo "user_ops=$(id -nG ops 2>/dev/null)"
     echo "authorized_keys=$(cat ~ops/.ssh/authorized_keys 2>/dev/null | head -n 1)"
+    # A healthy boot has no failed unit (the time wait, cloud-init's modules, networking).
+    echo "failed_units=$(systemctl --failed --no-legend --plain | awk '{print $1}' | tr '\n' ' ')"
+    echo "cloud_state_fs=$(findmnt -no FSTYPE /var/lib/cloud)"
+    # The persistent journal: every boot of this disk, and the first boot's cleanup in it.
+    echo "journal_boots=$(journalctl --list-boots --no-pager 2>/dev/null | grep -cE '[0-9a-f]{32}')"
+    echo "journal_firstboot_done=$(journalctl --no-pager -o cat -u imgbuild-firstboot-done.service | grep -c 'seed and key files removed')"
+    echo "journal_files=$(find /var/log/journal -name '*.journal' | wc -l)"
+    echo "ipv4=$(ip -4 -o addr show scope global | awk '{print $2 "=" $4}' | tr '\n' ' ')"
+    echo "default_route=$(ip -4 route show default | head -n 1)"
+    echo "caps=$(getcap -r /usr/bin /usr/sbin /usr/local/bin 2>/dev/null | tr '\n' ';')"
     for u in @K3S_UNIT@ tailscaled imgbuild-mesh-join imgbuild-nodeip imgbuild-firstboot-done; do
         echo "active.$u=$(systemctl is-active "$u.service")"
     done
-    for f in @BOOT@/user-data @BOOT@/meta-data /var/lib/imgbuild/mesh-authkey \
+    for f in @BOOT@/user-data @BOOT@/meta-data /run/imgbuild/mesh-authkey \
         /etc/cloud/cloud-init.disabled /var/lib/imgbuild/firstboot-done /etc/rancher/k3s/token; do
         if [ -e "$f" ]; then echo "exists.$f=yes"; else echo "exists.$f=no"; fi
     done
@@ -68,6 +78,7 @@ disk=$(lsblk -no PKNAME "$(findfs LABEL=imgbuild-data)")
 cp /var/log/imgbuild-standin.log "$r/standin.log" 2>/dev/null
 cp /var/log/cloud-init.log "$r/cloud-init.log" 2>/dev/null
 journalctl -b --no-pager -o short-monotonic > "$r/journal.txt" 2>/dev/null
+systemctl --failed --no-pager > "$r/failed.txt" 2>&1
 umount "$r" || fail "cannot unmount the results disk"
 echo "IMGBUILD-NODE-OBSERVE-DONE" > /dev/console
 "#;
@@ -295,6 +306,8 @@ pub struct Seen {
     pub journal: String,
     /// `/var/log/cloud-init.log` (kept: it is on the data partition).
     pub cloud_init: String,
+    /// `systemctl --failed` as printed.
+    pub failed: String,
 }
 
 impl Seen {
@@ -305,6 +318,7 @@ impl Seen {
             standin: results.read("standin.log").unwrap_or_default(),
             journal: results.read("journal.txt").unwrap_or_default(),
             cloud_init: results.read("cloud-init.log").unwrap_or_default(),
+            failed: results.read("failed.txt").unwrap_or_default(),
         }
     }
 
@@ -314,8 +328,9 @@ impl Seen {
 
     pub fn show(&self) -> String {
         format!(
-            "{:#?}\n--- stand-ins ---\n{}\n--- journal (tail) ---\n{}",
+            "{:#?}\n--- systemctl --failed ---\n{}\n--- stand-ins ---\n{}\n--- journal (tail) ---\n{}",
             self.status,
+            self.failed,
             self.standin,
             tail(&self.journal, 60)
         )
@@ -333,6 +348,9 @@ impl Seen {
         let show = self.show();
         assert_eq!(self.get("hostname"), node, "{show}");
         assert_eq!(self.get("boots"), "1", "{show}");
+        self.assert_clean_boot();
+        // cloud-init's state (its copies of the user-data) is in RAM, never on the data disk.
+        assert_eq!(self.get("cloud_state_fs"), "tmpfs", "{show}");
         // Root is read-only; /usr cannot be written; state lives on the data partition.
         assert!(
             self.get("root_options").split(',').any(|o| o == "ro"),
@@ -387,7 +405,7 @@ impl Seen {
         for (f, want) in [
             (format!("{boot_mount}/user-data"), "no"),
             (format!("{boot_mount}/meta-data"), "no"),
-            ("/var/lib/imgbuild/mesh-authkey".into(), "no"),
+            ("/run/imgbuild/mesh-authkey".into(), "no"),
             ("/etc/cloud/cloud-init.disabled".into(), "yes"),
             ("/var/lib/imgbuild/firstboot-done".into(), "yes"),
             ("/etc/rancher/k3s/token".into(), "yes"),
@@ -405,7 +423,7 @@ impl Seen {
         let up = line("tailscale up flags=");
         let up_line = log.lines().nth(up).unwrap();
         assert!(
-            up_line.contains("--auth-key=file:/var/lib/imgbuild/mesh-authkey")
+            up_line.contains("--auth-key=file:/run/imgbuild/mesh-authkey")
                 && up_line.contains("--advertise-tags=tag:k3s")
                 && up_line.contains(&format!("--hostname={node}")),
             "{up_line}"
@@ -445,6 +463,11 @@ impl Seen {
         let show = self.show();
         assert_eq!(self.get("boots"), boots.to_string(), "{show}");
         assert_eq!(self.get("hostname"), node, "{show}");
+        self.assert_clean_boot();
+        // The journal persisted on the data partition: every boot is in it, the first boot's
+        // cleanup once.
+        assert_eq!(self.get("journal_boots"), boots.to_string(), "{show}");
+        assert_eq!(self.get("journal_firstboot_done"), "1", "{show}");
         assert_eq!(self.get("machine_id"), first.get("machine_id"), "{show}");
         assert_eq!(self.get("host_key"), first.get("host_key"), "{show}");
         assert_eq!(self.get("active.k3s-agent"), "active", "{show}");
@@ -465,15 +488,19 @@ impl Seen {
 pub const BOOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1200);
 
 /// Boots `disk` under OVMF with a results disk until the observer powers it off, and reads what
-/// it saw. `name` names the boot's scratch files in `work`.
-pub fn boot_uefi(disk: &Path, work: &Path, name: &str) -> Seen {
+/// it saw. `name` names the boot's scratch files in `work`; with `mac`, the guest has a NIC on a
+/// restricted user network.
+pub fn boot_uefi(disk: &Path, work: &Path, name: &str, mac: Option<&str>) -> Seen {
     use super::qemu::{Arch, VmBuilder};
     let results = ResultsDisk::create(&work.join(format!("results-{name}.img")));
     let mut vm = VmBuilder::uefi(Arch::X86_64)
         .disk(disk, "disk")
         .disk(&results.image, "results")
-        .memory_mib(2048)
-        .start(&work.join(format!("vm-{name}")));
+        .memory_mib(2048);
+    if let Some(mac) = mac {
+        vm = vm.restricted_net(Vec::new()).mac(mac);
+    }
+    let mut vm = vm.start(&work.join(format!("vm-{name}")));
     vm.wait_for_poweroff(DONE, FAILED, BOOT_TIMEOUT);
     eprintln!("boot {name}: {:.1?}", vm.elapsed());
     drop(vm);
@@ -489,6 +516,168 @@ pub fn k3s_unit(role: &str) -> &'static str {
         Role::Agent
     };
     imgbuild::node::files::k3s_unit(role).trim_end_matches(".service")
+}
+
+impl Seen {
+    /// No unit failed (the clock wait, cloud-init's modules, networking, ours).
+    pub fn assert_clean_boot(&self) {
+        assert_eq!(
+            self.get("failed_units"),
+            "",
+            "failed units: {}\n{}",
+            self.failed,
+            self.show()
+        );
+    }
+
+    /// `iface=address/len` is configured and the default route goes via `gateway`.
+    pub fn assert_static_address(&self, address: &str, gateway: &str) {
+        let show = self.show();
+        assert!(
+            self.get("ipv4")
+                .split_whitespace()
+                .any(|a| a.ends_with(&format!("={address}"))),
+            "{address} is not configured: {show}"
+        );
+        assert!(
+            self.get("default_route")
+                .starts_with(&format!("default via {gateway} ")),
+            "no default route via {gateway}: {show}"
+        );
+    }
+
+    /// `getcap` in the guest shows `path` with `caps` (e.g. `cap_net_raw=ep`).
+    pub fn assert_capability(&self, path: &str, caps: &str) {
+        let line = format!("{path} {caps}");
+        assert!(
+            self.get("caps").split(';').any(|l| l.trim() == line),
+            "getcap in the guest does not show {line:?}: {}",
+            self.show()
+        );
+    }
+}
+
+/// Where the test base gets a file with a capability: Debian's test base has no capability
+/// holder (no iputils-ping), so a copy of its own `/usr/bin/true` is added to a copy of the
+/// base tarball with `security.capability` set by `setcap`, as a PAX record like a real base's.
+pub const CAP_PROBE: &str = "/usr/bin/imgbuild-cap-probe";
+pub const CAP_PROBE_CAPS: &str = "cap_net_raw=ep";
+
+/// A copy of the base tarball at `work/base-caps.tar` carrying [`CAP_PROBE`] (needs `setcap`).
+pub fn base_with_capability(base: &Path, work: &Path) -> PathBuf {
+    let extra = work.join("base-extra");
+    qemu::extract_from_tar(base, &extra, &["./usr/bin/true"]);
+    let probe = extra.join(CAP_PROBE.trim_start_matches('/'));
+    fs::rename(extra.join("usr/bin/true"), &probe).unwrap();
+    let (code, _, err) = run(Command::new("setcap").arg("cap_net_raw+ep").arg(&probe));
+    assert_eq!(code, 0, "setcap: {err}");
+    let out = work.join("base-caps.tar");
+    qemu::tar_with_extra_files(base, &extra, &out);
+    out
+}
+
+impl Setup {
+    /// Gives `node` a MAC and a static address (with gateway) in the inventory.
+    pub fn set_static_address(&self, node: &str, mac: &str, address: &str, gateway: &str) {
+        let inv = self.dir.join("nodes.toml");
+        let text = fs::read_to_string(&inv).unwrap();
+        let entry = format!("name = \"{node}\"\n");
+        assert!(text.contains(&entry), "{node} is not in {text}");
+        let with =
+            format!("{entry}mac = \"{mac}\"\naddress = \"{address}\"\ngateway = \"{gateway}\"\n");
+        fs::write(&inv, text.replace(&entry, &with)).unwrap();
+    }
+}
+
+/// The byte ranges (absolute, in `disk`) of the blocks of `file` on the ext4 filesystem that
+/// starts at `fs_start`, by `debugfs` (its inode's block too, in case the data is inline).
+fn file_ranges(disk: &Path, fs_start: u64, file: &str) -> Vec<std::ops::Range<u64>> {
+    let dev = format!("{}?offset={fs_start}", disk.display());
+    let debugfs = |req: &str| {
+        let (code, out, err) = run(Command::new("debugfs").args(["-R", req, &dev]));
+        assert_eq!(code, 0, "debugfs -R {req:?}: {err}");
+        out
+    };
+    let bs: u64 = debugfs("stats")
+        .lines()
+        .find_map(|l| l.strip_prefix("Block size:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("debugfs stats shows the block size");
+    let mut blocks: Vec<u64> = debugfs(&format!("blocks {file}"))
+        .split_whitespace()
+        .filter_map(|b| b.parse().ok())
+        .collect();
+    // "Inode N is part of block group G\n\tlocated at block B, offset 0x..."
+    let imap = debugfs(&format!("imap {file}"));
+    if let Some(b) = imap
+        .split("located at block ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|b| b.trim().parse().ok())
+    {
+        blocks.push(b);
+    }
+    assert!(!blocks.is_empty(), "debugfs finds no blocks of {file}");
+    blocks
+        .into_iter()
+        .map(|b| fs_start + b * bs..fs_start + (b + 1) * bs)
+        .collect()
+}
+
+/// Every offset in `disk[range]` where `needle` occurs, read in chunks (the partition is
+/// gigabytes).
+fn find_all(disk: &Path, range: std::ops::Range<u64>, needle: &[u8]) -> Vec<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    const CHUNK: usize = 64 << 20;
+    let mut f = fs::File::open(disk).unwrap();
+    let mut found = Vec::new();
+    let mut buf = vec![0u8; CHUNK + needle.len()];
+    let mut pos = range.start;
+    let finder = memchr::memmem::Finder::new(needle);
+    while pos < range.end {
+        let want = ((range.end - pos) as usize).min(buf.len());
+        f.seek(SeekFrom::Start(pos)).unwrap();
+        f.read_exact(&mut buf[..want]).unwrap();
+        found.extend(finder.find_iter(&buf[..want]).map(|i| pos + i as u64));
+        // Overlap by the needle's length minus one so no match straddles two chunks unseen.
+        pos += (want.saturating_sub(needle.len() - 1)).max(1) as u64;
+        if want < buf.len() {
+            break;
+        }
+    }
+    found.sort_unstable();
+    found.dedup();
+    found
+}
+
+/// The raw bytes of the data partition (the last one; used and free blocks, the journal)
+/// hold no secret except inside the files meant to hold them (`holders`, paths in the data
+/// filesystem), and the agent token is found there (so the needles are right).
+pub fn assert_secrets_only_in_files(disk: &Path, holders: &[&str]) {
+    let parts = super::flash::partitions(disk);
+    let data = parts.last().expect("the disk has partitions");
+    let range = data.start..data.start + data.size;
+    let allowed: Vec<std::ops::Range<u64>> = holders
+        .iter()
+        .flat_map(|h| file_ranges(disk, data.start, h))
+        .collect();
+    for (name, value) in SECRETS {
+        let hits = find_all(disk, range.clone(), value.as_bytes());
+        let stray: Vec<u64> = hits
+            .iter()
+            .copied()
+            .filter(|o| !allowed.iter().any(|r| r.contains(o)))
+            .collect();
+        assert!(
+            stray.is_empty(),
+            "secret {name} is on the data partition outside {holders:?}: {} copies at byte offsets {stray:?} (partition starts at {})",
+            stray.len(),
+            data.start
+        );
+        if name == "k3s-agent-token" {
+            assert!(!hits.is_empty(), "the agent token is not in {holders:?}");
+        }
+    }
 }
 
 pub fn tail(s: &str, n: usize) -> String {

@@ -118,6 +118,7 @@ pub struct VmBuilder {
     memory_mib: u32,
     cpus: u32,
     net: Option<Vec<GuestFwd>>,
+    mac: Option<String>,
     extra: Vec<String>,
     virtio_console: bool,
 }
@@ -148,6 +149,7 @@ impl VmBuilder {
             memory_mib: 2048,
             cpus: 2,
             net: None,
+            mac: None,
             extra: Vec::new(),
             virtio_console: false,
         }
@@ -169,6 +171,12 @@ impl VmBuilder {
     /// nothing outside the VM is reachable except the given forwards to host loopback ports.
     pub fn restricted_net(mut self, forwards: Vec<GuestFwd>) -> Self {
         self.net = Some(forwards);
+        self
+    }
+
+    /// The MAC address of the NIC [`Self::restricted_net`] adds.
+    pub fn mac(mut self, mac: &str) -> Self {
+        self.mac = Some(mac.to_string());
         self
     }
 
@@ -266,10 +274,14 @@ impl VmBuilder {
         match &self.net {
             None => push(&["-nic", "none"]),
             Some(forwards) => {
-                let socat = find_tool("socat")
-                    .expect("socat is needed for guest forwards (call require_tool(\"socat\"))");
                 let mut nic = String::from("user,model=virtio-net-pci,restrict=on");
+                if let Some(mac) = &self.mac {
+                    nic.push_str(&format!(",mac={mac}"));
+                }
                 for f in forwards {
+                    let socat = find_tool("socat").expect(
+                        "socat is needed for guest forwards (call require_tool(\"socat\"))",
+                    );
                     nic.push_str(&format!(
                         ",guestfwd=tcp:{}:{}-cmd:{} STDIO TCP:127.0.0.1:{}",
                         f.guest_addr,
@@ -541,26 +553,36 @@ pub fn extract_from_tar(base: &Path, dest: &Path, members: &[&str]) {
 }
 
 /// Copies `base` to `out` and appends the files under `extra` (paths relative to it, owned by
-/// root), so a test can add a script or unit to a root filesystem without changing the cached
+/// root, with their `security.capability`), so a test can add a script or unit to a root filesystem without changing the cached
 /// base. Only files and symlinks are appended: their parent folders must exist in the base.
 pub fn tar_with_extra_files(base: &Path, extra: &Path, out: &Path) {
     fs::copy(base, out).unwrap_or_else(|e| panic!("copying {}: {e}", base.display()));
     let mut members = Vec::new();
     collect_files(extra, extra, &mut members);
     members.sort();
+    // The extras go into a POSIX tar of their own, concatenated (`-A`) onto the copy: `tar -r`
+    // keeps the base's header format, which drops xattrs, while a file capability set on an
+    // extra file must travel as a PAX SCHILY.xattr record, as in a real base's tarball.
+    let extras = out.with_extension("extras.tar");
     let (code, _, err) = run(Command::new("tar")
         .args([
+            "--format=posix",
             "--owner=0",
             "--group=0",
             "--numeric-owner",
             "--no-recursion",
+            "--xattrs",
+            "--xattrs-include=security.capability",
         ])
-        .arg("-rf")
-        .arg(out)
+        .arg("-cf")
+        .arg(&extras)
         .arg("-C")
         .arg(extra)
         .args(&members));
+    assert_eq!(code, 0, "archiving {members:?}: {err}");
+    let (code, _, err) = run(Command::new("tar").arg("-Af").arg(out).arg(&extras));
     assert_eq!(code, 0, "appending {members:?} to {}: {err}", out.display());
+    fs::remove_file(&extras).unwrap();
 }
 
 fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) {

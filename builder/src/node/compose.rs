@@ -413,6 +413,8 @@ fn reset_identity(w: &mut Writer<'_>) -> Result<(), ComposeError> {
         "/var/lib/systemd/credential.secret",
         "/etc/rancher/k3s/k3s.yaml",
         paths::MESH_KEY,
+        // Where images of earlier versions kept the key (a base made from such a node).
+        "/var/lib/imgbuild/mesh-authkey",
         paths::K3S_TOKEN,
         paths::K3S_AGENT_TOKEN,
     ] {

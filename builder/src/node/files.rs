@@ -17,8 +17,11 @@ pub mod paths {
     pub const UNITS: &str = "/etc/systemd/system";
     /// Node state of ours (the one-off mesh key, the first-boot marker).
     pub const STATE: &str = "/var/lib/imgbuild";
-    /// The one-off mesh auth key (written by the seed, 0600, removed after the first boot).
-    pub const MESH_KEY: &str = "/var/lib/imgbuild/mesh-authkey";
+    /// The one-off mesh auth key (written by the seed, 0600). In RAM (/run), so it never reaches
+    /// a disk: a deleted file's blocks keep its bytes, and flash media remap overwrites.
+    pub const MESH_KEY: &str = "/run/imgbuild/mesh-authkey";
+    /// cloud-init's state (it holds the raw user-data, secrets included): a tmpfs on images.
+    pub const CLOUD_STATE: &str = "/var/lib/cloud";
     /// Marker: the first boot finished and removed its credentials.
     pub const FIRSTBOOT_DONE: &str = "/var/lib/imgbuild/firstboot-done";
     /// Per-node, non-secret values for our scripts (MESH_HOSTNAME, MESH_TAGS).
@@ -39,6 +42,10 @@ pub mod paths {
 
 /// How long imgbuild-nodeip waits for the mesh address before giving up, in seconds.
 const NODEIP_TIMEOUT_S: u32 = 600;
+/// How long the boot waits for the clock to be synchronised before going on without it.
+const TIME_WAIT_S: u32 = 60;
+/// The persistent journal's size limit on the data partition, in MiB.
+const JOURNAL_MAX_MIB: u32 = 64;
 
 /// Facts about the board and disk layout an image is composed for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,6 +222,9 @@ pub fn context(resolved: &Resolved, target: Target<'_>) -> Value {
         "cloud_init": cloud_init,
         "seed_dir": seed_dir,
         "nodeip_timeout": NODEIP_TIMEOUT_S,
+        "time_wait_s": TIME_WAIT_S,
+        "journal_max_mib": JOURNAL_MAX_MIB,
+        "cloud_state": paths::CLOUD_STATE,
     })
 }
 
@@ -419,6 +429,11 @@ pub fn node_files(
             set.add(script("grow-data"), 0o755, render("grow-data.sh.j2")?);
             set.enable.push("imgbuild-grow-data.service".to_string());
             set.add("/etc/fstab", 0o644, render("fstab.j2")?);
+            set.add(
+                "/etc/systemd/journald.conf.d/10-imgbuild.conf",
+                0o644,
+                render("journald.conf.j2")?,
+            );
             set.add(
                 "/etc/cloud/cloud.cfg.d/90-imgbuild.cfg",
                 0o644,

@@ -10,6 +10,9 @@
 //! serial = "10000000abcdef01"
 //! labels = ["topology.kubernetes.io/zone=shelf-1"]
 //! mesh-tags = ["tag:k3s", "tag:home"]
+//! address = "192.168.1.23/24"    # static, on the interface with `mac` (else DHCP)
+//! gateway = "192.168.1.1"
+//! dns = ["192.168.1.1"]
 //! ```
 
 use crate::profile::line_col;
@@ -48,6 +51,16 @@ pub struct Node {
     /// Tailscale tags for this node, replacing the profile's `mesh.tags`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mesh_tags: Vec<String>,
+    /// Static address with prefix length (`192.168.1.23/24`) of the interface with `mac`;
+    /// without it that interface uses DHCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Default gateway for `address`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// Name servers for `address`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
 }
 
 impl Node {
@@ -186,7 +199,7 @@ impl Inventory {
                 message: e.message().trim().to_string(),
                 help: Some(
                     "each node is a [[node]] table with name, profile and optionally mac, serial, \
-                     hostname, labels, taints, mesh-tags"
+                     hostname, labels, taints, mesh-tags, address, gateway, dns"
                         .into(),
                 ),
             }])
@@ -311,6 +324,9 @@ impl Inventory {
                     );
                 }
             }
+            for (key, message, help) in network_problems(n) {
+                problem(i, &key, message, help);
+            }
             for (j, t) in n.mesh_tags.iter().enumerate() {
                 let ok = t.strip_prefix("tag:").is_some_and(|r| {
                     !r.is_empty() && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
@@ -373,6 +389,66 @@ pub fn node_line(text: &str, index: usize, key: &str) -> usize {
         .or_else(|| spans.get(&(index, String::new())))
         .map_or(0, |s| s.start);
     line_col(text, at).0
+}
+
+/// What is wrong with a node's static network settings: (key, message, help).
+fn network_problems(n: &Node) -> Vec<(String, String, &'static str)> {
+    use std::net::IpAddr;
+    let mut out = Vec::new();
+    let mut family = None;
+    if let Some(a) = &n.address {
+        let parsed = a.split_once('/').and_then(|(ip, len)| {
+            let ip: IpAddr = ip.parse().ok()?;
+            let len: u8 = len.parse().ok()?;
+            (len <= if ip.is_ipv4() { 32 } else { 128 }).then_some(ip)
+        });
+        match parsed {
+            None => out.push((
+                "address".into(),
+                format!("address {a:?} is not an IP address with a prefix length"),
+                "write it as \"192.168.1.23/24\" (or an IPv6 address with /64)",
+            )),
+            Some(ip) => family = Some(ip.is_ipv4()),
+        }
+        if n.mac.is_none() {
+            out.push((
+                "address".into(),
+                format!("node {:?} has a static address but no mac", n.name),
+                "add the MAC of the interface the address belongs to: mac = \"dc:a6:32:01:02:03\"",
+            ));
+        }
+    } else if n.gateway.is_some() || !n.dns.is_empty() {
+        let key = if n.gateway.is_some() {
+            "gateway"
+        } else {
+            "dns"
+        };
+        out.push((
+            key.into(),
+            format!("node {:?} has {key} but no address", n.name),
+            "gateway and dns go with a static address; without one DHCP provides them",
+        ));
+    }
+    let mut ip = |key: String, v: &str, same_family: bool| match v.parse::<IpAddr>() {
+        Err(_) => out.push((
+            key,
+            format!("{v:?} is not an IP address"),
+            "write an address without a prefix, e.g. \"192.168.1.1\"",
+        )),
+        Ok(g) if same_family && family.is_some_and(|f| f != g.is_ipv4()) => out.push((
+            key,
+            format!("gateway {v} is not of the same IP version as the address"),
+            "use a gateway in the address's subnet",
+        )),
+        Ok(_) => {}
+    };
+    if let Some(g) = &n.gateway {
+        ip("gateway".into(), g, true);
+    }
+    for (j, d) in n.dns.iter().enumerate() {
+        ip(format!("dns[{j}]"), d, false);
+    }
+    out
 }
 
 /// MAC addresses are parsed once, by the netboot crate's type (iPXE sends them the same way).
@@ -484,6 +560,52 @@ profile = "droplet-worker"
             .unwrap_err()
             .to_string();
         assert!(err.contains("n.toml:3:1: unknown field `profil`"), "{err}");
+    }
+
+    #[test]
+    fn static_addresses_are_checked_at_their_key() {
+        let inv = |extra: &str| {
+            Inventory::parse(
+                &format!("[[node]]\nname = \"a\"\nprofile = \"p\"\n{extra}"),
+                "n.toml",
+            )
+        };
+        let good = "mac = \"52:54:00:12:34:56\"\naddress = \"10.0.2.50/24\"\ngateway = \"10.0.2.2\"\ndns = [\"10.0.2.3\", \"fd00::1\"]\n";
+        let n = &inv(good).unwrap().nodes[0];
+        assert_eq!(n.address.as_deref(), Some("10.0.2.50/24"));
+        assert!(
+            inv("mac = \"52:54:00:12:34:56\"\naddress = \"fd00::5/64\"\ngateway = \"fd00::1\"\n")
+                .is_ok()
+        );
+        for (extra, want) in [
+            (
+                "mac = \"52:54:00:12:34:56\"\naddress = \"10.0.2.50\"\n",
+                "n.toml:5:11: address \"10.0.2.50\" is not an IP address with a prefix length",
+            ),
+            (
+                "mac = \"52:54:00:12:34:56\"\naddress = \"10.0.2.50/33\"\n",
+                "n.toml:5:11: address \"10.0.2.50/33\"",
+            ),
+            (
+                "address = \"10.0.2.50/24\"\n",
+                "n.toml:4:11: node \"a\" has a static address but no mac",
+            ),
+            (
+                "mac = \"52:54:00:12:34:56\"\naddress = \"10.0.2.50/24\"\ngateway = \"fd00::1\"\n",
+                "n.toml:6:11: gateway fd00::1 is not of the same IP version",
+            ),
+            (
+                "mac = \"52:54:00:12:34:56\"\naddress = \"10.0.2.50/24\"\ndns = [\"1.1.1.1\", \"x; rm\"]\n",
+                "n.toml:6:19: \"x; rm\" is not an IP address",
+            ),
+            (
+                "gateway = \"10.0.2.2\"\n",
+                "n.toml:4:11: node \"a\" has gateway but no address",
+            ),
+        ] {
+            let err = inv(extra).unwrap_err().to_string();
+            assert!(err.contains(want), "{extra}: {err}");
+        }
     }
 
     #[test]
