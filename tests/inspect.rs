@@ -71,6 +71,7 @@ fn build(dir: &Path) -> std::path::PathBuf {
             block_size: 1 << 20,
             threads: 2,
         },
+        blocks: None,
         epoch: 1_700_000_000,
         profile: &profile,
         inputs: &[],

@@ -8,6 +8,7 @@ use super::{Context, ProfileSelection};
 use crate::build;
 use crate::disk::outputs::{self, Formats, OutputRequest};
 use crate::disk::xz::XzSettings;
+use crate::fetch::xzblocks::BlockCache;
 use crate::fetch::{self, FetchArgs, Fetcher};
 use crate::node::inputs::{self, NodeInputs, NodeSource};
 use crate::node::templates::Templates;
@@ -140,6 +141,12 @@ fn build_into(
         qcow2: fmts.contains(&Format::Qcow2),
     };
     let profile_json = serde_json::to_value(&resolved.profile)?;
+    let blocks = BlockCache::open(fetcher.cache.root()).with_context(|| {
+        format!(
+            "opening the xz block cache in {}",
+            fetcher.cache.root().display()
+        )
+    })?;
     let req = OutputRequest {
         name: resolved.image_name(),
         formats,
@@ -147,11 +154,13 @@ fn build_into(
             threads,
             ..XzSettings::default()
         },
+        blocks: Some(&blocks),
         epoch: epoch.max(0) as u64,
         profile: &profile_json,
         inputs: &opened.records,
     };
     let built = outputs::build_outputs(out, &layout, &seed, &req, progress)?;
+    report_blocks(&blocks);
     let mut files = built.files;
     if resolved.board().is_raspberry_pi() && formats.xz {
         files.push(write_imager_list(
@@ -168,6 +177,20 @@ fn build_into(
         )?);
     }
     Ok(Written { files, warnings })
+}
+
+/// Logs what the block cache gave and trims it to its bound (a failure only costs disk space).
+fn report_blocks(blocks: &BlockCache) {
+    use std::sync::atomic::Ordering::Relaxed;
+    tracing::info!(
+        reused = blocks.hits.load(Relaxed),
+        compressed = blocks.misses.load(Relaxed) + blocks.damaged.load(Relaxed),
+        damaged = blocks.damaged.load(Relaxed),
+        "xz blocks"
+    );
+    if let Err(e) = blocks.trim() {
+        tracing::warn!("could not trim the xz block cache: {e}");
+    }
 }
 
 /// `<name>.rpi-imager.json`: a Raspberry Pi Imager repository (`rpi-imager --repo FILE`) that

@@ -3,8 +3,9 @@
 //! complete, `SHA256SUMS` last, so an interrupted build never leaves a file that looks finished
 //! and never leaves a `SHA256SUMS` vouching for a mix of old and new files.
 //!
-//! The image is read once: the same pass hashes it, compresses it and hashes each mapped block
-//! range for the block map. Holes are not read at all: their zeros come from memory.
+//! The image is read once: the same pass hashes it, compresses it (block by block, in parallel:
+//! [`xzstream`]) and hashes each mapped block range for the block map. Holes are not read at
+//! all: their zeros come from memory, and an all-zero xz block is compressed once per pass.
 //!
 //! qcow2 is converted by `qemu-img convert` (qemu-utils) rather than written by us: it is on
 //! every machine that runs the VMs, its output is deterministic for a given input, and
@@ -23,7 +24,8 @@ use crate::disk::bmap::{self, BlockMap};
 use crate::disk::image::{self, ImageReport};
 use crate::disk::layout::Layout;
 use crate::disk::manifest::{self, ImageEntry, InputRecord, Manifest};
-use crate::disk::xz::{self, XzSettings};
+use crate::disk::xz::XzSettings;
+use crate::disk::xzstream::{self, BlockStore};
 use crate::ids::ImageSeed;
 use crate::output::{OutputDir, PendingFile};
 use crate::progress::Progress;
@@ -57,6 +59,8 @@ pub struct OutputRequest<'a> {
     pub name: &'a str,
     pub formats: Formats,
     pub xz: XzSettings,
+    /// Compressed xz blocks of earlier builds, reused when their input is the same.
+    pub blocks: Option<&'a dyn BlockStore>,
     /// SOURCE_DATE_EPOCH.
     pub epoch: u64,
     /// The resolved profile (redacted again before it is written).
@@ -112,6 +116,7 @@ pub fn write_outputs(
             &report.written,
             xz_out,
             &req.xz,
+            req.blocks,
             progress,
         )
         .with_context(|| format!("reading back {img_name}"))?
@@ -197,65 +202,121 @@ pub fn write_outputs(
 
 /// One pass over a sparse image: its SHA-256, the per-range SHA-256 of the block map, and
 /// (optionally) the `.xz` stream. Written ranges are read from `image`; holes are zeros from
-/// memory.
+/// memory, and an xz block that holds only zeros is compressed once and reused.
 pub fn scan<R: Read + Seek, W: Write>(
     image: &mut R,
     size: u64,
     written: &Ranges,
     xz_out: Option<W>,
     xz: &XzSettings,
+    blocks: Option<&dyn BlockStore>,
     progress: &Progress,
 ) -> io::Result<(String, Vec<bmap::MappedRange>)> {
-    const CHUNK: usize = 1 << 20;
-    let bs = bmap::BLOCK_SIZE;
-    let mapped = bmap::mapped_blocks(written, bs);
-    let mut enc = xz_out.map(|w| xz::encoder(w, xz)).transpose()?;
-    let mut whole = Sha256::new();
-    let mut ranges = Vec::with_capacity(mapped.len());
-    let zeros = vec![0u8; CHUNK];
-    let mut buf = vec![0u8; CHUNK];
-    let mut step = progress.step(if enc.is_some() { "xz" } else { "hash" }, size);
-    let mut pos = 0u64;
-
-    let mut feed = |data: &[u8], enc: &mut Option<liblzma::write::XzEncoder<W>>| {
-        whole.update(data);
-        if let Some(e) = enc {
-            e.write_all(data)?;
-        }
-        io::Result::Ok(())
+    const CHUNK: u64 = 4 << 20;
+    let mapped = bmap::mapped_blocks(written, bmap::BLOCK_SIZE);
+    let unit = if xz_out.is_some() {
+        xz.block_size
+    } else {
+        CHUNK
     };
-    for (first, last) in mapped.iter().copied().chain([(u64::MAX, u64::MAX)]) {
-        let (start, end) = if first == u64::MAX {
-            (size, size)
-        } else {
-            (first * bs, ((last + 1) * bs).min(size))
-        };
-        // The hole before this range.
-        while pos < start {
-            let n = (start - pos).min(CHUNK as u64) as usize;
-            feed(&zeros[..n], &mut enc)?;
-            pos += n as u64;
-            step.inc(n as u64);
+    let step = progress.step(if xz_out.is_some() { "xz" } else { "hash" }, size);
+    let mut units = Units::new(image, size, unit, &mapped, step)?;
+    match xz_out {
+        Some(w) => {
+            let inputs = std::iter::from_fn(|| units.next_unit().transpose());
+            xzstream::write_stream(w, xz, blocks, inputs)?.flush()?;
         }
-        if start == end {
-            continue;
-        }
-        image.seek(SeekFrom::Start(start))?;
-        let mut range = Sha256::new();
-        while pos < end {
-            let n = (end - pos).min(CHUNK as u64) as usize;
-            image.read_exact(&mut buf[..n])?;
-            range.update(&buf[..n]);
-            feed(&buf[..n], &mut enc)?;
-            pos += n as u64;
-            step.inc(n as u64);
-        }
-        ranges.push((first, last, hex::encode(range.finalize())));
+        None => while units.next_unit()?.is_some() {},
     }
-    if let Some(e) = enc {
-        e.finish()?.flush()?;
+    Ok(units.finish())
+}
+
+/// Reads a sparse image in units of one xz block, hashing the whole image and each mapped range
+/// on the way.
+struct Units<'a, R> {
+    image: &'a mut R,
+    size: u64,
+    unit: u64,
+    pos: u64,
+    mapped: &'a [(u64, u64)],
+    /// The next mapped range not yet hashed to its end, and its hash so far.
+    next_range: usize,
+    range_hash: Option<Sha256>,
+    ranges: Vec<bmap::MappedRange>,
+    whole: Sha256,
+    zeros: Vec<u8>,
+    step: crate::progress::Step,
+}
+
+impl<'a, R: Read + Seek> Units<'a, R> {
+    fn new(
+        image: &'a mut R,
+        size: u64,
+        unit: u64,
+        mapped: &'a [(u64, u64)],
+        step: crate::progress::Step,
+    ) -> io::Result<Self> {
+        let unit_len = usize::try_from(unit).map_err(|_| io::Error::other("xz block too large"))?;
+        Ok(Units {
+            image,
+            size,
+            unit,
+            pos: 0,
+            mapped,
+            next_range: 0,
+            range_hash: None,
+            ranges: Vec::with_capacity(mapped.len()),
+            whole: Sha256::new(),
+            zeros: vec![0u8; unit_len],
+            step,
+        })
     }
-    Ok((hex::encode(whole.finalize()), ranges))
+
+    /// The next unit: zeros (nothing mapped in it, or all its bytes zero) or its data.
+    fn next_unit(&mut self) -> io::Result<Option<xzstream::Input>> {
+        if self.pos >= self.size {
+            return Ok(None);
+        }
+        let (start, end) = (self.pos, (self.pos + self.unit).min(self.size));
+        let len = (end - start) as usize;
+        let mut data: Option<Vec<u8>> = None;
+        while let Some(&(first, last)) = self.mapped.get(self.next_range) {
+            let bs = bmap::BLOCK_SIZE;
+            let (rs, re) = (first * bs, ((last + 1) * bs).min(self.size));
+            if rs >= end {
+                break;
+            }
+            let (a, b) = (
+                (rs.max(start) - start) as usize,
+                (re.min(end) - start) as usize,
+            );
+            let buf = data.get_or_insert_with(|| vec![0u8; len]);
+            self.image.seek(SeekFrom::Start(start + a as u64))?;
+            self.image.read_exact(&mut buf[a..b])?;
+            self.range_hash
+                .get_or_insert_with(Sha256::new)
+                .update(&buf[a..b]);
+            if re > end {
+                break;
+            }
+            let sum = self.range_hash.take().unwrap_or_default().finalize();
+            self.ranges.push((first, last, hex::encode(sum)));
+            self.next_range += 1;
+        }
+        self.whole
+            .update(data.as_deref().unwrap_or(&self.zeros[..len]));
+        self.step.inc(len as u64);
+        self.pos = end;
+        Ok(Some(match data {
+            Some(d) if d.iter().any(|&b| b != 0) => xzstream::Input::Data(d),
+            _ => xzstream::Input::Zeros(len as u64),
+        }))
+    }
+
+    /// The image's SHA-256 and the mapped ranges with theirs.
+    fn finish(self) -> (String, Vec<bmap::MappedRange>) {
+        (hex::encode(self.whole.finalize()), self.ranges)
+    }
 }
 
 fn sha256_file(f: &mut File) -> Result<String> {
