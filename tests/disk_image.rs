@@ -16,6 +16,8 @@ use imgbuild::disk::layout::{
 use imgbuild::disk::manifest::{InputRecord, Manifest};
 use imgbuild::disk::outputs::{BuiltOutputs, Formats, OutputRequest, build_outputs};
 use imgbuild::disk::xz::XzSettings;
+use imgbuild::disk::xzstream::BlockStore;
+use imgbuild::fetch::xzblocks::BlockCache;
 use imgbuild::fs::FileRecord;
 use imgbuild::ids::ImageSeed;
 use imgbuild::output::OutputDir;
@@ -181,6 +183,18 @@ fn build(
     formats: Formats,
     threads: u32,
 ) -> anyhow::Result<BuiltOutputs> {
+    build_with(dir, layout, seed, epoch, formats, threads, None)
+}
+
+fn build_with(
+    dir: &Path,
+    layout: &Layout,
+    seed: &ImageSeed,
+    epoch: u64,
+    formats: Formats,
+    threads: u32,
+    blocks: Option<&dyn BlockStore>,
+) -> anyhow::Result<BuiltOutputs> {
     let out = OutputDir::prepare(dir)?;
     let profile = serde_json::json!({"name": "test", "k3s": {"token": {"secret": "k3s-token"}}});
     let inputs = vec![InputRecord {
@@ -196,7 +210,7 @@ fn build(
             block_size: 1 << 20,
             threads,
         },
-        blocks: None,
+        blocks,
         epoch,
         profile: &profile,
         inputs: &inputs,
@@ -794,4 +808,183 @@ fn bench_assemble() {
     let t = Instant::now();
     write_outputs(&out, raw, report, &req, &Progress::quiet()).unwrap();
     println!("bench outputs {:.3}", t.elapsed().as_secs_f64());
+}
+
+/// A GPT image with an ext4 root made from `files` and an empty data partition (holes).
+fn ext4_layout(files: &Path) -> Layout {
+    use imgbuild::disk::contents::Ext4Content;
+    use imgbuild::source::dir::{DirOptions, read_dir_into};
+    let mut tree = imgbuild::tree::Tree::new();
+    read_dir_into(files, &mut tree, &DirOptions::default()).unwrap();
+    let mut l = Layout::gpt(vec![
+        Partition {
+            label: "root".into(),
+            ptype: PartType::RootX86_64,
+            size: Size::Auto,
+            offset: None,
+            content: Box::new(Ext4Content {
+                tree: std::sync::Arc::new(tree),
+                label: Some("root".into()),
+            }),
+        },
+        Partition {
+            label: "data".into(),
+            ptype: PartType::LinuxGeneric,
+            size: Size::Grow,
+            offset: None,
+            content: Box::new(EmptyContent),
+        },
+    ]);
+    l.disk_size = Some(128 * MIB);
+    l
+}
+
+/// Words with a little noise: compressible like real files, different per `seed`.
+fn file_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let words = [
+        "kube", "node ", "imgbuild", " label", "\n", "mesh", "0x7f3a", "token ",
+    ];
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 16);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(words[(x % 8) as usize].as_bytes());
+        out.push((x >> 32) as u8);
+    }
+    out.truncate(len);
+    out
+}
+
+/// The `.img.xz` of the ext4 layout, built with `blocks` (or none) into a fresh folder.
+fn xz_of(files: &Path, scratch: &Path, blocks: Option<&dyn BlockStore>) -> Vec<u8> {
+    let out = tempfile::tempdir_in(scratch).unwrap();
+    let formats = Formats {
+        raw: false,
+        xz: true,
+        bmap: false,
+        qcow2: false,
+    };
+    let dir = out.path().join("o");
+    build_with(&dir, &ext4_layout(files), &seed(7), 9, formats, 2, blocks).unwrap();
+    fs::read(dir.join("node.img.xz")).unwrap()
+}
+
+fn counts(c: &BlockCache) -> (u64, u64, u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    (
+        c.hits.load(Relaxed),
+        c.misses.load(Relaxed),
+        c.damaged.load(Relaxed),
+    )
+}
+
+#[test]
+fn block_cache_rebuilds_equal_cold_builds_after_a_change_a_gc_and_a_bit_flip() {
+    let work = tempfile::tempdir().unwrap();
+    let (files, cache_dir) = (work.path().join("files"), work.path().join("cache"));
+    fs::create_dir_all(files.join("etc")).unwrap();
+    for i in 0..24u64 {
+        fs::write(files.join(format!("etc/f{i:02}")), file_bytes(i, 150_000)).unwrap();
+    }
+    let open = || BlockCache::open(&cache_dir).unwrap();
+
+    // Cold, with an empty cache: the same bytes as without one.
+    let cold = xz_of(&files, work.path(), None);
+    let c = open();
+    assert!(
+        xz_of(&files, work.path(), Some(&c)) == cold,
+        "cold build with a cache differs"
+    );
+    let (hits, compressed, _) = counts(&c);
+    assert_eq!(hits, 0);
+    // Warm: nothing compressed.
+    let c = open();
+    assert!(
+        xz_of(&files, work.path(), Some(&c)) == cold,
+        "warm build differs"
+    );
+    assert_eq!(
+        counts(&c),
+        (compressed, 0, 0),
+        "a warm build compressed blocks"
+    );
+
+    // One file changed: only the blocks it touches are compressed; bytes as a cold build's.
+    fs::write(files.join("etc/f13"), file_bytes(1013, 150_000)).unwrap();
+    let c = open();
+    let changed = xz_of(&files, work.path(), Some(&c));
+    assert!(changed != cold);
+    assert!(
+        changed == xz_of(&files, work.path(), None),
+        "incremental build differs from cold"
+    );
+    let (_, touched, _) = counts(&c);
+    println!("one 150 kB file changed: {touched} of {compressed} 1 MiB xz blocks compressed again");
+    assert!(
+        (1..=3).contains(&touched),
+        "{touched} blocks compressed again"
+    );
+
+    // A flipped bit in a cached block: found by its hash (cache verify, then the build), the
+    // block compressed again, the output still right.
+    let entries: Vec<PathBuf> = fs::read_dir(cache_dir.join("xz-blocks"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(entries.len() as u64 >= compressed);
+    for e in &entries {
+        let mut b = fs::read(e).unwrap();
+        let mid = b.len() / 2;
+        b[mid] ^= 0x10;
+        fs::write(e, b).unwrap();
+    }
+    let verify = || {
+        run(support::imgbuild()
+            .args(["cache", "verify"])
+            .env("IMGBUILD_CACHE_DIR", &cache_dir))
+    };
+    let (code, o, e) = verify();
+    assert_eq!(code, 1, "{o}{e}");
+    assert!(o.contains("corrupt") && o.contains("xz-blocks"), "{o}");
+    let c = open();
+    assert!(
+        xz_of(&files, work.path(), Some(&c)) == changed,
+        "build with damaged blocks differs"
+    );
+    let (hits, _, damaged) = counts(&c);
+    assert_eq!((hits, damaged), (0, compressed), "a damaged block was used");
+    // The build replaced the blocks it needed; the old file's block stays damaged until
+    // `cache verify --repair` removes it.
+    let (code, o, e) = verify();
+    assert_eq!(code, 1, "{o}{e}");
+    assert_eq!(
+        o.lines().count() as u64,
+        entries.len() as u64 - compressed,
+        "{o}"
+    );
+    let (code, o, e) = run(support::imgbuild()
+        .args(["cache", "verify", "--repair"])
+        .env("IMGBUILD_CACHE_DIR", &cache_dir));
+    assert_eq!(code, 1, "{o}{e}");
+    let (code, o, e) = verify();
+    assert_eq!(code, 0, "{o}{e}");
+
+    // cache gc empties the block folder; the next build is cold and still the same bytes.
+    let (code, o, e) = run(support::imgbuild()
+        .args(["cache", "gc", "--all"])
+        .env("IMGBUILD_CACHE_DIR", &cache_dir));
+    assert_eq!(code, 0, "{o}{e}");
+    assert!(o.contains("xz-blocks"), "{o}");
+    assert_eq!(
+        fs::read_dir(cache_dir.join("xz-blocks")).unwrap().count(),
+        0
+    );
+    let c = open();
+    assert!(
+        xz_of(&files, work.path(), Some(&c)) == changed,
+        "build after gc differs"
+    );
+    assert_eq!(counts(&c).0, 0);
 }
