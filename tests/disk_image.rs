@@ -14,9 +14,12 @@ use imgbuild::disk::layout::{
     RawContent, Size, WriteParams,
 };
 use imgbuild::disk::manifest::{InputRecord, Manifest};
-use imgbuild::disk::outputs::{BuiltOutputs, Formats, OutputRequest, build_outputs};
+use imgbuild::disk::outputs::{
+    BuiltOutputs, Compressed, Formats, OutputRequest, build_outputs, scan,
+};
 use imgbuild::disk::xz::XzSettings;
 use imgbuild::disk::xzstream::BlockStore;
+use imgbuild::disk::zst::ZstSettings;
 use imgbuild::fetch::xzblocks::BlockCache;
 use imgbuild::fs::FileRecord;
 use imgbuild::ids::ImageSeed;
@@ -170,6 +173,7 @@ fn all_formats(qcow2: bool) -> Formats {
     Formats {
         raw: true,
         xz: true,
+        zst: true,
         bmap: true,
         qcow2,
     }
@@ -361,7 +365,13 @@ fn outputs_pass_bmaptool_sha256sum_xz_and_qemu_img() {
             .current_dir(&out));
         assert_eq!(code, 0, "{o}{e}");
         let names: Vec<&str> = o.lines().map(|l| l.split(':').next().unwrap()).collect();
-        let mut want = vec!["manifest.json", "node.img", "node.img.bmap", "node.img.xz"];
+        let mut want = vec![
+            "manifest.json",
+            "node.img",
+            "node.img.bmap",
+            "node.img.xz",
+            "node.img.zst",
+        ];
         if qcow {
             want.push("node.qcow2");
         }
@@ -401,8 +411,16 @@ fn outputs_pass_bmaptool_sha256sum_xz_and_qemu_img() {
             .unwrap();
         assert_eq!(blocks, 40, "one xz block per MiB of image");
     }
+    if require_tool("zstd") {
+        let zst = out.join("node.img.zst");
+        let (code, _, e) = run(tool("zstd").arg("-t").arg(&zst));
+        assert_eq!(code, 0, "zstd -t: {e}");
+        let o = tool("zstd").arg("-dc").arg(&zst).output().unwrap();
+        assert!(o.status.success());
+        assert!(o.stdout == raw, "zstd -dc does not reproduce the raw image");
+    }
     if require_tool("bmaptool") {
-        for src in ["node.img", "node.img.xz"] {
+        for src in ["node.img", "node.img.xz", "node.img.zst"] {
             let dest = dir.path().join(format!("copy-of-{src}"));
             // A fresh file: bmaptool writes only the mapped blocks (checking each range's
             // SHA-256), so this proves the map covers every byte that is not zero.
@@ -793,6 +811,7 @@ fn bench_assemble() {
         formats: Formats {
             raw: true,
             xz: true,
+            zst: false,
             bmap: true,
             qcow2: false,
         },
@@ -806,8 +825,28 @@ fn bench_assemble() {
         inputs: &[],
     };
     let t = Instant::now();
+    let written = report.written.clone();
+    let size = report.size;
     write_outputs(&out, raw, report, &req, &Progress::quiet()).unwrap();
     println!("bench outputs {:.3}", t.elapsed().as_secs_f64());
+
+    // The same pass without compression (reading, SHA-256 of the image and of the bmap ranges),
+    // and with only .img.zst.
+    let mut img = fs::File::open(out.path().join("bench.img")).unwrap();
+    let xz = req.xz;
+    for (name, zst) in [("hash_only", false), ("zst", true)] {
+        let t = Instant::now();
+        let mut f = fs::File::create(out.path().join("bench.img.zst")).unwrap();
+        let c = Compressed {
+            xz: None,
+            zst: zst.then(|| std::io::BufWriter::new(&mut f)),
+            xz_settings: &xz,
+            zst_settings: ZstSettings::new(xz.threads),
+            blocks: None,
+        };
+        scan(&mut img, size, &written, c, &Progress::quiet()).unwrap();
+        println!("bench {name} {:.3}", t.elapsed().as_secs_f64());
+    }
 }
 
 /// A GPT image with an ext4 root made from `files` and an empty data partition (holes).
@@ -863,6 +902,7 @@ fn xz_of(files: &Path, scratch: &Path, blocks: Option<&dyn BlockStore>) -> Vec<u
     let formats = Formats {
         raw: false,
         xz: true,
+        zst: false,
         bmap: false,
         qcow2: false,
     };

@@ -63,6 +63,7 @@ fn build(dir: &Path) -> std::path::PathBuf {
         formats: Formats {
             raw: true,
             xz: true,
+            zst: false,
             bmap: false,
             qcow2: false,
         },

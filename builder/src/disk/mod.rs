@@ -16,3 +16,4 @@ pub mod outputs;
 pub mod probe;
 pub mod xz;
 pub mod xzstream;
+pub mod zst;

@@ -1,4 +1,4 @@
-//! Every file around a disk image: raw `.img`, `.img.xz`, `.bmap`, `.qcow2`, `manifest.json`,
+//! Every file around a disk image: raw `.img`, `.img.xz`, `.img.zst`, `.bmap`, `.qcow2`, `manifest.json`,
 //! `SHA256SUMS` — written under temporary names and renamed into place only when all are
 //! complete, `SHA256SUMS` last, so an interrupted build never leaves a file that looks finished
 //! and never leaves a `SHA256SUMS` vouching for a mix of old and new files.
@@ -26,6 +26,7 @@ use crate::disk::layout::Layout;
 use crate::disk::manifest::{self, ImageEntry, InputRecord, Manifest};
 use crate::disk::xz::XzSettings;
 use crate::disk::xzstream::{self, BlockStore};
+use crate::disk::zst::{self, ZstSettings};
 use crate::ids::ImageSeed;
 use crate::output::{OutputDir, PendingFile};
 use crate::progress::Progress;
@@ -37,6 +38,8 @@ pub const SUMS_FILE: &str = "SHA256SUMS";
 pub struct Formats {
     pub raw: bool,
     pub xz: bool,
+    /// `.img.zst` (zstd, multithreaded, fixed level).
+    pub zst: bool,
     pub bmap: bool,
     pub qcow2: bool,
 }
@@ -46,6 +49,7 @@ impl Default for Formats {
         Formats {
             raw: false,
             xz: true,
+            zst: false,
             bmap: true,
             qcow2: false,
         }
@@ -103,26 +107,37 @@ pub fn write_outputs(
     let img_name = format!("{}.img", req.name);
     let mut pending: Vec<(String, PendingFile)> = Vec::new();
 
-    let mut xz_file = if req.formats.xz {
-        Some(out.create(&format!("{img_name}.xz"))?)
-    } else {
-        None
-    };
+    let mut xz_file = req
+        .formats
+        .xz
+        .then(|| out.create(&format!("{img_name}.xz")))
+        .transpose()?;
+    let mut zst_file = req
+        .formats
+        .zst
+        .then(|| out.create(&format!("{img_name}.zst")))
+        .transpose()?;
     let (image_sha256, ranges) = {
-        let xz_out = xz_file.as_mut().map(|p| io::BufWriter::new(p.file()));
+        let compressed = Compressed {
+            xz: xz_file.as_mut().map(|p| io::BufWriter::new(p.file())),
+            zst: zst_file.as_mut().map(|p| io::BufWriter::new(p.file())),
+            xz_settings: &req.xz,
+            zst_settings: ZstSettings::new(req.xz.threads),
+            blocks: req.blocks,
+        };
         scan(
             raw.file(),
             report.size,
             &report.written,
-            xz_out,
-            &req.xz,
-            req.blocks,
+            compressed,
             progress,
         )
         .with_context(|| format!("reading back {img_name}"))?
     };
-    if let Some(x) = xz_file {
-        pending.push((format!("{img_name}.xz"), x));
+    for (ext, f) in [("xz", xz_file), ("zst", zst_file)] {
+        if let Some(f) = f {
+            pending.push((format!("{img_name}.{ext}"), f));
+        }
     }
 
     if req.formats.bmap {
@@ -200,40 +215,57 @@ pub fn write_outputs(
     })
 }
 
+/// The compressed copies one pass over the image writes, and how.
+pub struct Compressed<'a, W> {
+    pub xz: Option<W>,
+    pub zst: Option<W>,
+    pub xz_settings: &'a XzSettings,
+    pub zst_settings: ZstSettings,
+    /// xz blocks of earlier builds.
+    pub blocks: Option<&'a dyn BlockStore>,
+}
+
 /// One pass over a sparse image: its SHA-256, the per-range SHA-256 of the block map, and
-/// (optionally) the `.xz` stream. Written ranges are read from `image`; holes are zeros from
-/// memory, and an xz block that holds only zeros is compressed once and reused.
+/// (optionally) the `.xz` and `.zst` streams. Written ranges are read from `image`; holes are
+/// zeros from memory, and an xz block that holds only zeros is compressed once and reused.
 pub fn scan<R: Read + Seek, W: Write>(
     image: &mut R,
     size: u64,
     written: &Ranges,
-    xz_out: Option<W>,
-    xz: &XzSettings,
-    blocks: Option<&dyn BlockStore>,
+    out: Compressed<'_, W>,
     progress: &Progress,
 ) -> io::Result<(String, Vec<bmap::MappedRange>)> {
     const CHUNK: u64 = 4 << 20;
     let mapped = bmap::mapped_blocks(written, bmap::BLOCK_SIZE);
-    let unit = if xz_out.is_some() {
-        xz.block_size
+    let unit = if out.xz.is_some() {
+        out.xz_settings.block_size
     } else {
         CHUNK
     };
-    let step = progress.step(if xz_out.is_some() { "xz" } else { "hash" }, size);
-    let mut units = Units::new(image, size, unit, &mapped, step)?;
-    match xz_out {
+    let name = match (&out.xz, &out.zst) {
+        (None, None) => "hash",
+        (Some(_), _) => "xz",
+        (None, Some(_)) => "zst",
+    };
+    let step = progress.step(name, size);
+    let zst = out
+        .zst
+        .map(|w| zst::encoder(w, size, &out.zst_settings))
+        .transpose()?;
+    let mut units = Units::new(image, size, unit, &mapped, zst, step)?;
+    match out.xz {
         Some(w) => {
             let inputs = std::iter::from_fn(|| units.next_unit().transpose());
-            xzstream::write_stream(w, xz, blocks, inputs)?.flush()?;
+            xzstream::write_stream(w, out.xz_settings, out.blocks, inputs)?.flush()?;
         }
         None => while units.next_unit()?.is_some() {},
     }
-    Ok(units.finish())
+    units.finish()
 }
 
 /// Reads a sparse image in units of one xz block, hashing the whole image and each mapped range
 /// on the way.
-struct Units<'a, R> {
+struct Units<'a, R, W: Write> {
     image: &'a mut R,
     size: u64,
     unit: u64,
@@ -245,15 +277,18 @@ struct Units<'a, R> {
     ranges: Vec<bmap::MappedRange>,
     whole: Sha256,
     zeros: Vec<u8>,
+    /// The `.zst` stream, fed every unit.
+    zst: Option<zstd::Encoder<'static, W>>,
     step: crate::progress::Step,
 }
 
-impl<'a, R: Read + Seek> Units<'a, R> {
+impl<'a, R: Read + Seek, W: Write> Units<'a, R, W> {
     fn new(
         image: &'a mut R,
         size: u64,
         unit: u64,
         mapped: &'a [(u64, u64)],
+        zst: Option<zstd::Encoder<'static, W>>,
         step: crate::progress::Step,
     ) -> io::Result<Self> {
         let unit_len = usize::try_from(unit).map_err(|_| io::Error::other("xz block too large"))?;
@@ -268,6 +303,7 @@ impl<'a, R: Read + Seek> Units<'a, R> {
             ranges: Vec::with_capacity(mapped.len()),
             whole: Sha256::new(),
             zeros: vec![0u8; unit_len],
+            zst,
             step,
         })
     }
@@ -303,8 +339,11 @@ impl<'a, R: Read + Seek> Units<'a, R> {
             self.ranges.push((first, last, hex::encode(sum)));
             self.next_range += 1;
         }
-        self.whole
-            .update(data.as_deref().unwrap_or(&self.zeros[..len]));
+        let bytes = data.as_deref().unwrap_or(&self.zeros[..len]);
+        self.whole.update(bytes);
+        if let Some(z) = &mut self.zst {
+            z.write_all(bytes)?;
+        }
         self.step.inc(len as u64);
         self.pos = end;
         Ok(Some(match data {
@@ -313,9 +352,12 @@ impl<'a, R: Read + Seek> Units<'a, R> {
         }))
     }
 
-    /// The image's SHA-256 and the mapped ranges with theirs.
-    fn finish(self) -> (String, Vec<bmap::MappedRange>) {
-        (hex::encode(self.whole.finalize()), self.ranges)
+    /// Ends the `.zst` stream; the image's SHA-256 and the mapped ranges with theirs.
+    fn finish(self) -> io::Result<(String, Vec<bmap::MappedRange>)> {
+        if let Some(z) = self.zst {
+            z.finish()?.flush()?;
+        }
+        Ok((hex::encode(self.whole.finalize()), self.ranges))
     }
 }
 
