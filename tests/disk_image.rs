@@ -780,6 +780,12 @@ fn bench_assemble() {
             }),
         },
     ]);
+    let mut layout = layout;
+    // A larger disk than the content needs: the rest is holes (scripts/bench-image DISK_SIZE).
+    layout.disk_size = std::env::var("IMGBUILD_BENCH_DISK")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap());
     let out = OutputDir::prepare(PathBuf::from(var("IMGBUILD_BENCH_OUT"))).unwrap();
     let t = Instant::now();
     let plan = layout.plan().unwrap();
@@ -1027,4 +1033,80 @@ fn block_cache_rebuilds_equal_cold_builds_after_a_change_a_gc_and_a_bit_flip() {
         "build after gc differs"
     );
     assert_eq!(counts(&c).0, 0);
+}
+
+/// Every output of the ext4 layout on a `disk` of that many bytes (24 MiB xz blocks, as built).
+fn outputs_on_disk(files: &Path, dir: &Path, disk: u64) -> (f64, BuiltOutputs) {
+    let mut layout = ext4_layout(files);
+    layout.disk_size = Some(disk);
+    let out = OutputDir::prepare(dir).unwrap();
+    let profile = serde_json::json!({});
+    let req = OutputRequest {
+        name: "node",
+        formats: all_formats(false),
+        xz: XzSettings {
+            threads: 2,
+            ..XzSettings::default()
+        },
+        blocks: None,
+        epoch: 9,
+        profile: &profile,
+        inputs: &[],
+    };
+    let t = std::time::Instant::now();
+    let built = build_outputs(&out, &layout, &seed(7), &req, &Progress::quiet()).unwrap();
+    (t.elapsed().as_secs_f64(), built)
+}
+
+#[test]
+fn a_32_gib_image_has_the_outputs_of_the_minimal_one_plus_its_holes() {
+    let work = tempfile::tempdir().unwrap();
+    let files = work.path().join("files");
+    fs::create_dir_all(&files).unwrap();
+    for i in 0..8u64 {
+        fs::write(files.join(format!("f{i}")), file_bytes(i, 300_000)).unwrap();
+    }
+    let (small, big) = (work.path().join("small"), work.path().join("big"));
+    let (t_small, _) = outputs_on_disk(&files, &small, 128 * MIB);
+    let (t_big, _) = outputs_on_disk(&files, &big, 32 << 30);
+    println!("outputs pass: 128 MiB disk {t_small:.1} s, 32 GiB disk {t_big:.1} s");
+    let len = |d: &Path, f: &str| fs::metadata(d.join(f)).unwrap().len();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let alloc = |d: &Path| fs::metadata(d.join("node.img")).unwrap().blocks() * 512;
+        // The holes stay holes: only the backup GPT (at the new end) is extra.
+        let (a, b) = (alloc(&small), alloc(&big));
+        assert!(
+            b <= a + 64 * 1024,
+            "raw image allocates {b} bytes at 32 GiB, {a} at 128 MiB"
+        );
+    }
+    // xz and zstd cannot say "hole": every block of zeros costs a few bytes. That is bounded
+    // per GiB of holes, not by the data.
+    let holes_gib = 32 - 1;
+    for (f, per_gib) in [("node.img.xz", 200_000), ("node.img.zst", 64_000)] {
+        let (a, b) = (len(&small, f), len(&big, f));
+        println!("{f}: {a} bytes at 128 MiB, {b} at 32 GiB");
+        assert!(b <= a + holes_gib * per_gib, "{f}: {b} bytes vs {a}");
+    }
+    // The block map lists the same ranges; only the image size and block count differ.
+    let ranges = |d: &Path| {
+        let x = fs::read_to_string(d.join("node.img.bmap")).unwrap();
+        x.lines().filter(|l| l.contains("<Range")).count()
+    };
+    assert_eq!(ranges(&small), ranges(&big));
+    if require_tool("bmaptool") {
+        // And it is right: bmaptool copies the 32 GiB image from its .img.zst, checking every
+        // range's SHA-256, into a sparse file.
+        let dest = work.path().join("copy.img");
+        let (code, o, e) = run(tool("bmaptool")
+            .arg("copy")
+            .arg("--bmap")
+            .arg(big.join("node.img.bmap"))
+            .arg(big.join("node.img.zst"))
+            .arg(&dest));
+        assert_eq!(code, 0, "{o}{e}");
+        assert_eq!(fs::metadata(&dest).unwrap().len(), 32 << 30);
+    }
 }
