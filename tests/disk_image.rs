@@ -9,6 +9,7 @@ use std::process::Command;
 
 use imgbuild::blockio::region::Sink;
 use imgbuild::disk::compare::compare_dirs;
+use imgbuild::disk::contents::{Ext4Content, FatContent};
 use imgbuild::disk::layout::{
     ContentError, ContentInfo, EmptyContent, Layout, MIB, PartType, Partition, PartitionContent,
     RawContent, Size, WriteParams,
@@ -25,7 +26,7 @@ use imgbuild::fs::FileRecord;
 use imgbuild::ids::ImageSeed;
 use imgbuild::output::OutputDir;
 use imgbuild::progress::Progress;
-use support::{find_tool, require_tool, run};
+use support::{ext4_root, find_tool, require_tool, run};
 
 /// Content that writes a few scattered regions (so partitions have holes inside), derived from
 /// the epoch and the partition's identifiers so both reach the bytes.
@@ -118,6 +119,17 @@ fn scattered() -> Box<dyn PartitionContent> {
     })
 }
 
+/// An empty data partition taking the rest of the disk: a hole.
+fn data_grow() -> Partition {
+    Partition {
+        label: "data".into(),
+        ptype: PartType::LinuxGeneric,
+        size: Size::Grow,
+        offset: None,
+        content: Box::new(EmptyContent),
+    }
+}
+
 fn gpt_layout() -> Layout {
     let mut l = Layout::gpt(vec![
         Partition {
@@ -134,13 +146,7 @@ fn gpt_layout() -> Layout {
             offset: None,
             content: scattered(),
         },
-        Partition {
-            label: "data".into(),
-            ptype: PartType::LinuxGeneric,
-            size: Size::Grow,
-            offset: None,
-            content: Box::new(EmptyContent),
-        },
+        data_grow(),
     ]);
     l.disk_size = Some(40 * MIB);
     l
@@ -180,17 +186,6 @@ fn all_formats(qcow2: bool) -> Formats {
 }
 
 fn build(
-    dir: &Path,
-    layout: &Layout,
-    seed: &ImageSeed,
-    epoch: u64,
-    formats: Formats,
-    threads: u32,
-) -> anyhow::Result<BuiltOutputs> {
-    build_with(dir, layout, seed, epoch, formats, threads, None)
-}
-
-fn build_with(
     dir: &Path,
     layout: &Layout,
     seed: &ImageSeed,
@@ -263,6 +258,7 @@ fn gpt_image_is_valid_and_carries_derived_guids() {
         1_700_000_000,
         all_formats(false),
         2,
+        None,
     )
     .unwrap();
     let img = out.join("node.img");
@@ -308,7 +304,16 @@ fn gpt_image_is_valid_and_carries_derived_guids() {
 fn mbr_image_for_the_pi_is_valid_with_known_partuuid() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let built = build(&out, &mbr_layout(), &seed(2), 1, all_formats(false), 1).unwrap();
+    let built = build(
+        &out,
+        &mbr_layout(),
+        &seed(2),
+        1,
+        all_formats(false),
+        1,
+        None,
+    )
+    .unwrap();
     let img = out.join("node.img");
     assert_tables_clean(&img, false);
     let sig = format!("{:08x}", seed(2).mbr_disk_signature());
@@ -339,7 +344,7 @@ fn outputs_pass_bmaptool_sha256sum_xz_and_qemu_img() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let qcow = find_tool("qemu-img").is_some();
-    let built = build(&out, &gpt_layout(), &seed(3), 5, all_formats(qcow), 2).unwrap();
+    let built = build(&out, &gpt_layout(), &seed(3), 5, all_formats(qcow), 2, None).unwrap();
     let img = out.join("node.img");
     let raw = fs::read(&img).unwrap();
 
@@ -462,7 +467,7 @@ fn failed_build_leaves_nothing_that_looks_complete() {
         offset: None,
         content: Box::new(Failing),
     }]);
-    let err = build(&out, &layout, &seed(1), 0, all_formats(false), 1).unwrap_err();
+    let err = build(&out, &layout, &seed(1), 0, all_formats(false), 1, None).unwrap_err();
     assert!(
         format!("{err:#}").contains("source file vanished"),
         "{err:#}"
@@ -481,7 +486,7 @@ fn failed_build_leaves_nothing_that_looks_complete() {
         offset: None,
         content: Box::new(RawContent(vec![1; 3 << 20])),
     }]);
-    let err = build(&out, &layout, &seed(1), 0, all_formats(false), 1).unwrap_err();
+    let err = build(&out, &layout, &seed(1), 0, all_formats(false), 1, None).unwrap_err();
     assert!(format!("{err:#}").contains("3 MiB"), "{err:#}");
     assert_eq!(fs::read_dir(&out).unwrap().count(), 1);
 }
@@ -553,6 +558,7 @@ fn repro_child() {
         epoch,
         all_formats(find_tool("qemu-img").is_some()),
         threads,
+        None,
     )
     .unwrap();
 }
@@ -605,6 +611,7 @@ fn reproducible_under_other_environments() {
         1_700_000_000,
         all_formats(false),
         2,
+        None,
     )
     .unwrap();
     assert_ne!(built.report.partitions[0].partuuid, {
@@ -644,7 +651,6 @@ fn blkid_export(dev: &Path) -> String {
 /// seed derived.
 #[test]
 fn filesystems_inside_images_pass_fsck_and_carry_derived_ids() {
-    use imgbuild::disk::contents::{Ext4Content, FatContent};
     for table in ["gpt", "mbr"] {
         let boot = tree(&[
             ("EFI/BOOT/BOOTX64.EFI", b"not really a loader"),
@@ -691,6 +697,7 @@ fn filesystems_inside_images_pass_fsck_and_carry_derived_ids() {
             1_700_000_000,
             all_formats(false),
             2,
+            None,
         )
         .unwrap();
         let img_path = out.join("node.img");
@@ -738,7 +745,6 @@ fn filesystems_inside_images_pass_fsck_and_carry_derived_ids() {
 #[test]
 #[ignore = "benchmark: run by scripts/bench-image"]
 fn bench_assemble() {
-    use imgbuild::disk::contents::{Ext4Content, FatContent};
     use imgbuild::disk::image;
     use imgbuild::disk::outputs::write_outputs;
     use imgbuild::source::dir::{DirOptions, read_dir_into};
@@ -769,16 +775,7 @@ fn bench_assemble() {
                 label: "ESP".into(),
             }),
         },
-        Partition {
-            label: "root".into(),
-            ptype: PartType::RootX86_64,
-            size: Size::Auto,
-            offset: None,
-            content: Box::new(Ext4Content {
-                tree: root,
-                label: Some("root".into()),
-            }),
-        },
+        ext4_root(root),
     ]);
     let mut layout = layout;
     // A larger disk than the content needs: the rest is holes (scripts/bench-image DISK_SIZE).
@@ -857,29 +854,10 @@ fn bench_assemble() {
 
 /// A GPT image with an ext4 root made from `files` and an empty data partition (holes).
 fn ext4_layout(files: &Path) -> Layout {
-    use imgbuild::disk::contents::Ext4Content;
     use imgbuild::source::dir::{DirOptions, read_dir_into};
     let mut tree = imgbuild::tree::Tree::new();
     read_dir_into(files, &mut tree, &DirOptions::default()).unwrap();
-    let mut l = Layout::gpt(vec![
-        Partition {
-            label: "root".into(),
-            ptype: PartType::RootX86_64,
-            size: Size::Auto,
-            offset: None,
-            content: Box::new(Ext4Content {
-                tree: std::sync::Arc::new(tree),
-                label: Some("root".into()),
-            }),
-        },
-        Partition {
-            label: "data".into(),
-            ptype: PartType::LinuxGeneric,
-            size: Size::Grow,
-            offset: None,
-            content: Box::new(EmptyContent),
-        },
-    ]);
+    let mut l = Layout::gpt(vec![ext4_root(std::sync::Arc::new(tree)), data_grow()]);
     l.disk_size = Some(128 * MIB);
     l
 }
@@ -913,7 +891,7 @@ fn xz_of(files: &Path, scratch: &Path, blocks: Option<&dyn BlockStore>) -> Vec<u
         qcow2: false,
     };
     let dir = out.path().join("o");
-    build_with(&dir, &ext4_layout(files), &seed(7), 9, formats, 2, blocks).unwrap();
+    build(&dir, &ext4_layout(files), &seed(7), 9, formats, 2, blocks).unwrap();
     fs::read(dir.join("node.img.xz")).unwrap()
 }
 
