@@ -1017,22 +1017,28 @@ fn block_cache_rebuilds_equal_cold_builds_after_a_change_a_gc_and_a_bit_flip() {
 fn outputs_on_disk(files: &Path, dir: &Path, disk: u64) -> (f64, BuiltOutputs) {
     let mut layout = ext4_layout(files);
     layout.disk_size = Some(disk);
+    outputs_with(&layout, dir, None)
+}
+
+/// Every output of `layout` with the default xz settings, timed.
+fn outputs_with(
+    layout: &Layout,
+    dir: &Path,
+    blocks: Option<&dyn BlockStore>,
+) -> (f64, BuiltOutputs) {
     let out = OutputDir::prepare(dir).unwrap();
     let profile = serde_json::json!({});
     let req = OutputRequest {
         name: "node",
         formats: all_formats(false),
-        xz: XzSettings {
-            threads: 2,
-            ..XzSettings::default()
-        },
-        blocks: None,
+        xz: XzSettings::default(),
+        blocks,
         epoch: 9,
         profile: &profile,
         inputs: &[],
     };
     let t = std::time::Instant::now();
-    let built = build_outputs(&out, &layout, &seed(7), &req, &Progress::quiet()).unwrap();
+    let built = build_outputs(&out, layout, &seed(7), &req, &Progress::quiet()).unwrap();
     (t.elapsed().as_secs_f64(), built)
 }
 
@@ -1087,4 +1093,35 @@ fn a_32_gib_image_has_the_outputs_of_the_minimal_one_plus_its_holes() {
         assert_eq!(code, 0, "{o}{e}");
         assert_eq!(fs::metadata(&dest).unwrap().len(), 32 << 30);
     }
+}
+
+#[test]
+#[ignore = "benchmark: run by scripts/bench-rebuild"]
+fn bench_rebuild() {
+    use imgbuild::source::dir::{DirOptions, read_dir_into};
+    let root =
+        PathBuf::from(std::env::var_os("IMGBUILD_BENCH_ROOT").expect("set IMGBUILD_BENCH_ROOT"));
+    let work = tempfile::tempdir().unwrap();
+    let (extra, cache) = (work.path().join("extra"), work.path().join("cache"));
+    fs::create_dir_all(extra.join("etc/imgbuild")).unwrap();
+    let layout = |label: &str| {
+        fs::write(extra.join("etc/imgbuild/label"), format!("site={label}\n")).unwrap();
+        let mut tree = imgbuild::tree::Tree::new();
+        read_dir_into(&root, &mut tree, &DirOptions::default()).unwrap();
+        read_dir_into(&extra, &mut tree, &DirOptions::default()).unwrap();
+        Layout::gpt(vec![ext4_root(std::sync::Arc::new(tree)), data_grow()])
+    };
+    let run_once = |name: &str, label: &str| {
+        let blocks = BlockCache::open(&cache).unwrap();
+        let mut l = layout(label);
+        l.disk_size = Some(2 << 30);
+        let out = work.path().join(name);
+        let (secs, _) = outputs_with(&l, &out, Some(&blocks));
+        let (hits, misses, _) = counts(&blocks);
+        println!("bench {name} {secs:.3} {misses} {hits}");
+        fs::read(out.join("node.img.xz")).unwrap()
+    };
+    let cold = run_once("cold", "home");
+    assert!(run_once("warm", "home") == cold);
+    run_once("change", "lab");
 }
