@@ -12,6 +12,7 @@ use std::process::Command;
 
 use imgbuild::source::raw::{self, FsKind, RawError, Scheme};
 use imgbuild::tree::{Kind, Tree, TreePath};
+use imgbuild::unpack::UnpackLimit;
 
 fn tools() -> bool {
     ["mkfs.ext4", "mkfs.vfat", "mcopy", "sfdisk", "sgdisk"]
@@ -136,6 +137,7 @@ fn read_base(
         blob,
         raw::Decompress::Cache { cache, sha256: sha },
         &scratch,
+        &UnpackLimit::default(),
         None,
         None,
     )
@@ -147,6 +149,7 @@ fn read_bare_ext4(img: &Path) -> Tree {
         img,
         raw::Decompress::Scratch,
         img.parent().unwrap(),
+        &UnpackLimit::default(),
         None,
         None,
     ) {

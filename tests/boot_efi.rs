@@ -146,7 +146,8 @@ fn ovmf_boots_systemd_boot_then_debian_from_our_gpt_disk() {
     .expect("symlink");
 
     let mut root_tree = Tree::new();
-    let _base_file = read_archive_file(&base, work, &mut root_tree).expect("reading the base");
+    let _base_file = read_archive_file(&base, work, &Default::default(), &mut root_tree)
+        .expect("reading the base");
     read_dir_into(&extra, &mut root_tree, &DirOptions::default()).expect("adding the check");
     let mut esp_tree = Tree::new();
     read_dir_into(&esp, &mut esp_tree, &DirOptions::default()).expect("reading the ESP folder");

@@ -462,7 +462,7 @@ fn truncated_xz_leaves_nothing_in_the_cache() {
         let (h, _, _) = f
             .fetch_verified("base", p.to_str().unwrap(), None, "t")
             .unwrap();
-        let r = f.cache.unxz(&h);
+        let r = f.cache.unxz(&h, &Default::default());
         if ok {
             assert_eq!(fs::read(r.unwrap()).unwrap(), raw);
             assert!(f.cache.verify(false).unwrap().is_empty());

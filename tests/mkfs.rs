@@ -430,3 +430,171 @@ fn deeply_nested_tarball_is_refused_at_path_max() {
     let (code, _, err) = mkfs(&["ext4"], &out, &ok);
     assert_eq!(code, 0, "{err}");
 }
+
+/// A tarball holding `mib` MiB of zeros in one file, compressed by `tool` (`xz` or `gzip`): a
+/// few KiB on disk. Made by Python's tarfile and the tool itself.
+fn zero_tarball(dir: &Path, tool: &str, mib: u64) -> PathBuf {
+    let tar = dir.join("zeros.tar");
+    let (code, _, err) = run(Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sys, tarfile, io\n\
+             t = tarfile.open(sys.argv[1], 'w', format=tarfile.PAX_FORMAT)\n\
+             n = int(sys.argv[2]) << 20\n\
+             ti = tarfile.TarInfo('zeros'); ti.size = n; ti.mode = 0o644\n\
+             t.addfile(ti, io.BytesIO(bytes(n)))\n\
+             t.close()\n",
+        )
+        .arg(&tar)
+        .arg(mib.to_string()));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(Command::new(tool).arg("-f").arg(&tar));
+    assert_eq!(code, 0, "{err}");
+    let ext = if tool == "xz" { "tar.xz" } else { "tar.gz" };
+    dir.join(format!("zeros.{ext}"))
+}
+
+/// Decompression bombs: an `.xz` whose index declares more than the limit is refused before a
+/// byte is written; a gzip stream (no trustworthy size) stops when it passes the limit. Either
+/// way exit 2 names the input and the limit, and nothing is left in the output folder; the same
+/// input within the limit builds a clean filesystem.
+#[test]
+fn decompression_bombs_stop_at_the_limit_and_leave_nothing() {
+    for t in ["python3", "xz", "gzip", "e2fsck"] {
+        if !support::require_tool(t) {
+            return;
+        }
+    }
+    for (tool, says) in [("xz", "it declares 671"), ("gzip", "stopped after")] {
+        let dir = tempfile::tempdir().unwrap();
+        let src = zero_tarball(dir.path(), tool, 64);
+        assert!(std::fs::metadata(&src).unwrap().len() < 1 << 20);
+        let name = src.file_name().unwrap().to_string_lossy().into_owned();
+        let out = dir.path().join("root.ext4");
+        let (code, _, err) = mkfs(&["ext4", "--max-unpacked", "32M"], &out, &src);
+        assert_eq!(code, 2, "{tool}: {err}");
+        assert!(
+            err.contains(&name) && err.contains(says) && err.contains("at most 33554432 bytes"),
+            "{tool}: {err}"
+        );
+        assert_eq!(files_in(dir.path()), [name], "{tool}");
+        let (code, _, err) = mkfs(&["ext4", "--max-unpacked", "auto"], &out, &src);
+        assert_eq!(code, 0, "{tool}: {err}");
+        let (code, o, e) = run(Command::new("e2fsck").arg("-fn").arg(&out));
+        assert_eq!(code, 0, "{o}{e}");
+    }
+}
+
+/// A bare ext4 image as `.xz` takes the other path (a scratch copy, then the filesystem reader):
+/// the same limit applies, and the copy keeps the image's free space as holes.
+#[test]
+fn a_compressed_filesystem_base_obeys_the_same_limit() {
+    for t in ["mke2fs", "xz"] {
+        if !support::require_tool(t) {
+            return;
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = source_dir(dir.path(), true);
+    let base = dir.path().join("base.ext4");
+    let (code, _, err) = run(Command::new("mke2fs")
+        .args(["-q", "-t", "ext4", "-E", "root_owner=0:0", "-d"])
+        .arg(&src)
+        .arg(&base)
+        .arg("96M"));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(Command::new("xz").arg("-T1").arg(&base));
+    assert_eq!(code, 0, "{err}");
+    let xz = dir.path().join("base.ext4.xz");
+    let out = dir.path().join("root.ext4");
+    let (code, _, err) = mkfs(&["ext4", "--max-unpacked", "64M"], &out, &xz);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("base.ext4.xz") && err.contains("declares 100663296"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    let (code, _, err) = mkfs(&["ext4", "--max-unpacked", "96M"], &out, &xz);
+    assert_eq!(code, 0, "{err}");
+}
+
+/// `imgbuild`'s reading of an `.xz` index (the declared size) agrees with `xz --list` on
+/// multi-stream files with stream padding, and on xz's own multi-block output.
+#[test]
+fn declared_xz_sizes_agree_with_xz_list() {
+    if !support::require_tool("xz") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut joined = Vec::new();
+    for (i, (len, args)) in [(3_000_000usize, "-T1"), (5 << 20, "--block-size=1MiB")]
+        .into_iter()
+        .enumerate()
+    {
+        let p = dir.path().join(format!("part{i}"));
+        let data: Vec<u8> = (0..len).map(|j| (j * 31 % 253) as u8).collect();
+        std::fs::write(&p, data).unwrap();
+        let (code, _, err) = run(Command::new("xz").args(["-0", args]).arg(&p));
+        assert_eq!(code, 0, "{err}");
+        joined.extend(std::fs::read(dir.path().join(format!("part{i}.xz"))).unwrap());
+        joined.extend([0u8; 8]);
+    }
+    let cat = dir.path().join("joined.xz");
+    std::fs::write(&cat, &joined).unwrap();
+    let (code, list, err) = run(Command::new("xz").args(["--robot", "--list"]).arg(&cat));
+    assert_eq!(code, 0, "{err}");
+    // `totals  streams blocks compressed uncompressed ...`
+    let totals: Vec<&str> = list
+        .lines()
+        .find(|l| l.starts_with("totals"))
+        .unwrap()
+        .split('\t')
+        .collect();
+    let ours = imgbuild::disk::xz::declared_size(&mut std::fs::File::open(&cat).unwrap()).unwrap();
+    assert_eq!(ours, Some(totals[4].parse::<u64>().unwrap()), "{list}");
+}
+
+/// A base ext4 with a sparse file larger than the filesystem keeps it a hole in our image; a
+/// size past the reader's bound (a claimed terabyte in a 64 MiB filesystem) is refused naming
+/// the file, with nothing written.
+#[test]
+fn sparse_files_of_a_base_stay_holes_and_absurd_sizes_are_refused() {
+    for t in ["mke2fs", "debugfs", "e2fsck", "truncate"] {
+        if !support::require_tool(t) {
+            return;
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (size, ok) in [("512M", true), ("1T", false)] {
+        let src = dir.path().join(format!("src-{size}"));
+        std::fs::create_dir_all(&src).unwrap();
+        let (code, _, err) = run(Command::new("truncate")
+            .args(["-s", size])
+            .arg(src.join("big")));
+        assert_eq!(code, 0, "{err}");
+        let base = dir.path().join(format!("base-{size}.ext4"));
+        let (code, _, err) = run(Command::new("mke2fs")
+            .args(["-q", "-t", "ext4", "-b", "4096", "-d"])
+            .arg(&src)
+            .arg(&base)
+            .arg("64M"));
+        assert_eq!(code, 0, "{err}");
+        let out = dir.path().join(format!("out-{size}.ext4"));
+        let (code, _, err) = mkfs(&["ext4"], &out, &base);
+        if !ok {
+            assert_eq!(code, 2, "{err}");
+            assert!(
+                err.contains("/big") && err.contains("1099511627776"),
+                "{err}"
+            );
+            assert!(!out.exists());
+            continue;
+        }
+        assert_eq!(code, 0, "{err}");
+        let (_, stat, _) = run(Command::new("debugfs").args(["-R", "stat /big"]).arg(&out));
+        assert!(stat.contains("Size: 536870912"), "{stat}");
+        assert!(stat.contains("Blockcount: 0"), "a hole, not zeros: {stat}");
+        let (code, o, e) = run(Command::new("e2fsck").arg("-fn").arg(&out));
+        assert_eq!(code, 0, "{o}{e}");
+    }
+}

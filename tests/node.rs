@@ -999,6 +999,7 @@ fn tailscale_binaries_come_from_the_release_tarball() {
     let _keep = imgbuild::source::tar::read_archive_file(
         &dir.path().join("tailscale_1.96.4_amd64.tgz"),
         dir.path(),
+        &imgbuild::unpack::UnpackLimit::default(),
         &mut tgz,
     )
     .unwrap();

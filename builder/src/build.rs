@@ -24,6 +24,7 @@ use crate::profile::{Arch, Board, PartitionTable, Resolved};
 use crate::source::overlay;
 use crate::source::{deb, raw, tar};
 use crate::tree::{Content, Tree, TreePath};
+use crate::unpack::UnpackLimit;
 
 /// Opened inputs: the trees read from them and the scratch files their contents point into
 /// (kept alive until the image is written).
@@ -34,6 +35,14 @@ pub struct Opened {
     pub artifacts: Artifacts,
     pub records: Vec<InputRecord>,
     _hold: Vec<Box<dyn std::any::Any>>,
+}
+
+/// How far the profile's base may decompress: `base.max-unpacked`, or what the image size implies.
+fn unpack_limit(p: &crate::profile::Profile) -> UnpackLimit {
+    match p.base.max_unpacked.bytes() {
+        Some(max) => UnpackLimit { max },
+        None => UnpackLimit::for_image(p.image.size.bytes()),
+    }
 }
 
 /// Reads every fetched input into trees. `scratch` holds decompressed archives for the life of
@@ -61,6 +70,7 @@ pub fn open_inputs(
             sha256: &base.sha256,
         },
         scratch,
+        &unpack_limit(&resolved.profile),
         resolved.profile.base.boot_partition.as_deref(),
         resolved.profile.base.root_partition.as_deref(),
     )
@@ -76,7 +86,7 @@ pub fn open_inputs(
         crate::profile::MeshProvider::Tailscale => {
             let i = by_kind(InputKind::Tailscale).context("the Tailscale tarball is missing")?;
             let mut t = Tree::new();
-            let tf = tar::read_archive_file(&i.path, scratch, &mut t)
+            let tf = tar::read_archive_file(&i.path, scratch, &UnpackLimit::default(), &mut t)
                 .with_context(|| format!("reading the Tailscale tarball {}", i.url))?;
             hold.push(Box::new(tf));
             MeshArtifacts::tailscale_from_tarball(&t)?
@@ -380,6 +390,21 @@ mod tests {
         assert_ne!(
             base,
             seed_of(&["image.formats=[\"img\"]", "k3s.labels=[\"a=b\"]"])
+        );
+    }
+
+    #[test]
+    fn the_base_unpack_limit_follows_the_profile() {
+        let store = ProfileStore::stock_only();
+        let limit = |set: &[&str]| {
+            let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+            unpack_limit(&store.resolve("amd64-worker", &set).unwrap().profile).max
+        };
+        assert_eq!(limit(&["image.size=\"auto\""]), crate::unpack::DEFAULT_MAX);
+        assert_eq!(limit(&["image.size=\"8GiB\""]), 32 << 30);
+        assert_eq!(
+            limit(&["image.size=\"8GiB\"", "base.max-unpacked=\"2GiB\""]),
+            2 << 30
         );
     }
 }

@@ -28,3 +28,4 @@ pub mod progress;
 pub mod source;
 pub mod stock;
 pub mod tree;
+pub mod unpack;

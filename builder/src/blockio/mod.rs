@@ -1,14 +1,29 @@
 //! The ground floor: byte ranges and the sinks that receive them ([`region`]), positional reads
-//! ([`ReadAt`], windows of it, and a cursor over a window for stream parsers) and SHA-256 over readers ([`hash`]). It imports nothing from the rest of the
+//! ([`ReadAt`], windows of it, and a cursor over a window for stream parsers), SHA-256 over readers ([`hash`]) and sparse copies ([`sparse`]). It imports nothing from the rest of the
 //! crate, so filesystem writers, disk tables, readers and the flasher can all stand on it.
 
 pub mod hash;
 pub mod region;
+pub mod sparse;
 mod window;
 
 pub use window::SliceCursor;
 
 use std::io::{self, Read, Seek, SeekFrom};
+
+/// Reads until `buf` is full or the stream ends; returns how many bytes it got.
+pub fn read_up_to<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
 
 /// Reads at an offset without a cursor, so one handle can serve many readers.
 pub trait ReadAt {

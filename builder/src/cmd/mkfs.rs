@@ -28,6 +28,7 @@ use crate::output::PendingFile;
 use crate::source::dir::{DirOptions, Ownership};
 use crate::source::raw;
 use crate::tree::{Kind, Tree};
+use crate::unpack::UnpackLimit;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum FsType {
@@ -74,6 +75,10 @@ pub struct Args {
     /// Folders: copy extended attributes (security.capability, user.*) from the host.
     #[arg(long)]
     pub xattrs: bool,
+    /// The most a compressed `--from` may decompress to (same units as `--size`); `auto`: four
+    /// times `--size`, at least 16 GiB, or 256 GiB with `--size auto`.
+    #[arg(long, default_value = "auto", value_name = "SIZE|auto")]
+    pub max_unpacked: String,
     /// Replace the output file even if imgbuild did not create it.
     #[arg(long)]
     pub force: bool,
@@ -91,7 +96,7 @@ fn parse_owner(s: &str) -> Result<(u32, u32), String> {
 }
 
 /// Parses `auto` or a size with an optional binary suffix.
-fn parse_size(s: &str) -> Result<Option<u64>> {
+fn parse_size(flag: &str, s: &str) -> Result<Option<u64>> {
     let t = s.trim();
     if t.eq_ignore_ascii_case("auto") {
         return Ok(None);
@@ -109,11 +114,11 @@ fn parse_size(s: &str) -> Result<Option<u64>> {
         _ => (lower, 1),
     };
     let n: u64 = num.trim().parse().with_context(|| {
-        format!("--size {s:?}: expected `auto`, bytes, or a number with K/M/G/T")
+        format!("{flag} {s:?}: expected `auto`, bytes, or a number with K/M/G/T")
     })?;
     n.checked_mul(mult)
         .map(Some)
-        .with_context(|| format!("--size {s:?} is too large"))
+        .with_context(|| format!("{flag} {s:?} is too large"))
 }
 
 fn parse_volume_id(s: &str) -> Result<u32> {
@@ -157,7 +162,7 @@ fn tree_digest(tree: &Tree) -> [u8; 32] {
 
 pub fn run(args: &Args, ctx: &Context) -> Result<()> {
     let epoch = args.epoch.unwrap_or(0);
-    let size = parse_size(&args.size)?;
+    let size = parse_size("--size", &args.size)?;
     let output_dir = args
         .output
         .parent()
@@ -181,10 +186,15 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
         None
     } else {
         // The base dispatcher: a tarball, a bare ext4 image or a disk image (its root), by content.
+        let limit = match parse_size("--max-unpacked", &args.max_unpacked)? {
+            Some(max) => UnpackLimit { max },
+            None => UnpackLimit::for_image(size),
+        };
         let base = raw::open_base(
             &args.from,
             raw::Decompress::Scratch,
             &output_dir,
+            &limit,
             None,
             None,
         )
@@ -324,11 +334,11 @@ mod tests {
 
     #[test]
     fn sizes_parse() {
-        assert_eq!(parse_size("auto").unwrap(), None);
-        assert_eq!(parse_size("4096").unwrap(), Some(4096));
-        assert_eq!(parse_size("256M").unwrap(), Some(256 << 20));
-        assert_eq!(parse_size("1GiB").unwrap(), Some(1 << 30));
-        assert!(parse_size("lots").is_err());
+        assert_eq!(parse_size("--size", "auto").unwrap(), None);
+        assert_eq!(parse_size("--size", "4096").unwrap(), Some(4096));
+        assert_eq!(parse_size("--size", "256M").unwrap(), Some(256 << 20));
+        assert_eq!(parse_size("--size", "1GiB").unwrap(), Some(1 << 30));
+        assert!(parse_size("--size", "lots").is_err());
         assert_eq!(parse_owner("0:0"), Ok((0, 0)));
         assert!(parse_owner("root:root").is_err());
         assert_eq!(parse_volume_id("1a2b-3C4D").unwrap(), 0x1A2B_3C4D);

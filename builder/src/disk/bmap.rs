@@ -71,9 +71,21 @@ impl BlockMap {
             }
         }
         x.push_str("    </BlockMap>\n</bmap>\n");
-        let digest = hex::encode(Sha256::digest(x.as_bytes()));
+        let digest = file_checksum(&x, &placeholder);
         x.replacen(&placeholder, &digest, 1)
     }
+}
+
+/// The value of `BmapFileChecksum` in `xml`, found as text (for tests and re-signing).
+pub fn stated_checksum(xml: &str) -> Option<&str> {
+    xml.split("<BmapFileChecksum> ").nth(1)?.split(' ').next()
+}
+
+/// What `BmapFileChecksum` must be for `xml` whose field now holds `stated`: the SHA-256 of the
+/// file with that value replaced by 64 `0` characters, as bmaptool computes it.
+pub fn file_checksum(xml: &str, stated: &str) -> String {
+    let zeroed = xml.replacen(stated, &"0".repeat(64), 1);
+    hex::encode(Sha256::digest(zeroed.as_bytes()))
 }
 
 #[cfg(test)]
@@ -98,15 +110,8 @@ mod tests {
             ranges: vec![(0, 0, "ab".repeat(32))],
         };
         let x = m.to_xml();
-        let sum = x
-            .split("<BmapFileChecksum> ")
-            .nth(1)
-            .unwrap()
-            .split(' ')
-            .next()
-            .unwrap()
-            .to_string();
-        let zeroed = x.replacen(&sum, &"0".repeat(64), 1);
+        let sum = stated_checksum(&x).unwrap();
+        let zeroed = x.replacen(sum, &"0".repeat(64), 1);
         assert_eq!(hex::encode(Sha256::digest(zeroed.as_bytes())), sum);
         assert!(x.contains("<Range chksum=\"abab"));
         assert!(x.contains("<MappedBlocksCount> 1 </MappedBlocksCount>"));

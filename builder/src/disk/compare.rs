@@ -52,8 +52,8 @@ pub fn first_difference<A: Read, B: Read>(mut a: A, mut b: B) -> io::Result<Opti
     let mut pos = 0u64;
     let mut start: Option<u64> = None;
     loop {
-        let na = read_full(&mut a, &mut ba)?;
-        let nb = read_full(&mut b, &mut bb)?;
+        let na = crate::blockio::read_up_to(&mut a, &mut ba)?;
+        let nb = crate::blockio::read_up_to(&mut b, &mut bb)?;
         let n = na.min(nb);
         for i in 0..n {
             match (start, ba[i] == bb[i]) {
@@ -72,17 +72,6 @@ pub fn first_difference<A: Read, B: Read>(mut a: A, mut b: B) -> io::Result<Opti
             return Ok(start.map(|s| (s, pos)));
         }
     }
-}
-
-fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 fn partition_at(m: &Manifest, offset: u64) -> Option<&ManifestPartition> {

@@ -55,38 +55,92 @@ pub const MAGIC: [u8; 6] = [0xFD, b'7', b'z', b'X', b'Z', 0];
 /// Decompresses an `.xz` stream (one or more) into `out`, seeking over all-zero blocks so that a
 /// disk image's unused space stays a hole. Returns the decompressed length.
 pub fn decompress_sparse<R: Read, W: Write + Seek>(input: R, out: &mut W) -> io::Result<u64> {
-    const BLOCK: usize = 64 << 10;
     let mut dec = liblzma::read::XzDecoder::new_multi_decoder(io::BufReader::new(input));
-    let mut buf = vec![0u8; BLOCK];
-    let mut len = 0u64;
-    let mut hole_at_end = false;
-    loop {
-        // Fill a whole block (the decoder may return less) so holes are block-aligned.
-        let mut n = 0;
-        while n < BLOCK {
-            match dec.read(&mut buf[n..])? {
-                0 => break,
-                k => n += k,
+    crate::blockio::sparse::copy_sparse(&mut dec, out, |_| {}, |_| Ok(()))
+}
+
+/// The decompressed size an `.xz` file declares in its indexes (every stream's, summed), read
+/// from its end without decompressing. `None` when the file is not a well-formed `.xz` (the
+/// decoder then says what is wrong); saturates at `u64::MAX`.
+pub fn declared_size<R: Read + Seek>(r: &mut R) -> io::Result<Option<u64>> {
+    let mut end = r.seek(SeekFrom::End(0))?;
+    let mut total = 0u64;
+    while end > 0 {
+        // Stream padding: groups of four zero bytes after a stream.
+        let mut w = [0u8; 4];
+        while end >= 4 && read_at(r, end - 4, &mut w).is_ok() && w == [0; 4] {
+            end -= 4;
+        }
+        match stream_before(r, end)? {
+            Some((start, size)) => {
+                total = total.saturating_add(size);
+                end = start;
             }
+            None => return Ok(None),
         }
-        if n == 0 {
-            break;
-        }
-        if buf[..n].iter().all(|&b| b == 0) {
-            out.seek(SeekFrom::Current(n as i64))?;
-            hole_at_end = true;
-        } else {
-            out.write_all(&buf[..n])?;
-            hole_at_end = false;
-        }
-        len += n as u64;
     }
-    if hole_at_end {
-        // A seek alone does not extend the file: write its last byte.
-        out.seek(SeekFrom::Start(len - 1))?;
-        out.write_all(&[0])?;
+    Ok(Some(total))
+}
+
+/// The stream ending at `end`: where it starts and the bytes its index declares.
+fn stream_before<R: Read + Seek>(r: &mut R, end: u64) -> io::Result<Option<(u64, u64)>> {
+    let mut footer = [0u8; 12];
+    if end < 24 || read_at(r, end - 12, &mut footer).is_err() || &footer[10..] != b"YZ" {
+        return Ok(None);
     }
-    Ok(len)
+    let index_size = (u64::from(u32::from_le_bytes(footer[4..8].try_into().unwrap())) + 1) * 4;
+    let Some(index_start) = end.checked_sub(12 + index_size).filter(|&s| s >= 12) else {
+        return Ok(None);
+    };
+    let mut index = vec![0u8; index_size as usize];
+    read_at(r, index_start, &mut index)?;
+    let Some((blocks, size)) = parse_index(&index) else {
+        return Ok(None);
+    };
+    let Some(start) = index_start
+        .checked_sub(blocks)
+        .and_then(|s| s.checked_sub(12))
+    else {
+        return Ok(None);
+    };
+    let mut magic = [0u8; 6];
+    read_at(r, start, &mut magic)?;
+    Ok((magic == MAGIC).then_some((start, size)))
+}
+
+/// An index's blocks: their total stored size (padded to 4) and decompressed size.
+fn parse_index(index: &[u8]) -> Option<(u64, u64)> {
+    let mut at = 1;
+    if index.first() != Some(&0) {
+        return None;
+    }
+    let count = varint(index, &mut at)?;
+    let (mut stored, mut size) = (0u64, 0u64);
+    for _ in 0..count {
+        let unpadded = varint(index, &mut at)?;
+        stored = stored.checked_add(unpadded.checked_add(3)? & !3)?;
+        size = size.saturating_add(varint(index, &mut at)?);
+    }
+    Some((stored, size))
+}
+
+/// xz's multibyte integer: 7 bits a byte, low first, at most 9 bytes.
+fn varint(b: &[u8], at: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for i in 0..9 {
+        let byte = *b.get(*at)?;
+        *at += 1;
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+fn read_at<R: Read + Seek>(r: &mut R, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    r.seek(SeekFrom::Start(offset))?;
+    r.read_exact(buf)
 }
 
 #[cfg(test)]
@@ -103,6 +157,28 @@ mod tests {
         let mut e = encoder(Vec::new(), &s).unwrap();
         e.write_all(data).unwrap();
         e.finish().unwrap()
+    }
+
+    #[test]
+    fn declared_size_sums_every_stream_and_skips_padding() {
+        let a: Vec<u8> = (0..300_000u32).map(|i| (i % 13) as u8).collect();
+        let b = vec![0u8; 1 << 20];
+        let mut cat = compress(&a, 2);
+        cat.extend_from_slice(&[0; 8]);
+        cat.extend(compress(&b, 1));
+        cat.extend_from_slice(&[0; 4]);
+        let mut c = io::Cursor::new(&cat);
+        assert_eq!(
+            declared_size(&mut c).unwrap(),
+            Some((a.len() + b.len()) as u64)
+        );
+        assert_eq!(
+            declared_size(&mut io::Cursor::new(b"not xz at all, long enough?")).unwrap(),
+            None
+        );
+        let mut cut = cat.clone();
+        cut.truncate(cat.len() - 20);
+        assert_eq!(declared_size(&mut io::Cursor::new(&cut)).unwrap(), None);
     }
 
     #[test]

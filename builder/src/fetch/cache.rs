@@ -18,12 +18,13 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Seek};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
 use super::FetchError;
+use crate::unpack::{CopyError, UnpackLimit};
 
 /// Buffer for streaming blobs (hashing, copying, decompressing).
 pub(crate) const BUF: usize = 256 << 10;
@@ -32,16 +33,7 @@ pub(crate) const BUF: usize = 256 << 10;
 #[derive(Debug, Clone)]
 pub struct Cache {
     root: PathBuf,
-    /// The most a decompressed copy may grow to.
-    max_unpacked: u64,
 }
-
-/// Default cap on a decompressed base: larger than any SD card or SSD image we build.
-pub const MAX_UNPACKED: u64 = 256 << 30;
-/// Decompression stops when the cache's filesystem would be left with less than this.
-const FREE_MARGIN: u64 = 1 << 30;
-/// How often (in bytes written) free space is checked while decompressing.
-const FREE_CHECK_EVERY: u64 = 256 << 20;
 
 /// What kind of file a cache entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -119,10 +111,7 @@ impl Cache {
             let d = root.join(sub);
             fs::create_dir_all(&d).map_err(io_err(&d))?;
         }
-        let cache = Cache {
-            root,
-            max_unpacked: MAX_UNPACKED,
-        };
+        let cache = Cache { root };
         cache.sweep_abandoned(STALE_AFTER)?;
         Ok(cache)
     }
@@ -151,45 +140,6 @@ impl Cache {
 
     pub fn root(&self) -> &Path {
         &self.root
-    }
-
-    /// Caps decompressed copies at `bytes` instead of [`MAX_UNPACKED`].
-    pub fn with_max_unpacked(mut self, bytes: u64) -> Self {
-        self.max_unpacked = bytes;
-        self
-    }
-
-    /// Refuses to go on writing `written` bytes of `path`'s decompressed copy when it passed the
-    /// cap or the disk is nearly full. The partial copy is removed by the caller's drop.
-    fn check_unpacked(
-        &self,
-        path: &Path,
-        written: u64,
-        checked: &mut u64,
-    ) -> Result<(), FetchError> {
-        let stop = |why: String| FetchError::TooLarge {
-            path: path.to_path_buf(),
-            written,
-            why,
-        };
-        if written > self.max_unpacked {
-            return Err(stop(format!(
-                "a decompressed base may be at most {} bytes",
-                self.max_unpacked
-            )));
-        }
-        if written - *checked >= FREE_CHECK_EVERY {
-            *checked = written;
-            let st = rustix::fs::statvfs(&self.root).map_err(|e| io_err(&self.root)(e.into()))?;
-            let free = st.f_bavail.saturating_mul(st.f_frsize);
-            if free < FREE_MARGIN {
-                return Err(stop(format!(
-                    "the disk holding {} has only {free} bytes left",
-                    self.root.display()
-                )));
-            }
-        }
-        Ok(())
     }
 
     /// Where the blob with this hash lives (whether or not it is there).
@@ -230,10 +180,11 @@ impl Cache {
         Ok(dest)
     }
 
-    /// The decompressed copy of the `.xz` blob `sha256`, made once and then reused. Decompression
-    /// goes to a temporary file that is renamed only when the stream ended cleanly, so a
-    /// truncated or corrupt `.xz` leaves nothing behind.
-    pub fn unxz(&self, sha256: &str) -> Result<PathBuf, FetchError> {
+    /// The decompressed copy of the `.xz` blob `sha256`, made once and then reused, within
+    /// `limit` (its holes stay holes). Decompression goes to a temporary file that is renamed
+    /// only when the stream ended cleanly, so a truncated, corrupt or oversized `.xz` leaves
+    /// nothing behind.
+    pub fn unxz(&self, sha256: &str, limit: &UnpackLimit) -> Result<PathBuf, FetchError> {
         let blob = self.get(sha256).ok_or_else(|| FetchError::Io {
             path: self.blob_path(sha256),
             source: io::Error::new(io::ErrorKind::NotFound, "blob is not in the cache"),
@@ -243,26 +194,25 @@ impl Cache {
         if dest.is_file() && sidecar.is_file() {
             return Ok(dest);
         }
-        let src = File::open(&blob).map_err(io_err(&blob))?;
+        let mut src = File::open(&blob).map_err(io_err(&blob))?;
+        let declared = crate::disk::xz::declared_size(&mut src).map_err(io_err(&blob))?;
+        src.rewind().map_err(io_err(&blob))?;
         let mut dec =
             liblzma::read::XzDecoder::new_multi_decoder(io::BufReader::with_capacity(BUF, src));
         let mut tmp = self.temp_file()?;
         let mut h = Sha256::new();
-        let mut buf = vec![0u8; BUF];
-        let (mut written, mut checked) = (0u64, 0u64);
-        loop {
-            let n = dec.read(&mut buf).map_err(|e| FetchError::Decompress {
-                path: blob.clone(),
-                source: e,
+        let dir = self.root.join("tmp");
+        limit
+            .copy(&blob, declared, &mut dec, tmp.as_file_mut(), &dir, |b| {
+                h.update(b)
+            })
+            .map_err(|e| match e {
+                CopyError::TooLarge(t) => FetchError::TooLarge(t),
+                CopyError::Io(source) => FetchError::Decompress {
+                    path: blob.clone(),
+                    source,
+                },
             })?;
-            if n == 0 {
-                break;
-            }
-            written += n as u64;
-            self.check_unpacked(&blob, written, &mut checked)?;
-            h.update(&buf[..n]);
-            tmp.write_all(&buf[..n]).map_err(io_err(tmp.path()))?;
-        }
         let digest = hex::encode(h.finalize());
         tmp.as_file().sync_all().map_err(io_err(&dest))?;
         fs::write(&sidecar, format!("{digest}\n")).map_err(io_err(&sidecar))?;
@@ -396,11 +346,12 @@ fn set_readonly(path: &Path) -> Result<(), FetchError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn a_base_that_unpacks_past_the_cap_stops_and_leaves_nothing() {
         let d = tempfile::tempdir().unwrap();
-        let c = Cache::open(d.path()).unwrap().with_max_unpacked(4 << 20);
+        let c = Cache::open(d.path()).unwrap();
         let mut xz = Vec::new();
         {
             let mut e = liblzma::write::XzEncoder::new(&mut xz, 0);
@@ -412,9 +363,12 @@ mod tests {
         fs::write(&src, &xz).unwrap();
         let sha = hex::encode(Sha256::digest(&xz));
         c.insert(&src, &sha).unwrap();
-        let err = c.unxz(&sha).unwrap_err().to_string();
+        let err = c
+            .unxz(&sha, &UnpackLimit { max: 4 << 20 })
+            .unwrap_err()
+            .to_string();
         assert!(
-            err.contains("stopped after") && err.contains("at most 4194304 bytes"),
+            err.contains("it declares 16777216 bytes") && err.contains("at most 4194304 bytes"),
             "{err}"
         );
         assert!(
@@ -425,8 +379,16 @@ mod tests {
         );
         assert!(fs::read_dir(d.path().join("tmp")).unwrap().next().is_none());
         // The same blob within the cap unpacks.
-        let c = Cache::open(d.path()).unwrap().with_max_unpacked(32 << 20);
-        assert_eq!(fs::metadata(c.unxz(&sha).unwrap()).unwrap().len(), 16 << 20);
+        let limit = UnpackLimit { max: 32 << 20 };
+        let unpacked = fs::metadata(c.unxz(&sha, &limit).unwrap()).unwrap();
+        assert_eq!(unpacked.len(), 16 << 20);
+        // All zeros: a hole, not 16 MiB of disk.
+        use std::os::unix::fs::MetadataExt;
+        assert!(
+            unpacked.blocks() * 512 < 1 << 20,
+            "{} blocks",
+            unpacked.blocks()
+        );
     }
 
     #[test]

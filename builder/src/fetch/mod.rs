@@ -90,14 +90,8 @@ pub enum FetchError {
     Mirror(String),
     #[error("setting up the HTTP client: {0}")]
     Client(String),
-    #[error(
-        "decompressing {path}: stopped after {written} bytes: {why}\n  help: check that this is the base you meant (a small download that unpacks to more than the disk can hold is a decompression bomb); free space in the cache folder or move it with --cache-dir"
-    )]
-    TooLarge {
-        path: PathBuf,
-        written: u64,
-        why: String,
-    },
+    #[error(transparent)]
+    TooLarge(crate::unpack::TooLarge),
     #[error("decompressing {path}: {source} (the file is truncated or corrupt)")]
     Decompress {
         path: PathBuf,

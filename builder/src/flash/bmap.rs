@@ -6,9 +6,7 @@
 //! they must agree is checked here. `bmap-parser` was not used: it never verifies
 //! `BmapFileChecksum`, does not check the version, and panics on some malformed ranges.
 
-use sha2::{Digest, Sha256};
-
-use crate::disk::bmap::BlockMap;
+use crate::disk::bmap::{BlockMap, file_checksum};
 
 /// A block map that cannot be trusted.
 #[derive(Debug, thiserror::Error)]
@@ -73,8 +71,7 @@ fn check_file_checksum(text: &str, stated: &str) -> Result<(), BmapError> {
     if stated.len() != 64 || !stated.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(bad());
     }
-    let zeroed = text.replacen(stated, &"0".repeat(64), 1);
-    let computed = hex::encode(Sha256::digest(zeroed.as_bytes()));
+    let computed = file_checksum(text, stated);
     if !computed.eq_ignore_ascii_case(stated) {
         return Err(BmapError::FileChecksum {
             stated: stated.to_string(),
@@ -203,6 +200,7 @@ fn parse_ranges(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::disk::bmap::stated_checksum;
 
     fn sample() -> BlockMap {
         BlockMap {
@@ -218,17 +216,9 @@ mod tests {
 
     /// Rewrites the XML and re-signs it, so only the semantic check can catch the change.
     fn resign(xml: &str) -> String {
-        let stated = xml
-            .split("<BmapFileChecksum> ")
-            .nth(1)
-            .unwrap()
-            .split(' ')
-            .next()
-            .unwrap()
-            .to_string();
-        let zeroed = xml.replacen(&stated, &"0".repeat(64), 1);
-        let sum = hex::encode(Sha256::digest(zeroed.as_bytes()));
-        zeroed.replacen(&"0".repeat(64), &sum, 1)
+        let stated = stated_checksum(xml).unwrap();
+        let sum = file_checksum(xml, stated);
+        xml.replacen(stated, &sum, 1)
     }
 
     #[test]

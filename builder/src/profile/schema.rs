@@ -107,6 +107,10 @@ pub struct BaseSpec {
     /// Partition of a raw base image that holds the root filesystem (label or 1-based number).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_partition: Option<String>,
+    /// The most a compressed base may decompress to; `auto`: four times `image.size`, at least
+    /// 16 GiB (256 GiB when `image.size` is `auto`). Stops decompression bombs.
+    #[serde(default, skip_serializing_if = "Size::is_auto")]
+    pub max_unpacked: Size,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -400,6 +404,20 @@ impl fmt::Display for Size {
                 }
                 write!(f, "{b}")
             }
+        }
+    }
+}
+
+impl Size {
+    pub fn is_auto(&self) -> bool {
+        *self == Size::Auto
+    }
+
+    /// The bytes, or `None` for `auto`.
+    pub fn bytes(&self) -> Option<u64> {
+        match self {
+            Size::Auto => None,
+            Size::Bytes(b) => Some(*b),
         }
     }
 }

@@ -150,20 +150,22 @@ pub fn read_deb(deb: &Path, scratch_dir: &Path, tree: &mut Tree) -> Result<DebFi
         .map_err(io)?;
     let mut part = SliceCursor::new(File::open(deb).map_err(io)?, data.offset, data.size);
     io::copy(&mut part, member.as_file_mut()).map_err(io)?;
-    let tar = tar::read_archive_file(member.path(), scratch_dir, tree).map_err(|e| match e {
-        TarError::Member {
-            member: m,
-            header_at,
-            why,
-            ..
-        } => TarError::Member {
-            archive: format!("{} ({})", deb.display(), data.name),
-            member: m,
-            header_at,
-            why,
-        },
-        other => other,
-    })?;
+    let limit = crate::unpack::UnpackLimit::default();
+    let tar =
+        tar::read_archive_file(member.path(), scratch_dir, &limit, tree).map_err(|e| match e {
+            TarError::Member {
+                member: m,
+                header_at,
+                why,
+                ..
+            } => TarError::Member {
+                archive: format!("{} ({})", deb.display(), data.name),
+                member: m,
+                header_at,
+                why,
+            },
+            other => other,
+        })?;
     Ok(DebFile {
         stats: tar.stats,
         _decompressed: Some(tar),

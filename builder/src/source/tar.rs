@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use crate::fs::ext4_read::xattr::{ACL_ACCESS, ACL_DEFAULT, acl_from_text, mode_with_acl};
 use crate::tree::{Content, Entry, Kind, Source, Tree, TreeError, TreePath};
+use crate::unpack::{CopyError, UnpackLimit};
 
 /// What went wrong reading an archive. Every variant names the member or file involved.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +54,8 @@ pub enum TarError {
     },
     #[error("{path}: {why}")]
     Unsupported { path: PathBuf, why: String },
+    #[error(transparent)]
+    TooLarge(crate::unpack::TooLarge),
 }
 
 /// Counts of what an archive held.
@@ -385,10 +388,12 @@ impl TarFile {
 }
 
 /// Reads a tar file (plain, gzip, xz or zstd) into `tree`. A compressed archive is decompressed
-/// once into a scratch file in `scratch_dir`; nothing else is written anywhere.
+/// once into a scratch file in `scratch_dir` (holes kept, no larger than `limit`); nothing else
+/// is written anywhere.
 pub fn read_archive_file(
     path: &Path,
     scratch_dir: &Path,
+    limit: &UnpackLimit,
     tree: &mut Tree,
 ) -> Result<TarFile, TarError> {
     let io_at = |source| TarError::Io {
@@ -397,7 +402,7 @@ pub fn read_archive_file(
     };
     let mut f = File::open(path).map_err(io_at)?;
     let mut magic = [0u8; 6];
-    let n = read_up_to(&mut f, &mut magic).map_err(io_at)?;
+    let n = crate::blockio::read_up_to(&mut f, &mut magic).map_err(io_at)?;
     let compression = Compression::detect(&magic[..n]);
     let decoder: Box<dyn Read> = match compression {
         Compression::None => {
@@ -440,7 +445,26 @@ pub fn read_archive_file(
         .tempfile_in(scratch_dir)
         .map_err(decompress_err)?;
     let mut decoder = decoder;
-    let len = io::copy(&mut decoder, scratch.as_file_mut()).map_err(decompress_err)?;
+    let declared = match compression {
+        Compression::Xz => {
+            let mut f = File::open(path).map_err(io_at)?;
+            crate::disk::xz::declared_size(&mut f).map_err(io_at)?
+        }
+        _ => None,
+    };
+    let len = limit
+        .copy(
+            path,
+            declared,
+            &mut decoder,
+            scratch.as_file_mut(),
+            scratch_dir,
+            |_| {},
+        )
+        .map_err(|e| match e {
+            CopyError::TooLarge(t) => TarError::TooLarge(t),
+            CopyError::Io(e) => decompress_err(e),
+        })?;
     let (file, scratch_path) = scratch.into_parts();
     let mut file = file;
     file.seek(SeekFrom::Start(0)).map_err(decompress_err)?;
@@ -485,19 +509,6 @@ fn read_file(f: File, len: u64, path: &Path, tree: &mut Tree) -> Result<TarStats
         tree,
         &source,
     )
-}
-
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 #[cfg(test)]
@@ -731,7 +742,7 @@ mod tests {
         let scratch = dir.path().join("scratch");
         std::fs::create_dir(&scratch).unwrap();
         let mut t = Tree::new();
-        let f = read_archive_file(&gz, &scratch, &mut t).unwrap();
+        let f = read_archive_file(&gz, &scratch, &UnpackLimit::default(), &mut t).unwrap();
         assert_eq!(f.compression, Compression::Gzip);
         let Kind::File(c) = &t.get(&p("hello")).unwrap().kind else {
             panic!()

@@ -8,7 +8,7 @@
 //! * anything else must be a partitioned disk image (MBR or GPT).
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -18,6 +18,7 @@ use crate::fs::ext4_read::ReadStats;
 use crate::fs::probe::{self, FsKind};
 use crate::source::tar::{self, Compression, TarFile};
 use crate::tree::Tree;
+use crate::unpack::{CopyError, UnpackLimit};
 
 /// A base OS read into trees.
 #[derive(Debug)]
@@ -61,13 +62,7 @@ fn io_err(p: &Path) -> impl Fn(io::Error) -> RawError + '_ {
 /// Up to 4 KiB from the start of a stream.
 fn head(mut r: impl Read) -> io::Result<Vec<u8>> {
     let mut b = vec![0u8; 4096];
-    let mut n = 0;
-    while n < b.len() {
-        match r.read(&mut b[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
+    let n = crate::blockio::read_up_to(&mut r, &mut b)?;
     b.truncate(n);
     Ok(b)
 }
@@ -76,17 +71,19 @@ fn is_tar(b: &[u8]) -> bool {
     b.len() >= 262 && &b[257..262] == b"ustar"
 }
 
-/// Reads the base at `path`. `scratch` holds decompressed copies for as long as they are needed.
+/// Reads the base at `path`. `scratch` holds decompressed copies for as long as they are needed;
+/// none may grow past `limit`.
 pub fn open_base(
     path: &Path,
     decompress: Decompress<'_>,
     scratch: &Path,
+    limit: &UnpackLimit,
     boot_sel: Option<&str>,
     root_sel: Option<&str>,
 ) -> Result<Base, RawError> {
     let magic = head(File::open(path).map_err(io_err(path))?).map_err(io_err(path))?;
     match Compression::detect(&magic) {
-        Compression::None if is_tar(&magic) => tarball(path, scratch),
+        Compression::None if is_tar(&magic) => tarball(path, scratch, limit),
         Compression::None => uncompressed(
             path,
             File::open(path).map_err(io_err(path))?,
@@ -96,7 +93,7 @@ pub fn open_base(
         Compression::Xz => {
             let plain = match decompress {
                 Decompress::Cache { cache, sha256 } => {
-                    let p = cache.unxz(sha256)?;
+                    let p = cache.unxz(sha256, limit)?;
                     Plain::Path(p)
                 }
                 Decompress::Scratch => {
@@ -105,16 +102,16 @@ pub fn open_base(
                         File::open(path).map_err(io_err(path))?,
                     );
                     if is_tar(&head(dec).map_err(io_err(path))?) {
-                        return tarball(path, scratch);
+                        return tarball(path, scratch, limit);
                     }
-                    Plain::File(unxz_scratch(path, scratch)?)
+                    Plain::File(unxz_scratch(path, scratch, limit)?)
                 }
             };
             match plain {
                 Plain::Path(p) => {
                     let m = head(File::open(&p).map_err(io_err(&p))?).map_err(io_err(&p))?;
                     if is_tar(&m) {
-                        return tarball(&p, scratch);
+                        return tarball(&p, scratch, limit);
                     }
                     uncompressed(
                         path,
@@ -128,7 +125,7 @@ pub fn open_base(
         }
         // gzip, zstd, bzip2: only archives come compressed that way (the tar reader says which
         // compressions it supports).
-        _ => tarball(path, scratch),
+        _ => tarball(path, scratch, limit),
     }
 }
 
@@ -137,9 +134,9 @@ enum Plain {
     File(File),
 }
 
-fn tarball(path: &Path, scratch: &Path) -> Result<Base, RawError> {
+fn tarball(path: &Path, scratch: &Path, limit: &UnpackLimit) -> Result<Base, RawError> {
     let mut tree = Tree::new();
-    let archive = tar::read_archive_file(path, scratch, &mut tree)?;
+    let archive = tar::read_archive_file(path, scratch, limit, &mut tree)?;
     Ok(Base::Tarball { tree, archive })
 }
 
@@ -160,16 +157,20 @@ fn uncompressed(
     Ok(Base::Image(read_disk(f, size, &image, boot_sel, root_sel)?))
 }
 
-/// Decompresses an `.xz` into an unlinked file in `scratch`.
-fn unxz_scratch(path: &Path, scratch: &Path) -> Result<File, RawError> {
+/// Decompresses an `.xz` into an unlinked file in `scratch`, within `limit`, holes kept.
+fn unxz_scratch(path: &Path, scratch: &Path, limit: &UnpackLimit) -> Result<File, RawError> {
     let mut out = tempfile::tempfile_in(scratch).map_err(io_err(scratch))?;
-    let mut dec = liblzma::read::XzDecoder::new_multi_decoder(io::BufReader::with_capacity(
-        1 << 20,
-        File::open(path).map_err(io_err(path))?,
-    ));
-    io::copy(&mut dec, &mut out).map_err(|e| RawError::Io {
-        image: format!("{} (xz decompression)", path.display()),
-        source: e,
-    })?;
-    Ok(out)
+    let mut src = File::open(path).map_err(io_err(path))?;
+    let declared = crate::disk::xz::declared_size(&mut src).map_err(io_err(path))?;
+    src.rewind().map_err(io_err(path))?;
+    let mut dec =
+        liblzma::read::XzDecoder::new_multi_decoder(io::BufReader::with_capacity(1 << 20, src));
+    match limit.copy(path, declared, &mut dec, &mut out, scratch, |_| {}) {
+        Ok(_) => Ok(out),
+        Err(CopyError::TooLarge(t)) => Err(t.into()),
+        Err(CopyError::Io(e)) => Err(RawError::Io {
+            image: format!("{} (xz decompression)", path.display()),
+            source: e,
+        }),
+    }
 }

@@ -102,6 +102,8 @@ pub enum RawError {
     Tar(#[from] super::tar::TarError),
     #[error(transparent)]
     Cache(#[from] crate::fetch::FetchError),
+    #[error(transparent)]
+    TooLarge(#[from] crate::unpack::TooLarge),
 }
 
 /// A base disk image read into trees.
