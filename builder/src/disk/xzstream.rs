@@ -77,7 +77,7 @@ fn cut_single_block(stream: &[u8]) -> io::Result<Block> {
     let index = &stream[index_start..stream.len() - FOOTER_LEN];
     let mut p = 1;
     let fields = (0..3)
-        .map(|_| read_vli(index, &mut p))
+        .map(|_| xz::varint(index, &mut p))
         .collect::<Option<Vec<u64>>>();
     let (count, unpadded, uncompressed) = match (index.first(), fields.as_deref()) {
         (Some(0), Some(&[c, u, n])) => (c, u, n),
@@ -92,19 +92,6 @@ fn cut_single_block(stream: &[u8]) -> io::Result<Block> {
         unpadded,
         uncompressed,
     })
-}
-
-fn read_vli(buf: &[u8], p: &mut usize) -> Option<u64> {
-    let mut v = 0u64;
-    for i in 0..9 {
-        let b = *buf.get(*p)?;
-        *p += 1;
-        v |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some(v);
-        }
-    }
-    None
 }
 
 fn write_vli(out: &mut Vec<u8>, mut v: u64) {
@@ -448,7 +435,7 @@ mod tests {
             let mut b = Vec::new();
             write_vli(&mut b, v);
             let mut p = 0;
-            assert_eq!(read_vli(&b, &mut p), Some(v));
+            assert_eq!(xz::varint(&b, &mut p), Some(v));
             assert_eq!(p, b.len());
         }
     }
