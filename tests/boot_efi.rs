@@ -16,7 +16,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
-use imgbuild::disk::contents::{Ext4Content, FatContent};
+use imgbuild::disk::contents::FatContent;
 use imgbuild::disk::image;
 use imgbuild::disk::layout::{Layout, MIB, PartType, Partition, Size};
 use imgbuild::ids::ImageSeed;
@@ -163,16 +163,7 @@ fn ovmf_boots_systemd_boot_then_debian_from_our_gpt_disk() {
                 label: "ESP".into(),
             }),
         },
-        Partition {
-            label: "root".into(),
-            ptype: PartType::RootX86_64,
-            size: Size::Auto,
-            offset: None,
-            content: Box::new(Ext4Content {
-                tree: Arc::new(root_tree),
-                label: Some("root".into()),
-            }),
-        },
+        support::ext4_root(Arc::new(root_tree)),
     ]);
     let disk = work.join("disk.img");
     let started = Instant::now();

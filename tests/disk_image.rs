@@ -9,18 +9,24 @@ use std::process::Command;
 
 use imgbuild::blockio::region::Sink;
 use imgbuild::disk::compare::compare_dirs;
+use imgbuild::disk::contents::{Ext4Content, FatContent};
 use imgbuild::disk::layout::{
     ContentError, ContentInfo, EmptyContent, Layout, MIB, PartType, Partition, PartitionContent,
     RawContent, Size, WriteParams,
 };
 use imgbuild::disk::manifest::{InputRecord, Manifest};
-use imgbuild::disk::outputs::{BuiltOutputs, Formats, OutputRequest, build_outputs};
+use imgbuild::disk::outputs::{
+    BuiltOutputs, Compressed, Formats, OutputRequest, build_outputs, scan,
+};
 use imgbuild::disk::xz::XzSettings;
+use imgbuild::disk::xzstream::BlockStore;
+use imgbuild::disk::zst::ZstSettings;
+use imgbuild::fetch::xzblocks::BlockCache;
 use imgbuild::fs::FileRecord;
 use imgbuild::ids::ImageSeed;
 use imgbuild::output::OutputDir;
 use imgbuild::progress::Progress;
-use support::{find_tool, require_tool, run};
+use support::{ext4_root, find_tool, require_tool, run};
 
 /// Content that writes a few scattered regions (so partitions have holes inside), derived from
 /// the epoch and the partition's identifiers so both reach the bytes.
@@ -113,6 +119,17 @@ fn scattered() -> Box<dyn PartitionContent> {
     })
 }
 
+/// An empty data partition taking the rest of the disk: a hole.
+fn data_grow() -> Partition {
+    Partition {
+        label: "data".into(),
+        ptype: PartType::LinuxGeneric,
+        size: Size::Grow,
+        offset: None,
+        content: Box::new(EmptyContent),
+    }
+}
+
 fn gpt_layout() -> Layout {
     let mut l = Layout::gpt(vec![
         Partition {
@@ -129,13 +146,7 @@ fn gpt_layout() -> Layout {
             offset: None,
             content: scattered(),
         },
-        Partition {
-            label: "data".into(),
-            ptype: PartType::LinuxGeneric,
-            size: Size::Grow,
-            offset: None,
-            content: Box::new(EmptyContent),
-        },
+        data_grow(),
     ]);
     l.disk_size = Some(40 * MIB);
     l
@@ -168,6 +179,7 @@ fn all_formats(qcow2: bool) -> Formats {
     Formats {
         raw: true,
         xz: true,
+        zst: true,
         bmap: true,
         qcow2,
     }
@@ -180,6 +192,7 @@ fn build(
     epoch: u64,
     formats: Formats,
     threads: u32,
+    blocks: Option<&dyn BlockStore>,
 ) -> anyhow::Result<BuiltOutputs> {
     let out = OutputDir::prepare(dir)?;
     let profile = serde_json::json!({"name": "test", "k3s": {"token": {"secret": "k3s-token"}}});
@@ -196,6 +209,7 @@ fn build(
             block_size: 1 << 20,
             threads,
         },
+        blocks,
         epoch,
         profile: &profile,
         inputs: &inputs,
@@ -244,6 +258,7 @@ fn gpt_image_is_valid_and_carries_derived_guids() {
         1_700_000_000,
         all_formats(false),
         2,
+        None,
     )
     .unwrap();
     let img = out.join("node.img");
@@ -289,7 +304,16 @@ fn gpt_image_is_valid_and_carries_derived_guids() {
 fn mbr_image_for_the_pi_is_valid_with_known_partuuid() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let built = build(&out, &mbr_layout(), &seed(2), 1, all_formats(false), 1).unwrap();
+    let built = build(
+        &out,
+        &mbr_layout(),
+        &seed(2),
+        1,
+        all_formats(false),
+        1,
+        None,
+    )
+    .unwrap();
     let img = out.join("node.img");
     assert_tables_clean(&img, false);
     let sig = format!("{:08x}", seed(2).mbr_disk_signature());
@@ -320,7 +344,7 @@ fn outputs_pass_bmaptool_sha256sum_xz_and_qemu_img() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let qcow = find_tool("qemu-img").is_some();
-    let built = build(&out, &gpt_layout(), &seed(3), 5, all_formats(qcow), 2).unwrap();
+    let built = build(&out, &gpt_layout(), &seed(3), 5, all_formats(qcow), 2, None).unwrap();
     let img = out.join("node.img");
     let raw = fs::read(&img).unwrap();
 
@@ -346,7 +370,13 @@ fn outputs_pass_bmaptool_sha256sum_xz_and_qemu_img() {
             .current_dir(&out));
         assert_eq!(code, 0, "{o}{e}");
         let names: Vec<&str> = o.lines().map(|l| l.split(':').next().unwrap()).collect();
-        let mut want = vec!["manifest.json", "node.img", "node.img.bmap", "node.img.xz"];
+        let mut want = vec![
+            "manifest.json",
+            "node.img",
+            "node.img.bmap",
+            "node.img.xz",
+            "node.img.zst",
+        ];
         if qcow {
             want.push("node.qcow2");
         }
@@ -362,6 +392,18 @@ fn outputs_pass_bmaptool_sha256sum_xz_and_qemu_img() {
             .unwrap();
         assert!(o.status.success());
         assert!(o.stdout == raw, "xz -dc does not reproduce the raw image");
+        // Compressed block by block, holes from one memoised zero block: still exactly the
+        // stream xz's own multithreaded encoder writes for the raw image.
+        let o = tool("xz")
+            .args(["-T0", "--block-size=1MiB", "-6", "-c"])
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        assert!(
+            o.stdout == fs::read(out.join("node.img.xz")).unwrap(),
+            "node.img.xz differs from xz -T0 --block-size=1MiB -6 of node.img"
+        );
         let (_, list, _) = run(tool("xz")
             .args(["-l", "--robot"])
             .arg(out.join("node.img.xz")));
@@ -374,8 +416,16 @@ fn outputs_pass_bmaptool_sha256sum_xz_and_qemu_img() {
             .unwrap();
         assert_eq!(blocks, 40, "one xz block per MiB of image");
     }
+    if require_tool("zstd") {
+        let zst = out.join("node.img.zst");
+        let (code, _, e) = run(tool("zstd").arg("-t").arg(&zst));
+        assert_eq!(code, 0, "zstd -t: {e}");
+        let o = tool("zstd").arg("-dc").arg(&zst).output().unwrap();
+        assert!(o.status.success());
+        assert!(o.stdout == raw, "zstd -dc does not reproduce the raw image");
+    }
     if require_tool("bmaptool") {
-        for src in ["node.img", "node.img.xz"] {
+        for src in ["node.img", "node.img.xz", "node.img.zst"] {
             let dest = dir.path().join(format!("copy-of-{src}"));
             // A fresh file: bmaptool writes only the mapped blocks (checking each range's
             // SHA-256), so this proves the map covers every byte that is not zero.
@@ -417,7 +467,7 @@ fn failed_build_leaves_nothing_that_looks_complete() {
         offset: None,
         content: Box::new(Failing),
     }]);
-    let err = build(&out, &layout, &seed(1), 0, all_formats(false), 1).unwrap_err();
+    let err = build(&out, &layout, &seed(1), 0, all_formats(false), 1, None).unwrap_err();
     assert!(
         format!("{err:#}").contains("source file vanished"),
         "{err:#}"
@@ -436,7 +486,7 @@ fn failed_build_leaves_nothing_that_looks_complete() {
         offset: None,
         content: Box::new(RawContent(vec![1; 3 << 20])),
     }]);
-    let err = build(&out, &layout, &seed(1), 0, all_formats(false), 1).unwrap_err();
+    let err = build(&out, &layout, &seed(1), 0, all_formats(false), 1, None).unwrap_err();
     assert!(format!("{err:#}").contains("3 MiB"), "{err:#}");
     assert_eq!(fs::read_dir(&out).unwrap().count(), 1);
 }
@@ -508,6 +558,7 @@ fn repro_child() {
         epoch,
         all_formats(find_tool("qemu-img").is_some()),
         threads,
+        None,
     )
     .unwrap();
 }
@@ -560,6 +611,7 @@ fn reproducible_under_other_environments() {
         1_700_000_000,
         all_formats(false),
         2,
+        None,
     )
     .unwrap();
     assert_ne!(built.report.partitions[0].partuuid, {
@@ -599,7 +651,6 @@ fn blkid_export(dev: &Path) -> String {
 /// seed derived.
 #[test]
 fn filesystems_inside_images_pass_fsck_and_carry_derived_ids() {
-    use imgbuild::disk::contents::{Ext4Content, FatContent};
     for table in ["gpt", "mbr"] {
         let boot = tree(&[
             ("EFI/BOOT/BOOTX64.EFI", b"not really a loader"),
@@ -646,6 +697,7 @@ fn filesystems_inside_images_pass_fsck_and_carry_derived_ids() {
             1_700_000_000,
             all_formats(false),
             2,
+            None,
         )
         .unwrap();
         let img_path = out.join("node.img");
@@ -693,7 +745,6 @@ fn filesystems_inside_images_pass_fsck_and_carry_derived_ids() {
 #[test]
 #[ignore = "benchmark: run by scripts/bench-image"]
 fn bench_assemble() {
-    use imgbuild::disk::contents::{Ext4Content, FatContent};
     use imgbuild::disk::image;
     use imgbuild::disk::outputs::write_outputs;
     use imgbuild::source::dir::{DirOptions, read_dir_into};
@@ -724,17 +775,14 @@ fn bench_assemble() {
                 label: "ESP".into(),
             }),
         },
-        Partition {
-            label: "root".into(),
-            ptype: PartType::RootX86_64,
-            size: Size::Auto,
-            offset: None,
-            content: Box::new(Ext4Content {
-                tree: root,
-                label: Some("root".into()),
-            }),
-        },
+        ext4_root(root),
     ]);
+    let mut layout = layout;
+    // A larger disk than the content needs: the rest is holes (scripts/bench-image DISK_SIZE).
+    layout.disk_size = std::env::var("IMGBUILD_BENCH_DISK")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap());
     let out = OutputDir::prepare(PathBuf::from(var("IMGBUILD_BENCH_OUT"))).unwrap();
     let t = Instant::now();
     let plan = layout.plan().unwrap();
@@ -766,6 +814,7 @@ fn bench_assemble() {
         formats: Formats {
             raw: true,
             xz: true,
+            zst: false,
             bmap: true,
             qcow2: false,
         },
@@ -773,11 +822,306 @@ fn bench_assemble() {
             block_size: block,
             ..XzSettings::default()
         },
+        blocks: None,
         epoch: 1_700_000_000,
         profile: &profile,
         inputs: &[],
     };
     let t = Instant::now();
+    let written = report.written.clone();
+    let size = report.size;
     write_outputs(&out, raw, report, &req, &Progress::quiet()).unwrap();
     println!("bench outputs {:.3}", t.elapsed().as_secs_f64());
+
+    // The same pass without compression (reading, SHA-256 of the image and of the bmap ranges),
+    // and with only .img.zst.
+    let mut img = fs::File::open(out.path().join("bench.img")).unwrap();
+    let xz = req.xz;
+    for (name, zst) in [("hash_only", false), ("zst", true)] {
+        let t = Instant::now();
+        let mut f = fs::File::create(out.path().join("bench.img.zst")).unwrap();
+        let c = Compressed {
+            xz: None,
+            zst: zst.then(|| std::io::BufWriter::new(&mut f)),
+            xz_settings: &xz,
+            zst_settings: ZstSettings::new(xz.threads),
+            blocks: None,
+        };
+        scan(&mut img, size, &written, c, &Progress::quiet()).unwrap();
+        println!("bench {name} {:.3}", t.elapsed().as_secs_f64());
+    }
+}
+
+/// A GPT image with an ext4 root made from `files` and an empty data partition (holes).
+fn ext4_layout(files: &Path) -> Layout {
+    use imgbuild::source::dir::{DirOptions, read_dir_into};
+    let mut tree = imgbuild::tree::Tree::new();
+    read_dir_into(files, &mut tree, &DirOptions::default()).unwrap();
+    let mut l = Layout::gpt(vec![ext4_root(std::sync::Arc::new(tree)), data_grow()]);
+    l.disk_size = Some(128 * MIB);
+    l
+}
+
+/// Words with a little noise: compressible like real files, different per `seed`.
+fn file_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let words = [
+        "kube", "node ", "imgbuild", " label", "\n", "mesh", "0x7f3a", "token ",
+    ];
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 16);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(words[(x % 8) as usize].as_bytes());
+        out.push((x >> 32) as u8);
+    }
+    out.truncate(len);
+    out
+}
+
+/// The `.img.xz` of the ext4 layout, built with `blocks` (or none) into a fresh folder.
+fn xz_of(files: &Path, scratch: &Path, blocks: Option<&dyn BlockStore>) -> Vec<u8> {
+    let out = tempfile::tempdir_in(scratch).unwrap();
+    let formats = Formats {
+        raw: false,
+        xz: true,
+        zst: false,
+        bmap: false,
+        qcow2: false,
+    };
+    let dir = out.path().join("o");
+    build(&dir, &ext4_layout(files), &seed(7), 9, formats, 2, blocks).unwrap();
+    fs::read(dir.join("node.img.xz")).unwrap()
+}
+
+fn counts(c: &BlockCache) -> (u64, u64, u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    (
+        c.hits.load(Relaxed),
+        c.misses.load(Relaxed),
+        c.damaged.load(Relaxed),
+    )
+}
+
+#[test]
+fn block_cache_rebuilds_equal_cold_builds_after_a_change_a_gc_and_a_bit_flip() {
+    let work = tempfile::tempdir().unwrap();
+    let (files, cache_dir) = (work.path().join("files"), work.path().join("cache"));
+    fs::create_dir_all(files.join("etc")).unwrap();
+    for i in 0..24u64 {
+        fs::write(files.join(format!("etc/f{i:02}")), file_bytes(i, 150_000)).unwrap();
+    }
+    let open = || BlockCache::open(&cache_dir).unwrap();
+
+    // Cold, with an empty cache: the same bytes as without one.
+    let cold = xz_of(&files, work.path(), None);
+    let c = open();
+    assert!(
+        xz_of(&files, work.path(), Some(&c)) == cold,
+        "cold build with a cache differs"
+    );
+    let (hits, compressed, _) = counts(&c);
+    assert_eq!(hits, 0);
+    // Warm: nothing compressed.
+    let c = open();
+    assert!(
+        xz_of(&files, work.path(), Some(&c)) == cold,
+        "warm build differs"
+    );
+    assert_eq!(
+        counts(&c),
+        (compressed, 0, 0),
+        "a warm build compressed blocks"
+    );
+
+    // One file changed: only the blocks it touches are compressed; bytes as a cold build's.
+    fs::write(files.join("etc/f13"), file_bytes(1013, 150_000)).unwrap();
+    let c = open();
+    let changed = xz_of(&files, work.path(), Some(&c));
+    assert!(changed != cold);
+    assert!(
+        changed == xz_of(&files, work.path(), None),
+        "incremental build differs from cold"
+    );
+    let (_, touched, _) = counts(&c);
+    println!("one 150 kB file changed: {touched} of {compressed} 1 MiB xz blocks compressed again");
+    assert!(
+        (1..=3).contains(&touched),
+        "{touched} blocks compressed again"
+    );
+
+    // A flipped bit in a cached block: found by its hash (cache verify, then the build), the
+    // block compressed again, the output still right.
+    let entries: Vec<PathBuf> = fs::read_dir(cache_dir.join("xz-blocks"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(entries.len() as u64 >= compressed);
+    for e in &entries {
+        let mut b = fs::read(e).unwrap();
+        let mid = b.len() / 2;
+        b[mid] ^= 0x10;
+        fs::write(e, b).unwrap();
+    }
+    let verify = || {
+        run(support::imgbuild()
+            .args(["cache", "verify"])
+            .env("IMGBUILD_CACHE_DIR", &cache_dir))
+    };
+    let (code, o, e) = verify();
+    assert_eq!(code, 1, "{o}{e}");
+    assert!(o.contains("corrupt") && o.contains("xz-blocks"), "{o}");
+    let c = open();
+    assert!(
+        xz_of(&files, work.path(), Some(&c)) == changed,
+        "build with damaged blocks differs"
+    );
+    let (hits, _, damaged) = counts(&c);
+    assert_eq!((hits, damaged), (0, compressed), "a damaged block was used");
+    // The build replaced the blocks it needed; the old file's block stays damaged until
+    // `cache verify --repair` removes it.
+    let (code, o, e) = verify();
+    assert_eq!(code, 1, "{o}{e}");
+    assert_eq!(
+        o.lines().count() as u64,
+        entries.len() as u64 - compressed,
+        "{o}"
+    );
+    let (code, o, e) = run(support::imgbuild()
+        .args(["cache", "verify", "--repair"])
+        .env("IMGBUILD_CACHE_DIR", &cache_dir));
+    assert_eq!(code, 1, "{o}{e}");
+    let (code, o, e) = verify();
+    assert_eq!(code, 0, "{o}{e}");
+
+    // cache gc empties the block folder; the next build is cold and still the same bytes.
+    let (code, o, e) = run(support::imgbuild()
+        .args(["cache", "gc", "--all"])
+        .env("IMGBUILD_CACHE_DIR", &cache_dir));
+    assert_eq!(code, 0, "{o}{e}");
+    assert!(o.contains("xz-blocks"), "{o}");
+    assert_eq!(
+        fs::read_dir(cache_dir.join("xz-blocks")).unwrap().count(),
+        0
+    );
+    let c = open();
+    assert!(
+        xz_of(&files, work.path(), Some(&c)) == changed,
+        "build after gc differs"
+    );
+    assert_eq!(counts(&c).0, 0);
+}
+
+/// Every output of the ext4 layout on a `disk` of that many bytes (24 MiB xz blocks, as built).
+fn outputs_on_disk(files: &Path, dir: &Path, disk: u64) -> (f64, BuiltOutputs) {
+    let mut layout = ext4_layout(files);
+    layout.disk_size = Some(disk);
+    outputs_with(&layout, dir, None)
+}
+
+/// Every output of `layout` with the default xz settings, timed.
+fn outputs_with(
+    layout: &Layout,
+    dir: &Path,
+    blocks: Option<&dyn BlockStore>,
+) -> (f64, BuiltOutputs) {
+    let out = OutputDir::prepare(dir).unwrap();
+    let profile = serde_json::json!({});
+    let req = OutputRequest {
+        name: "node",
+        formats: all_formats(false),
+        xz: XzSettings::default(),
+        blocks,
+        epoch: 9,
+        profile: &profile,
+        inputs: &[],
+    };
+    let t = std::time::Instant::now();
+    let built = build_outputs(&out, layout, &seed(7), &req, &Progress::quiet()).unwrap();
+    (t.elapsed().as_secs_f64(), built)
+}
+
+#[test]
+fn a_32_gib_image_has_the_outputs_of_the_minimal_one_plus_its_holes() {
+    let work = tempfile::tempdir().unwrap();
+    let files = work.path().join("files");
+    fs::create_dir_all(&files).unwrap();
+    for i in 0..8u64 {
+        fs::write(files.join(format!("f{i}")), file_bytes(i, 300_000)).unwrap();
+    }
+    let (small, big) = (work.path().join("small"), work.path().join("big"));
+    let (t_small, _) = outputs_on_disk(&files, &small, 128 * MIB);
+    let (t_big, _) = outputs_on_disk(&files, &big, 32 << 30);
+    println!("outputs pass: 128 MiB disk {t_small:.1} s, 32 GiB disk {t_big:.1} s");
+    let len = |d: &Path, f: &str| fs::metadata(d.join(f)).unwrap().len();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let alloc = |d: &Path| fs::metadata(d.join("node.img")).unwrap().blocks() * 512;
+        // The holes stay holes: only the backup GPT (at the new end) is extra.
+        let (a, b) = (alloc(&small), alloc(&big));
+        assert!(
+            b <= a + 64 * 1024,
+            "raw image allocates {b} bytes at 32 GiB, {a} at 128 MiB"
+        );
+    }
+    // xz and zstd cannot say "hole": every block of zeros costs a few bytes. That is bounded
+    // per GiB of holes, not by the data.
+    let holes_gib = 32 - 1;
+    for (f, per_gib) in [("node.img.xz", 200_000), ("node.img.zst", 64_000)] {
+        let (a, b) = (len(&small, f), len(&big, f));
+        println!("{f}: {a} bytes at 128 MiB, {b} at 32 GiB");
+        assert!(b <= a + holes_gib * per_gib, "{f}: {b} bytes vs {a}");
+    }
+    // The block map lists the same ranges; only the image size and block count differ.
+    let ranges = |d: &Path| {
+        let x = fs::read_to_string(d.join("node.img.bmap")).unwrap();
+        x.lines().filter(|l| l.contains("<Range")).count()
+    };
+    assert_eq!(ranges(&small), ranges(&big));
+    if require_tool("bmaptool") {
+        // And it is right: bmaptool copies the 32 GiB image from its .img.zst, checking every
+        // range's SHA-256, into a sparse file.
+        let dest = work.path().join("copy.img");
+        let (code, o, e) = run(tool("bmaptool")
+            .arg("copy")
+            .arg("--bmap")
+            .arg(big.join("node.img.bmap"))
+            .arg(big.join("node.img.zst"))
+            .arg(&dest));
+        assert_eq!(code, 0, "{o}{e}");
+        assert_eq!(fs::metadata(&dest).unwrap().len(), 32 << 30);
+    }
+}
+
+#[test]
+#[ignore = "benchmark: run by scripts/bench-rebuild"]
+fn bench_rebuild() {
+    use imgbuild::source::dir::{DirOptions, read_dir_into};
+    let root =
+        PathBuf::from(std::env::var_os("IMGBUILD_BENCH_ROOT").expect("set IMGBUILD_BENCH_ROOT"));
+    let work = tempfile::tempdir().unwrap();
+    let (extra, cache) = (work.path().join("extra"), work.path().join("cache"));
+    fs::create_dir_all(extra.join("etc/imgbuild")).unwrap();
+    let layout = |label: &str| {
+        fs::write(extra.join("etc/imgbuild/label"), format!("site={label}\n")).unwrap();
+        let mut tree = imgbuild::tree::Tree::new();
+        read_dir_into(&root, &mut tree, &DirOptions::default()).unwrap();
+        read_dir_into(&extra, &mut tree, &DirOptions::default()).unwrap();
+        Layout::gpt(vec![ext4_root(std::sync::Arc::new(tree)), data_grow()])
+    };
+    let run_once = |name: &str, label: &str| {
+        let blocks = BlockCache::open(&cache).unwrap();
+        let mut l = layout(label);
+        l.disk_size = Some(2 << 30);
+        let out = work.path().join(name);
+        let (secs, _) = outputs_with(&l, &out, Some(&blocks));
+        let (hits, misses, _) = counts(&blocks);
+        println!("bench {name} {secs:.3} {misses} {hits}");
+        fs::read(out.join("node.img.xz")).unwrap()
+    };
+    let cold = run_once("cold", "home");
+    assert!(run_once("warm", "home") == cold);
+    run_once("change", "lab");
 }

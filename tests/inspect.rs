@@ -63,6 +63,7 @@ fn build(dir: &Path) -> std::path::PathBuf {
         formats: Formats {
             raw: true,
             xz: true,
+            zst: false,
             bmap: false,
             qcow2: false,
         },
@@ -71,6 +72,7 @@ fn build(dir: &Path) -> std::path::PathBuf {
             block_size: 1 << 20,
             threads: 2,
         },
+        blocks: None,
         epoch: 1_700_000_000,
         profile: &profile,
         inputs: &[],

@@ -79,3 +79,18 @@ pub fn scratch() -> tempfile::TempDir {
     }
     dir
 }
+
+/// An x86-64 root partition: ext4 of `tree`, as small as it fits.
+pub fn ext4_root(tree: std::sync::Arc<imgbuild::tree::Tree>) -> imgbuild::disk::layout::Partition {
+    use imgbuild::disk::layout::{PartType, Partition, Size};
+    Partition {
+        label: "root".into(),
+        ptype: PartType::RootX86_64,
+        size: Size::Auto,
+        offset: None,
+        content: Box::new(imgbuild::disk::contents::Ext4Content {
+            tree,
+            label: Some("root".into()),
+        }),
+    }
+}

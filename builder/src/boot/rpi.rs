@@ -261,12 +261,33 @@ pub struct ImagerFacts<'a> {
 /// A Raspberry Pi Imager repository file (`os_list`, as `rpi-imager --repo FILE` reads it) for
 /// one image. `init_format: cloudinit` makes Imager offer its customisation (hostname, user, SSH
 /// key, Wi-Fi) and write it as a NoCloud seed, which the image reads.
-pub fn imager_os_list(f: &ImagerFacts<'_>) -> serde_json::Value {
-    let devices: Vec<&str> = match f.board {
+pub fn imager_os_list(entries: &[ImagerFacts<'_>]) -> serde_json::Value {
+    let board = entries.first().map_or(Board::Rpi, |f| f.board);
+    let devices: Vec<&str> = match board {
         Board::Rpi4 => vec!["pi4-64bit"],
         Board::Rpi5 => vec!["pi5-64bit"],
         _ => vec!["pi4-64bit", "pi5-64bit"],
     };
+    let os_list: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|f| {
+            json!({
+                "name": f.name,
+                "description": f.description,
+                // Imager requires the key; with no icon of our own it shows its generic one.
+                "icon": "",
+                "url": f.url,
+                "extract_size": f.extract_size,
+                "extract_sha256": f.extract_sha256,
+                "image_download_size": f.download_size,
+                "image_download_sha256": f.download_sha256,
+                "release_date": f.release_date,
+                "init_format": "cloudinit",
+                "devices": devices,
+                "architecture": "armv8",
+            })
+        })
+        .collect();
     json!({
         "imager": {
             "devices": devices.iter().map(|d| json!({
@@ -280,21 +301,7 @@ pub fn imager_os_list(f: &ImagerFacts<'_>) -> serde_json::Value {
                 "matching_type": "exclusive",
             })).collect::<Vec<_>>(),
         },
-        "os_list": [{
-            "name": f.name,
-            "description": f.description,
-            // Imager requires the key; with no icon of our own it shows its generic one.
-            "icon": "",
-            "url": f.url,
-            "extract_size": f.extract_size,
-            "extract_sha256": f.extract_sha256,
-            "image_download_size": f.download_size,
-            "image_download_sha256": f.download_sha256,
-            "release_date": f.release_date,
-            "init_format": "cloudinit",
-            "devices": devices,
-            "architecture": "armv8",
-        }],
+        "os_list": os_list,
     })
 }
 
@@ -432,7 +439,7 @@ mod tests {
         assert_eq!(utc_date(0), "1970-01-01");
         assert_eq!(utc_date(1_700_000_000), "2023-11-14");
         assert_eq!(utc_date(951_782_400), "2000-02-29");
-        let v = imager_os_list(&ImagerFacts {
+        let xz = ImagerFacts {
             name: "pi-worker",
             description: "d",
             board: Board::Rpi,
@@ -442,7 +449,14 @@ mod tests {
             download_size: 5,
             download_sha256: "bb",
             release_date: utc_date(0),
-        });
+        };
+        let zst = ImagerFacts {
+            name: "pi-worker (zstd)",
+            url: "pi-worker.img.zst",
+            ..xz.clone()
+        };
+        let v = imager_os_list(&[xz, zst]);
+        assert_eq!(v["os_list"][1]["url"], "pi-worker.img.zst");
         assert_eq!(v["os_list"][0]["init_format"], "cloudinit");
         assert_eq!(
             v["os_list"][0]["devices"],

@@ -8,6 +8,7 @@ use super::{Context, ProfileSelection};
 use crate::build;
 use crate::disk::outputs::{self, Formats, OutputRequest};
 use crate::disk::xz::XzSettings;
+use crate::fetch::xzblocks::BlockCache;
 use crate::fetch::{self, FetchArgs, Fetcher};
 use crate::node::inputs::{self, NodeInputs, NodeSource};
 use crate::node::templates::Templates;
@@ -136,10 +137,17 @@ fn build_into(
     let formats = Formats {
         raw: fmts.contains(&Format::Img),
         xz: fmts.contains(&Format::ImgXz),
+        zst: fmts.contains(&Format::ImgZst),
         bmap: fmts.contains(&Format::Bmap),
         qcow2: fmts.contains(&Format::Qcow2),
     };
     let profile_json = serde_json::to_value(&resolved.profile)?;
+    let blocks = BlockCache::open(fetcher.cache.root()).with_context(|| {
+        format!(
+            "opening the xz block cache in {}",
+            fetcher.cache.root().display()
+        )
+    })?;
     let req = OutputRequest {
         name: resolved.image_name(),
         formats,
@@ -147,18 +155,21 @@ fn build_into(
             threads,
             ..XzSettings::default()
         },
+        blocks: Some(&blocks),
         epoch: epoch.max(0) as u64,
         profile: &profile_json,
         inputs: &opened.records,
     };
     let built = outputs::build_outputs(out, &layout, &seed, &req, progress)?;
+    report_blocks(&blocks);
     let mut files = built.files;
-    if resolved.board().is_raspberry_pi() && formats.xz {
+    if resolved.board().is_raspberry_pi() && (formats.xz || formats.zst) {
         files.push(write_imager_list(
             resolved,
             &built.image_sha256,
             built.report.size,
             epoch,
+            formats,
             out,
         )?);
     }
@@ -170,34 +181,63 @@ fn build_into(
     Ok(Written { files, warnings })
 }
 
+/// Logs what the block cache gave and trims it to its bound (a failure only costs disk space).
+fn report_blocks(blocks: &BlockCache) {
+    use std::sync::atomic::Ordering::Relaxed;
+    tracing::info!(
+        reused = blocks.hits.load(Relaxed),
+        compressed = blocks.misses.load(Relaxed) + blocks.damaged.load(Relaxed),
+        damaged = blocks.damaged.load(Relaxed),
+        "xz blocks"
+    );
+    if let Err(e) = blocks.trim() {
+        tracing::warn!("could not trim the xz block cache: {e}");
+    }
+}
+
 /// `<name>.rpi-imager.json`: a Raspberry Pi Imager repository (`rpi-imager --repo FILE`) that
-/// lists the `.img.xz`, so the image can be flashed from Imager with its own customisation.
+/// lists the `.img.xz` and the `.img.zst` (those built), so the image can be flashed from Imager
+/// with its own customisation.
 fn write_imager_list(
     resolved: &Resolved,
     image_sha256: &str,
     image_size: u64,
     epoch: i64,
+    formats: Formats,
     out: &OutputDir,
 ) -> Result<PathBuf> {
     use crate::boot::rpi::{ImagerFacts, imager_os_list, utc_date};
-    let xz_name = format!("{}.img.xz", resolved.image_name());
-    let xz_path = out.path().join(&xz_name);
-    let download_sha256 = crate::fetch::cache::sha256_file(&xz_path)?;
-    let download_size = std::fs::metadata(&xz_path)
-        .with_context(|| format!("reading {}", xz_path.display()))?
-        .len();
-    let list = imager_os_list(&ImagerFacts {
-        name: resolved.image_name(),
-        description: resolved.profile.description.as_deref().unwrap_or(""),
-        board: resolved.board(),
-        url: &xz_name,
-        extract_size: image_size,
-        extract_sha256: image_sha256,
-        download_size,
-        download_sha256: &download_sha256,
-        release_date: utc_date(epoch),
-    });
-    let mut f = out.create(&format!("{}.rpi-imager.json", resolved.image_name()))?;
+    let name = resolved.image_name();
+    let zst_title = format!("{name} (zstd)");
+    let mut downloads = Vec::new();
+    for (on, ext, title) in [(formats.xz, "xz", name), (formats.zst, "zst", &zst_title)] {
+        if !on {
+            continue;
+        }
+        let file = format!("{name}.img.{ext}");
+        let path = out.path().join(&file);
+        let sha256 = crate::fetch::cache::sha256_file(&path)?;
+        let size = std::fs::metadata(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .len();
+        downloads.push((title, file, size, sha256));
+    }
+    let entries: Vec<ImagerFacts<'_>> = downloads
+        .iter()
+        .map(|(title, file, size, sha256)| ImagerFacts {
+            name: title,
+            description: resolved.profile.description.as_deref().unwrap_or(""),
+            board: resolved.board(),
+            url: file,
+            extract_size: image_size,
+            extract_sha256: image_sha256,
+            download_size: *size,
+            download_sha256: sha256,
+            release_date: utc_date(epoch),
+        })
+        .collect();
+    let list = imager_os_list(&entries);
+    let mut f = out.create(&format!("{name}.rpi-imager.json"))?;
     let mut text = serde_json::to_string_pretty(&list)?;
     text.push('\n');
     std::io::Write::write_all(f.file(), text.as_bytes()).context("writing the Imager list")?;

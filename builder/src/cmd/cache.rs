@@ -19,16 +19,17 @@ pub struct Args {
 
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum Command {
-    /// List cached downloads, decompressed bases and partial downloads.
+    /// List cached downloads, decompressed bases, partial downloads and xz blocks.
     Ls {
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
     },
-    /// Remove every entry no lockfile references, and all partial downloads.
+    /// Remove every entry no lockfile references, all partial downloads and all xz blocks.
     ///
     /// Kept: the blobs pinned by the given lockfiles (default: imgbuild.lock next to the profiles
-    /// folder) and the decompressed copies of those blobs.
+    /// folder) and the decompressed copies of those blobs. The xz blocks of earlier builds (which
+    /// make rebuilds fast) are removed; the next build compresses every block again.
     Gc {
         /// Lockfiles whose inputs to keep (repeatable).
         #[arg(long, value_name = "FILE")]
@@ -65,6 +66,7 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
                         crate::fetch::cache::EntryKind::Blob => "blob",
                         crate::fetch::cache::EntryKind::Unxz => "unxz",
                         crate::fetch::cache::EntryKind::Partial => "partial",
+                        crate::fetch::cache::EntryKind::XzBlock => "xz-block",
                     };
                     println!("{kind:<8} {:>14} {}", e.size, e.key);
                 }

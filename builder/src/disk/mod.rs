@@ -15,3 +15,5 @@ pub mod mbr;
 pub mod outputs;
 pub mod probe;
 pub mod xz;
+pub mod xzstream;
+pub mod zst;

@@ -1,10 +1,11 @@
-//! Every file around a disk image: raw `.img`, `.img.xz`, `.bmap`, `.qcow2`, `manifest.json`,
+//! Every file around a disk image: raw `.img`, `.img.xz`, `.img.zst`, `.bmap`, `.qcow2`, `manifest.json`,
 //! `SHA256SUMS` — written under temporary names and renamed into place only when all are
 //! complete, `SHA256SUMS` last, so an interrupted build never leaves a file that looks finished
 //! and never leaves a `SHA256SUMS` vouching for a mix of old and new files.
 //!
-//! The image is read once: the same pass hashes it, compresses it and hashes each mapped block
-//! range for the block map. Holes are not read at all: their zeros come from memory.
+//! The image is read once: the same pass hashes it, compresses it (block by block, in parallel:
+//! [`xzstream`]) and hashes each mapped block range for the block map. Holes are not read at
+//! all: their zeros come from memory, and an all-zero xz block is compressed once per pass.
 //!
 //! qcow2 is converted by `qemu-img convert` (qemu-utils) rather than written by us: it is on
 //! every machine that runs the VMs, its output is deterministic for a given input, and
@@ -23,7 +24,9 @@ use crate::disk::bmap::{self, BlockMap};
 use crate::disk::image::{self, ImageReport};
 use crate::disk::layout::Layout;
 use crate::disk::manifest::{self, ImageEntry, InputRecord, Manifest};
-use crate::disk::xz::{self, XzSettings};
+use crate::disk::xz::XzSettings;
+use crate::disk::xzstream::{self, BlockStore};
+use crate::disk::zst::{self, ZstSettings};
 use crate::ids::ImageSeed;
 use crate::output::{OutputDir, PendingFile};
 use crate::progress::Progress;
@@ -35,6 +38,8 @@ pub const SUMS_FILE: &str = "SHA256SUMS";
 pub struct Formats {
     pub raw: bool,
     pub xz: bool,
+    /// `.img.zst` (zstd, multithreaded, fixed level).
+    pub zst: bool,
     pub bmap: bool,
     pub qcow2: bool,
 }
@@ -44,6 +49,7 @@ impl Default for Formats {
         Formats {
             raw: false,
             xz: true,
+            zst: false,
             bmap: true,
             qcow2: false,
         }
@@ -57,6 +63,8 @@ pub struct OutputRequest<'a> {
     pub name: &'a str,
     pub formats: Formats,
     pub xz: XzSettings,
+    /// Compressed xz blocks of earlier builds, reused when their input is the same.
+    pub blocks: Option<&'a dyn BlockStore>,
     /// SOURCE_DATE_EPOCH.
     pub epoch: u64,
     /// The resolved profile (redacted again before it is written).
@@ -99,25 +107,37 @@ pub fn write_outputs(
     let img_name = format!("{}.img", req.name);
     let mut pending: Vec<(String, PendingFile)> = Vec::new();
 
-    let mut xz_file = if req.formats.xz {
-        Some(out.create(&format!("{img_name}.xz"))?)
-    } else {
-        None
-    };
+    let mut xz_file = req
+        .formats
+        .xz
+        .then(|| out.create(&format!("{img_name}.xz")))
+        .transpose()?;
+    let mut zst_file = req
+        .formats
+        .zst
+        .then(|| out.create(&format!("{img_name}.zst")))
+        .transpose()?;
     let (image_sha256, ranges) = {
-        let xz_out = xz_file.as_mut().map(|p| io::BufWriter::new(p.file()));
+        let compressed = Compressed {
+            xz: xz_file.as_mut().map(|p| io::BufWriter::new(p.file())),
+            zst: zst_file.as_mut().map(|p| io::BufWriter::new(p.file())),
+            xz_settings: &req.xz,
+            zst_settings: ZstSettings::new(req.xz.threads),
+            blocks: req.blocks,
+        };
         scan(
             raw.file(),
             report.size,
             &report.written,
-            xz_out,
-            &req.xz,
+            compressed,
             progress,
         )
         .with_context(|| format!("reading back {img_name}"))?
     };
-    if let Some(x) = xz_file {
-        pending.push((format!("{img_name}.xz"), x));
+    for (ext, f) in [("xz", xz_file), ("zst", zst_file)] {
+        if let Some(f) = f {
+            pending.push((format!("{img_name}.{ext}"), f));
+        }
     }
 
     if req.formats.bmap {
@@ -195,67 +215,150 @@ pub fn write_outputs(
     })
 }
 
+/// The compressed copies one pass over the image writes, and how.
+pub struct Compressed<'a, W> {
+    pub xz: Option<W>,
+    pub zst: Option<W>,
+    pub xz_settings: &'a XzSettings,
+    pub zst_settings: ZstSettings,
+    /// xz blocks of earlier builds.
+    pub blocks: Option<&'a dyn BlockStore>,
+}
+
 /// One pass over a sparse image: its SHA-256, the per-range SHA-256 of the block map, and
-/// (optionally) the `.xz` stream. Written ranges are read from `image`; holes are zeros from
-/// memory.
+/// (optionally) the `.xz` and `.zst` streams. Written ranges are read from `image`; holes are
+/// zeros from memory, and an xz block that holds only zeros is compressed once and reused.
 pub fn scan<R: Read + Seek, W: Write>(
     image: &mut R,
     size: u64,
     written: &Ranges,
-    xz_out: Option<W>,
-    xz: &XzSettings,
+    out: Compressed<'_, W>,
     progress: &Progress,
 ) -> io::Result<(String, Vec<bmap::MappedRange>)> {
-    const CHUNK: usize = 1 << 20;
-    let bs = bmap::BLOCK_SIZE;
-    let mapped = bmap::mapped_blocks(written, bs);
-    let mut enc = xz_out.map(|w| xz::encoder(w, xz)).transpose()?;
-    let mut whole = Sha256::new();
-    let mut ranges = Vec::with_capacity(mapped.len());
-    let zeros = vec![0u8; CHUNK];
-    let mut buf = vec![0u8; CHUNK];
-    let mut step = progress.step(if enc.is_some() { "xz" } else { "hash" }, size);
-    let mut pos = 0u64;
-
-    let mut feed = |data: &[u8], enc: &mut Option<liblzma::write::XzEncoder<W>>| {
-        whole.update(data);
-        if let Some(e) = enc {
-            e.write_all(data)?;
-        }
-        io::Result::Ok(())
+    const CHUNK: u64 = 4 << 20;
+    let mapped = bmap::mapped_blocks(written, bmap::BLOCK_SIZE);
+    let unit = if out.xz.is_some() {
+        out.xz_settings.block_size
+    } else {
+        CHUNK
     };
-    for (first, last) in mapped.iter().copied().chain([(u64::MAX, u64::MAX)]) {
-        let (start, end) = if first == u64::MAX {
-            (size, size)
-        } else {
-            (first * bs, ((last + 1) * bs).min(size))
-        };
-        // The hole before this range.
-        while pos < start {
-            let n = (start - pos).min(CHUNK as u64) as usize;
-            feed(&zeros[..n], &mut enc)?;
-            pos += n as u64;
-            step.inc(n as u64);
+    let name = match (&out.xz, &out.zst) {
+        (None, None) => "hash",
+        (Some(_), _) => "xz",
+        (None, Some(_)) => "zst",
+    };
+    let step = progress.step(name, size);
+    let zst = out
+        .zst
+        .map(|w| zst::encoder(w, size, &out.zst_settings))
+        .transpose()?;
+    let mut units = Units::new(image, size, unit, &mapped, zst, step)?;
+    match out.xz {
+        Some(w) => {
+            let inputs = std::iter::from_fn(|| units.next_unit().transpose());
+            xzstream::write_stream(w, out.xz_settings, out.blocks, inputs)?.flush()?;
         }
-        if start == end {
-            continue;
-        }
-        image.seek(SeekFrom::Start(start))?;
-        let mut range = Sha256::new();
-        while pos < end {
-            let n = (end - pos).min(CHUNK as u64) as usize;
-            image.read_exact(&mut buf[..n])?;
-            range.update(&buf[..n]);
-            feed(&buf[..n], &mut enc)?;
-            pos += n as u64;
-            step.inc(n as u64);
-        }
-        ranges.push((first, last, hex::encode(range.finalize())));
+        None => while units.next_unit()?.is_some() {},
     }
-    if let Some(e) = enc {
-        e.finish()?.flush()?;
+    units.finish()
+}
+
+/// Reads a sparse image in units of one xz block, hashing the whole image and each mapped range
+/// on the way.
+struct Units<'a, R, W: Write> {
+    image: &'a mut R,
+    size: u64,
+    unit: u64,
+    pos: u64,
+    mapped: &'a [(u64, u64)],
+    /// The next mapped range not yet hashed to its end, and its hash so far.
+    next_range: usize,
+    range_hash: Option<Sha256>,
+    ranges: Vec<bmap::MappedRange>,
+    whole: Sha256,
+    zeros: Vec<u8>,
+    /// The `.zst` stream, fed every unit.
+    zst: Option<zstd::Encoder<'static, W>>,
+    step: crate::progress::Step,
+}
+
+impl<'a, R: Read + Seek, W: Write> Units<'a, R, W> {
+    fn new(
+        image: &'a mut R,
+        size: u64,
+        unit: u64,
+        mapped: &'a [(u64, u64)],
+        zst: Option<zstd::Encoder<'static, W>>,
+        step: crate::progress::Step,
+    ) -> io::Result<Self> {
+        let unit_len = usize::try_from(unit).map_err(|_| io::Error::other("xz block too large"))?;
+        Ok(Units {
+            image,
+            size,
+            unit,
+            pos: 0,
+            mapped,
+            next_range: 0,
+            range_hash: None,
+            ranges: Vec::with_capacity(mapped.len()),
+            whole: Sha256::new(),
+            zeros: vec![0u8; unit_len],
+            zst,
+            step,
+        })
     }
-    Ok((hex::encode(whole.finalize()), ranges))
+
+    /// The next unit: zeros (nothing mapped in it, or all its bytes zero) or its data.
+    fn next_unit(&mut self) -> io::Result<Option<xzstream::Input>> {
+        if self.pos >= self.size {
+            return Ok(None);
+        }
+        let (start, end) = (self.pos, (self.pos + self.unit).min(self.size));
+        let len = (end - start) as usize;
+        let mut data: Option<Vec<u8>> = None;
+        while let Some(&(first, last)) = self.mapped.get(self.next_range) {
+            let bs = bmap::BLOCK_SIZE;
+            let (rs, re) = (first * bs, ((last + 1) * bs).min(self.size));
+            if rs >= end {
+                break;
+            }
+            let (a, b) = (
+                (rs.max(start) - start) as usize,
+                (re.min(end) - start) as usize,
+            );
+            let buf = data.get_or_insert_with(|| vec![0u8; len]);
+            self.image.seek(SeekFrom::Start(start + a as u64))?;
+            self.image.read_exact(&mut buf[a..b])?;
+            self.range_hash
+                .get_or_insert_with(Sha256::new)
+                .update(&buf[a..b]);
+            if re > end {
+                break;
+            }
+            let sum = self.range_hash.take().unwrap_or_default().finalize();
+            self.ranges.push((first, last, hex::encode(sum)));
+            self.next_range += 1;
+        }
+        let bytes = data.as_deref().unwrap_or(&self.zeros[..len]);
+        self.whole.update(bytes);
+        if let Some(z) = &mut self.zst {
+            z.write_all(bytes)?;
+        }
+        self.step.inc(len as u64);
+        self.pos = end;
+        Ok(Some(match data {
+            Some(d) if d.iter().any(|&b| b != 0) => xzstream::Input::Data(d),
+            _ => xzstream::Input::Zeros(len as u64),
+        }))
+    }
+
+    /// Ends the `.zst` stream; the image's SHA-256 and the mapped ranges with theirs.
+    fn finish(self) -> io::Result<(String, Vec<bmap::MappedRange>)> {
+        if let Some(z) = self.zst {
+            z.finish()?.flush()?;
+        }
+        Ok((hex::encode(self.whole.finalize()), self.ranges))
+    }
 }
 
 fn sha256_file(f: &mut File) -> Result<String> {

@@ -125,7 +125,7 @@ fn parse_index(index: &[u8]) -> Option<(u64, u64)> {
 }
 
 /// xz's multibyte integer: 7 bits a byte, low first, at most 9 bytes.
-fn varint(b: &[u8], at: &mut usize) -> Option<u64> {
+pub(crate) fn varint(b: &[u8], at: &mut usize) -> Option<u64> {
     let mut v = 0u64;
     for i in 0..9 {
         let byte = *b.get(*at)?;

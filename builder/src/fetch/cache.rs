@@ -11,8 +11,10 @@
 //!   decompressed once and then read in place), with `unxz/<hex>.sha256` holding the hash of the
 //!   decompressed bytes so `imgbuild cache verify` can check it as well.
 //!
+//! * `xz-blocks/<key>`: compressed xz blocks of earlier builds ([`super::xzblocks`]).
+//!
 //! Garbage collection keeps what the given lockfiles reference (and the decompressed copies of
-//! those blobs) and removes everything else, including partial downloads.
+//! those blobs) and removes everything else, including partial downloads and xz blocks.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -43,6 +45,8 @@ pub enum EntryKind {
     Unxz,
     /// An interrupted download.
     Partial,
+    /// A compressed xz block of an earlier build ([`super::xzblocks`]), named by its key.
+    XzBlock,
 }
 
 /// One file in the cache.
@@ -228,6 +232,7 @@ impl Cache {
             ("sha256", EntryKind::Blob),
             ("unxz", EntryKind::Unxz),
             ("tmp", EntryKind::Partial),
+            (super::xzblocks::DIR, EntryKind::XzBlock),
         ] {
             let dir = self.root.join(sub);
             let rd = match fs::read_dir(&dir) {
@@ -260,17 +265,25 @@ impl Cache {
     pub fn verify(&self, repair: bool) -> Result<Vec<Corrupt>, FetchError> {
         let mut bad = Vec::new();
         for e in self.list()? {
-            let expected = match e.kind {
-                EntryKind::Blob => e.key.clone(),
+            let (expected, actual) = match e.kind {
+                EntryKind::Blob => (e.key.clone(), sha256_file(&e.path)?),
                 EntryKind::Unxz => {
                     let side = e.path.with_file_name(format!("{}.sha256", e.key));
-                    fs::read_to_string(&side)
+                    let expected = fs::read_to_string(&side)
                         .map(|s| s.trim().to_string())
-                        .unwrap_or_else(|_| "(no recorded hash)".into())
+                        .unwrap_or_else(|_| "(no recorded hash)".into());
+                    (expected, sha256_file(&e.path)?)
                 }
                 EntryKind::Partial => continue,
+                // A block records the hash of its own bytes.
+                EntryKind::XzBlock => {
+                    let bytes = fs::read(&e.path).map_err(io_err(&e.path))?;
+                    match super::xzblocks::decode_entry(&bytes) {
+                        Ok(_) => continue,
+                        Err(pair) => pair,
+                    }
+                }
             };
-            let actual = sha256_file(&e.path)?;
             if actual != expected {
                 if repair {
                     remove(&e.path)?;
@@ -299,7 +312,8 @@ impl Cache {
         for e in self.list()? {
             let doomed = match e.kind {
                 EntryKind::Blob | EntryKind::Unxz => !keep.contains(&e.key),
-                EntryKind::Partial => true,
+                // Blocks only save time; gc empties their folder.
+                EntryKind::Partial | EntryKind::XzBlock => true,
             };
             if doomed {
                 if !dry_run {

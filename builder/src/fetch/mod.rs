@@ -16,6 +16,7 @@ pub mod cache;
 pub mod http;
 pub mod lock;
 pub mod plan;
+pub mod xzblocks;
 
 use std::path::{Path, PathBuf};
 
