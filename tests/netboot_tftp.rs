@@ -473,27 +473,15 @@ fn the_transfer_cap_refuses_then_recovers() {
     assert!(log.contains("too many transfers at once"), "{log}");
 }
 
-/// 50 curl clients at once all get the right bytes.
-#[test]
-fn fifty_concurrent_transfers_complete() {
-    if !require_tool("curl") {
-        return;
-    }
-    let work = workdir(1);
-    let server = host_server(work.path(), &[]);
-    let want = std::fs::read(set_dir(work.path()).join("initrd.img")).unwrap();
-    let url = format!("tftp://{}/{PROFILE}/initrd.img", server.tftp);
-    let children: Vec<_> = (0..50)
-        .map(|i| {
-            let out = work.path().join(format!("c{i}"));
+/// One `curl tftp://` per block size in `blksizes`, all at once, into `dir`; each must get `want`.
+fn curls_at_once(url: &str, blksizes: &[&str], dir: &Path, want: &[u8]) {
+    let children: Vec<_> = blksizes
+        .iter()
+        .enumerate()
+        .map(|(i, bs)| {
+            let out = dir.join(format!("c{i}"));
             let child = Command::new("curl")
-                .args([
-                    "-sS",
-                    "--tftp-blksize",
-                    if i % 2 == 0 { "1468" } else { "512" },
-                    &url,
-                    "-o",
-                ])
+                .args(["-sS", "--tftp-blksize", bs, url, "-o"])
                 .arg(&out)
                 .spawn()
                 .unwrap();
@@ -508,6 +496,22 @@ fn fifty_concurrent_transfers_complete() {
             out.display()
         );
     }
+}
+
+/// 50 curl clients at once all get the right bytes.
+#[test]
+fn fifty_concurrent_transfers_complete() {
+    if !require_tool("curl") {
+        return;
+    }
+    let work = workdir(1);
+    let server = host_server(work.path(), &[]);
+    let want = std::fs::read(set_dir(work.path()).join("initrd.img")).unwrap();
+    let url = format!("tftp://{}/{PROFILE}/initrd.img", server.tftp);
+    let sizes: Vec<&str> = (0..50)
+        .map(|i| if i % 2 == 0 { "1468" } else { "512" })
+        .collect();
+    curls_at_once(&url, &sizes, work.path(), &want);
     let log = server.stop();
     assert_eq!(log.matches("tftp: sent").count(), 50, "{log}");
 }
@@ -574,21 +578,7 @@ fn the_rate_cap_is_shared_by_a_clients_transfers() {
     let want = std::fs::read(set_dir(work.path()).join("root.squashfs")).unwrap();
     let url = format!("tftp://{}/{PROFILE}/root.squashfs", server.tftp);
     let t0 = std::time::Instant::now();
-    let children: Vec<_> = (0..2)
-        .map(|i| {
-            let out = work.path().join(format!("r{i}"));
-            let child = Command::new("curl")
-                .args(["-sS", "--tftp-blksize", "1468", &url, "-o"])
-                .arg(&out)
-                .spawn()
-                .unwrap();
-            (child, out)
-        })
-        .collect();
-    for (mut child, out) in children {
-        assert!(child.wait().unwrap().success());
-        assert!(std::fs::read(&out).unwrap() == want, "{}", out.display());
-    }
+    curls_at_once(&url, &["1468", "1468"], work.path(), &want);
     let took = t0.elapsed().as_secs_f64();
     let burst = imgbuild_netboot::tftp::pace::burst(rate) as f64;
     let floor = (2.0 * want.len() as f64 - burst) / rate as f64;

@@ -344,17 +344,7 @@ impl Seen {
             num("data_fs_size") > num("data_size") * 9 / 10,
             "the data filesystem did not grow: {show}"
         );
-        // User and key come from the profile through the seed.
-        assert!(self.get("user_ops").contains("sudo"), "{show}");
-        assert_eq!(self.get("authorized_keys"), SSH_KEY, "{show}");
-        for u in [
-            "k3s-agent",
-            "tailscaled",
-            "imgbuild-mesh-join",
-            "imgbuild-nodeip",
-        ] {
-            assert_eq!(self.get(&format!("active.{u}")), "active", "{u}: {show}");
-        }
+        self.assert_user_and_services(&show);
         // The seed and the one-off key are gone, cloud-init is off; the k3s token stays (k3s
         // needs it to restart).
         for (f, want) in [
@@ -407,6 +397,20 @@ impl Seen {
         }
     }
 
+    /// User and key come from the profile through the seed; the mesh, k3s and our units run.
+    fn assert_user_and_services(&self, show: &str) {
+        assert!(self.get("user_ops").contains("sudo"), "{show}");
+        assert_eq!(self.get("authorized_keys"), SSH_KEY, "{show}");
+        for u in [
+            "k3s-agent",
+            "tailscaled",
+            "imgbuild-mesh-join",
+            "imgbuild-nodeip",
+        ] {
+            assert_eq!(self.get(&format!("active.{u}")), "active", "{u}: {show}");
+        }
+    }
+
     /// The first boot of `node` from the network (`imgbuild netboot` artifacts, seed fetched
     /// from `seed_url`): identity from the seed, a read-only squashfs root, state on the data
     /// disk (`persist_on_disk`) or in RAM, mesh before k3s, the one-off key gone, no secret logged,
@@ -435,16 +439,7 @@ impl Seen {
             self.cloud_init.contains("DataSourceNoCloudNet") && self.cloud_init.contains(seed_url),
             "cloud-init did not take the seed from {seed_url}: {show}"
         );
-        assert!(self.get("user_ops").contains("sudo"), "{show}");
-        assert_eq!(self.get("authorized_keys"), SSH_KEY, "{show}");
-        for u in [
-            "k3s-agent",
-            "tailscaled",
-            "imgbuild-mesh-join",
-            "imgbuild-nodeip",
-        ] {
-            assert_eq!(self.get(&format!("active.{u}")), "active", "{u}: {show}");
-        }
+        self.assert_user_and_services(&show);
         for (f, want) in [
             ("/var/lib/imgbuild/mesh-authkey", "no"),
             ("/etc/cloud/cloud-init.disabled", "yes"),
