@@ -15,12 +15,12 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::netboot::{Server, workdir_with};
-use support::netns::{self, NetNs};
-use support::{imgbuild, require_tool, run};
+use support::netboot::{Lab, workdir_with};
+use support::netns;
+use support::require_tool;
 
 const IPXE: &str = "/usr/lib/ipxe";
 
@@ -39,54 +39,27 @@ fn ready() -> bool {
         })
 }
 
-/// The namespace, dnsmasq with our snippet, and our server on 10.33.0.1.
-struct Lab {
-    ns: NetNs,
+/// The PXE lab with a stand-in artifact set (the Debian kernel and initrd, real iPXE).
+struct Pxe {
+    lab: Lab,
     work: tempfile::TempDir,
-    server: Option<Server>,
-    dnsmasq: Child,
 }
 
-impl Lab {
-    fn new(kernel: &Path, initrd: &Path) -> Lab {
+impl Pxe {
+    fn new(kernel: &Path, initrd: &Path) -> Pxe {
         let work = workdir_with(1, Some(Path::new(IPXE)), Some((kernel, initrd)));
-        let ns = NetNs::new("pxe");
-        ns.bridge("br0", "10.33.0.1/24");
-        ns.tap("tap0", "br0");
-        let snippet = work.path().join("50-imgbuild-netboot.conf");
-        let (code, _, err) = run(imgbuild()
-            .args(["netboot", "dnsmasq", "--listen", "10.33.0.1", "-o"])
-            .arg(&snippet));
-        assert_eq!(code, 0, "{err}");
-        let mut d = ns.cmd(support::find_tool("dnsmasq").unwrap());
-        d.args([
-            "--keep-in-foreground",
-            "--port=0",
-            "--interface=br0",
-            "--bind-interfaces",
-            "--dhcp-range=10.33.0.100,10.33.0.150,255.255.255.0,10m",
-            "--leasefile-ro",
-            "--log-dhcp",
-            "--log-facility=-",
-            "--user=root",
-        ])
-        .arg(format!("--conf-file={}", snippet.display()));
-        let dnsmasq = ns.spawn(d, &work.path().join("dnsmasq.log"));
-        let server = Server::start(Some(&ns), work.path(), "10.33.0.1", &[]);
-        Lab {
-            ns,
+        Pxe {
+            lab: Lab::new(work.path(), &["tap0"]),
             work,
-            server: Some(server),
-            dnsmasq,
         }
     }
 
     fn log(&self) -> String {
-        self.server.as_ref().unwrap().log()
+        self.lab.log()
     }
 
     fn dnsmasq_log(&self) -> String {
-        std::fs::read_to_string(self.work.path().join("dnsmasq.log")).unwrap_or_default()
+        self.lab.dnsmasq_log()
     }
 
     /// Boots a VM with `mac` and `firmware` args until our log has `done` and the serial console
@@ -94,7 +67,7 @@ impl Lab {
     fn boot(&self, mac: &str, firmware: &[&str], nic: &str, done: &str) -> String {
         let serial = self.work.path().join(format!("serial-{mac}.log"));
         let pidfile = self.work.path().join(format!("qemu-{mac}.pid"));
-        let mut q = self.ns.cmd("flock");
+        let mut q = self.lab.ns.cmd("flock");
         q.args([
             "/tmp/imgbuild-qemu.lock",
             "qemu-system-x86_64",
@@ -118,6 +91,7 @@ impl Lab {
         ])
         .arg(format!("{nic},netdev=n0,mac={mac},bootindex=1"));
         let mut vm = self
+            .lab
             .ns
             .spawn(q, &self.work.path().join(format!("qemu-{mac}.log")));
         // The clock starts when QEMU does (it creates the serial file), not while flock waits
@@ -171,14 +145,6 @@ impl Lab {
     }
 }
 
-impl Drop for Lab {
-    fn drop(&mut self) {
-        drop(self.server.take());
-        let _ = self.dnsmasq.kill();
-        let _ = self.dnsmasq.wait();
-    }
-}
-
 #[test]
 fn pxe_boots_reach_our_boot_script_and_artifacts() {
     if !ready() {
@@ -189,7 +155,7 @@ fn pxe_boots_reach_our_boot_script_and_artifacts() {
     };
     let scratch = support::scratch();
     let boot = support::qemu::extract_boot_files(&base, scratch.path());
-    let lab = Lab::new(&boot.kernel, &boot.initrd);
+    let lab = Pxe::new(&boot.kernel, &boot.initrd);
     // SeaBIOS + iPXE ROM: the DHCP answer is our HTTP script at once.
     let console = lab.boot(
         "52:54:00:00:00:01",

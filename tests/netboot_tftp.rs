@@ -181,7 +181,13 @@ struct Client {
 
 impl Client {
     fn new(server: SocketAddr) -> Client {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        Client::from_ip(server, "127.0.0.1")
+    }
+
+    /// A client on another loopback address (all of 127/8 is local): another machine to the
+    /// server.
+    fn from_ip(server: SocketAddr, ip: &str) -> Client {
+        let sock = UdpSocket::bind((ip, 0)).unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         Client { sock, server }
     }
@@ -467,27 +473,15 @@ fn the_transfer_cap_refuses_then_recovers() {
     assert!(log.contains("too many transfers at once"), "{log}");
 }
 
-/// 50 curl clients at once all get the right bytes.
-#[test]
-fn fifty_concurrent_transfers_complete() {
-    if !require_tool("curl") {
-        return;
-    }
-    let work = workdir(1);
-    let server = host_server(work.path(), &[]);
-    let want = std::fs::read(set_dir(work.path()).join("initrd.img")).unwrap();
-    let url = format!("tftp://{}/{PROFILE}/initrd.img", server.tftp);
-    let children: Vec<_> = (0..50)
-        .map(|i| {
-            let out = work.path().join(format!("c{i}"));
+/// One `curl tftp://` per block size in `blksizes`, all at once, into `dir`; each must get `want`.
+fn curls_at_once(url: &str, blksizes: &[&str], dir: &Path, want: &[u8]) {
+    let children: Vec<_> = blksizes
+        .iter()
+        .enumerate()
+        .map(|(i, bs)| {
+            let out = dir.join(format!("c{i}"));
             let child = Command::new("curl")
-                .args([
-                    "-sS",
-                    "--tftp-blksize",
-                    if i % 2 == 0 { "1468" } else { "512" },
-                    &url,
-                    "-o",
-                ])
+                .args(["-sS", "--tftp-blksize", bs, url, "-o"])
                 .arg(&out)
                 .spawn()
                 .unwrap();
@@ -502,6 +496,96 @@ fn fifty_concurrent_transfers_complete() {
             out.display()
         );
     }
+}
+
+/// 50 curl clients at once all get the right bytes.
+#[test]
+fn fifty_concurrent_transfers_complete() {
+    if !require_tool("curl") {
+        return;
+    }
+    let work = workdir(1);
+    let server = host_server(work.path(), &[]);
+    let want = std::fs::read(set_dir(work.path()).join("initrd.img")).unwrap();
+    let url = format!("tftp://{}/{PROFILE}/initrd.img", server.tftp);
+    let sizes: Vec<&str> = (0..50)
+        .map(|i| if i % 2 == 0 { "1468" } else { "512" })
+        .collect();
+    curls_at_once(&url, &sizes, work.path(), &want);
     let log = server.stop();
     assert_eq!(log.matches("tftp: sent").count(), 50, "{log}");
+}
+
+/// With a cap of two transfers per client, a client's third request while two run gets "server
+/// busy", another client at the same moment is served, and once one of the first two ends the
+/// third is served too.
+#[test]
+fn the_per_client_cap_refuses_only_that_client() {
+    let work = workdir(1);
+    let server = host_server(work.path(), &["--max-transfers-per-client", "2"]);
+    let name = b"amd64-worker/vmlinuz";
+    let opts = [("blksize", "1468")];
+    // Two transfers held open: their OACKs are not acknowledged.
+    let held: Vec<(Client, SocketAddr)> = (0..2)
+        .map(|_| {
+            let c = Client::from_ip(server.tftp, "127.0.0.2");
+            c.rrq(name, &opts);
+            let (_, tid) = c.recv();
+            (c, tid)
+        })
+        .collect();
+    let third = Client::from_ip(server.tftp, "127.0.0.2");
+    third.rrq(name, &opts);
+    let (code, msg) = third.expect_error("over the per-client cap");
+    assert_eq!((code, msg.contains("busy")), (0, true), "{msg}");
+    let want = std::fs::read(set_dir(work.path()).join("vmlinuz")).unwrap();
+    let other = Client::from_ip(server.tftp, "127.0.0.3");
+    other.rrq(name, &opts);
+    let (_, tid) = other.recv();
+    other.sock.send_to(&packet::ack(0), tid).unwrap();
+    assert_eq!(other.finish(tid, 1468), want, "the other client");
+    let (first, tid) = &held[0];
+    first
+        .sock
+        .send_to(&packet::error(packet::ErrorCode::NotDefined, "done"), *tid)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    third.rrq(name, &opts);
+    let (_, tid) = third.recv();
+    third.sock.send_to(&packet::ack(0), tid).unwrap();
+    assert_eq!(third.finish(tid, 1468), want, "the third, after one ended");
+    let log = server.stop();
+    assert_eq!(
+        log.matches("too many transfers at once from this client")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("client=127.0.0.2:"), "{log}");
+}
+
+/// A rate cap of 2 MB/s per client: two curl transfers of a 4 MiB file from one client share it,
+/// so together they take at least (8 MiB − the bucket's burst) / 2 MB/s; the bytes are right.
+/// (A lower bound: a slow machine only makes it longer.)
+#[test]
+fn the_rate_cap_is_shared_by_a_clients_transfers() {
+    if !require_tool("curl") {
+        return;
+    }
+    let work = workdir(4);
+    let rate = 2_000_000u64;
+    let server = host_server(work.path(), &["--max-rate-per-client", &rate.to_string()]);
+    let want = std::fs::read(set_dir(work.path()).join("root.squashfs")).unwrap();
+    let url = format!("tftp://{}/{PROFILE}/root.squashfs", server.tftp);
+    let t0 = std::time::Instant::now();
+    curls_at_once(&url, &["1468", "1468"], work.path(), &want);
+    let took = t0.elapsed().as_secs_f64();
+    let burst = imgbuild_netboot::tftp::pace::burst(rate) as f64;
+    let floor = (2.0 * want.len() as f64 - burst) / rate as f64;
+    assert!(
+        took >= floor * 0.98,
+        "two capped transfers took {took:.2} s, under the {floor:.2} s the cap allows"
+    );
+    let log = server.stop();
+    assert_eq!(log.matches("tftp: sent").count(), 2, "{log}");
 }

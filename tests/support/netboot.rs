@@ -210,3 +210,86 @@ impl Drop for Server {
         }
     }
 }
+
+/// The address of the PXE lab's bridge, where dnsmasq and our server listen.
+pub const LAB_ADDR: &str = "10.33.0.1";
+
+/// A PXE network: a namespace with bridge `br0` ([`LAB_ADDR`]/24) and tap devices on it, dnsmasq
+/// as the LAN's DHCP server with the snippet `imgbuild netboot dnsmasq` writes (what Pi-hole
+/// runs), and our server started in `dir` (which holds nodes.toml, secrets.toml and images/).
+/// Dropping it stops both servers and deletes the namespace with its devices.
+pub struct Lab {
+    server: Option<Server>,
+    dnsmasq: Option<Child>,
+    pub ns: NetNs,
+    pub dir: PathBuf,
+}
+
+impl Lab {
+    pub fn new(dir: &Path, taps: &[&str]) -> Lab {
+        let ns = NetNs::new("pxe");
+        ns.bridge("br0", &format!("{LAB_ADDR}/24"));
+        for t in taps {
+            ns.tap(t, "br0");
+        }
+        let mut lab = Lab {
+            server: None,
+            dnsmasq: None,
+            ns,
+            dir: dir.to_path_buf(),
+        };
+        let snippet = dir.join("50-imgbuild-netboot.conf");
+        let (code, _, err) = super::run(
+            super::imgbuild()
+                .args(["netboot", "dnsmasq", "--listen", LAB_ADDR, "-o"])
+                .arg(&snippet),
+        );
+        assert_eq!(code, 0, "{err}");
+        let mut d = lab.ns.cmd(super::find_tool("dnsmasq").expect("dnsmasq"));
+        d.args([
+            "--keep-in-foreground",
+            "--port=0",
+            "--interface=br0",
+            "--bind-interfaces",
+            "--dhcp-range=10.33.0.100,10.33.0.150,255.255.255.0,10m",
+            "--leasefile-ro",
+            "--log-dhcp",
+            "--log-facility=-",
+            "--user=root",
+        ])
+        .arg(format!("--conf-file={}", snippet.display()));
+        lab.dnsmasq = Some(lab.ns.spawn(d, &dir.join("dnsmasq.log")));
+        lab.server = Some(Server::start(Some(&lab.ns), dir, LAB_ADDR, &[]));
+        lab
+    }
+
+    /// Our server's log so far.
+    pub fn log(&self) -> String {
+        self.server.as_ref().map(Server::log).unwrap_or_default()
+    }
+
+    pub fn dnsmasq_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("dnsmasq.log")).unwrap_or_default()
+    }
+
+    /// The HTTP status `curl` gets for `url` from inside the namespace.
+    pub fn http_status(&self, url: &str) -> String {
+        let out = self
+            .ns
+            .cmd("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", url])
+            .output()
+            .expect("running curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        drop(self.server.take());
+        if let Some(mut d) = self.dnsmasq.take() {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+    }
+}

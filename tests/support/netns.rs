@@ -3,6 +3,7 @@
 //! interfaces; dropping the [`NetNs`] kills what still runs in it and deletes it, which removes
 //! its devices too, even when the test failed.
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -46,6 +47,7 @@ fn ip(args: &[&str]) {
 impl NetNs {
     /// A new namespace with its loopback up. `tag` shows in its name (`imgb-TAG-PID-N`).
     pub fn new(tag: &str) -> NetNs {
+        remove_orphans();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!("imgb-{tag}-{}-{n}", std::process::id());
         ip(&["netns", "add", &name]);
@@ -125,6 +127,30 @@ impl NetNs {
                 .collect()
         })
         .unwrap_or_default()
+    }
+}
+
+/// Deletes the namespaces of test processes that are gone (a harness timeout kills a test
+/// without running its drops): `imgb-TAG-PID-N` whose PID no longer runs. Their processes died
+/// with the test (QEMU's guard, the servers' process group); only the name and devices remain.
+fn remove_orphans() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(rest) = name.strip_prefix("imgb-") else {
+            continue;
+        };
+        let parts: Vec<&str> = rest.rsplitn(3, '-').collect();
+        let pid = parts.get(1).and_then(|p| p.parse::<u32>().ok());
+        let empty = Command::new("ip")
+            .args(["netns", "pids", name])
+            .output()
+            .is_ok_and(|o| o.stdout.is_empty());
+        if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) && empty {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
     }
 }
 

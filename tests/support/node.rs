@@ -74,7 +74,9 @@ disk=$(lsblk -no PKNAME "$(findfs LABEL=imgbuild-data)")
         /etc/cloud/cloud-init.disabled /var/lib/imgbuild/firstboot-done /etc/rancher/k3s/token; do
         if [ -e "$f" ]; then echo "exists.$f=yes"; else echo "exists.$f=no"; fi
     done
+    echo "jobs=$(systemctl list-jobs --no-legend --plain | awk '{print $2}' | grep -vx imgbuild-observe.service | tr '\n' ' ')"
 } > "$r/status.txt"
+systemd-analyze blame --no-pager > "$r/blame.txt" 2>&1
 cp /var/log/imgbuild-standin.log "$r/standin.log" 2>/dev/null
 cp /var/log/cloud-init.log "$r/cloud-init.log" 2>/dev/null
 journalctl -b --no-pager -o short-monotonic > "$r/journal.txt" 2>/dev/null
@@ -308,6 +310,8 @@ pub struct Seen {
     pub cloud_init: String,
     /// `systemctl --failed` as printed.
     pub failed: String,
+    /// `systemd-analyze blame` at the end of the boot.
+    pub blame: String,
 }
 
 impl Seen {
@@ -319,6 +323,7 @@ impl Seen {
             journal: results.read("journal.txt").unwrap_or_default(),
             cloud_init: results.read("cloud-init.log").unwrap_or_default(),
             failed: results.read("failed.txt").unwrap_or_default(),
+            blame: results.read("blame.txt").unwrap_or_default(),
         }
     }
 
@@ -389,17 +394,7 @@ impl Seen {
             num("data_fs_size") > num("data_size") * 9 / 10,
             "the data filesystem did not grow: {show}"
         );
-        // User and key come from the profile through the seed.
-        assert!(self.get("user_ops").contains("sudo"), "{show}");
-        assert_eq!(self.get("authorized_keys"), SSH_KEY, "{show}");
-        for u in [
-            k3s_unit(role),
-            "tailscaled",
-            "imgbuild-mesh-join",
-            "imgbuild-nodeip",
-        ] {
-            assert_eq!(self.get(&format!("active.{u}")), "active", "{u}: {show}");
-        }
+        self.assert_user_and_services(&show, role);
         // The seed and the one-off key are gone, cloud-init is off; the k3s token stays (k3s
         // needs it to restart).
         for (f, want) in [
@@ -453,6 +448,88 @@ impl Seen {
             assert!(
                 !self.cloud_init.contains(value),
                 "secret {name} is in /var/log/cloud-init.log"
+            );
+        }
+    }
+
+    /// User and key come from the profile through the seed; the mesh, k3s and our units run.
+    /// User and key come from the profile through the seed; the node's services run.
+    fn assert_user_and_services(&self, show: &str, role: &str) {
+        assert!(self.get("user_ops").contains("sudo"), "{show}");
+        assert_eq!(self.get("authorized_keys"), SSH_KEY, "{show}");
+        for u in [
+            k3s_unit(role),
+            "tailscaled",
+            "imgbuild-mesh-join",
+            "imgbuild-nodeip",
+        ] {
+            assert_eq!(self.get(&format!("active.{u}")), "active", "{u}: {show}");
+        }
+    }
+
+    /// The first boot of `node` from the network (`imgbuild netboot` artifacts, seed fetched
+    /// from `seed_url`): identity from the seed, a read-only squashfs root, state on the data
+    /// disk (`persist_on_disk`) or in RAM, mesh before k3s, the one-off key gone, no secret logged,
+    /// and nothing waiting for the boot partition a netbooted node does not have.
+    pub fn assert_first_netboot(&self, node: &str, seed_url: &str, persist_on_disk: bool) {
+        let show = self.show();
+        assert_eq!(self.get("hostname"), node, "{show}");
+        assert_eq!(self.get("boots"), "1", "{show}");
+        assert_eq!(self.get("root_fstype"), "squashfs", "{show}");
+        assert!(
+            self.get("root_options").split(',').any(|o| o == "ro"),
+            "{show}"
+        );
+        assert_eq!(self.get("usr_writable"), "no", "{show}");
+        assert_eq!(self.get("rancher_fs"), "overlay", "{show}");
+        if persist_on_disk {
+            assert!(self.get("persist_source").starts_with("/dev/vda"), "{show}");
+        } else {
+            assert_eq!(self.get("persist_source"), "tmpfs", "{show}");
+            assert!(
+                self.journal.contains("state lives in RAM"),
+                "the preinit did not say where state lives: {show}"
+            );
+        }
+        assert!(
+            self.cloud_init.contains("DataSourceNoCloudNet") && self.cloud_init.contains(seed_url),
+            "cloud-init did not take the seed from {seed_url}: {show}"
+        );
+        self.assert_user_and_services(&show, "agent");
+        self.assert_clean_boot();
+        for (f, want) in [
+            ("/run/imgbuild/mesh-authkey", "no"),
+            ("/etc/cloud/cloud-init.disabled", "yes"),
+            ("/var/lib/imgbuild/firstboot-done", "yes"),
+            ("/etc/rancher/k3s/token", "yes"),
+        ] {
+            assert_eq!(self.get(&format!("exists.{f}")), want, "{f}: {show}");
+        }
+        // No ESP here: no unit may wait (fstab's device timeout) or fail for one.
+        for key in ["failed_units", "jobs"] {
+            assert!(
+                !["boot-efi", "boot-firmware", "label-IMGBUILD"]
+                    .iter()
+                    .any(|u| self.get(key).contains(u)),
+                "{key} shows a wait for the boot partition: {show}\n{}",
+                self.blame
+            );
+        }
+        let log = &self.standin;
+        let pos = |needle: &str| {
+            log.find(needle)
+                .unwrap_or_else(|| panic!("no {needle:?} in the stand-in log: {show}"))
+        };
+        assert!(
+            pos("tailscale up flags=") < pos("k3s start role=agent"),
+            "{show}"
+        );
+        for (name, value) in SECRETS {
+            assert!(
+                !log.contains(value)
+                    && !self.journal.contains(value)
+                    && !self.cloud_init.contains(value),
+                "secret {name} was logged"
             );
         }
     }
@@ -687,6 +764,21 @@ pub fn tail(s: &str, n: usize) -> String {
 
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A disk of 2 GiB with one GPT partition holding an empty ext4 labelled `imgbuild-data`: the
+/// local disk a netbooted node keeps its state on (needs sgdisk and mkfs.ext4).
+pub fn blank_data_disk(path: &Path) {
+    fs::File::create(path).unwrap().set_len(2 << 30).unwrap();
+    let (code, _, err) = run(Command::new("sgdisk")
+        .args(["-n", "1:2048:+1G", "-c", "1:imgbuild-data"])
+        .arg(path));
+    assert_eq!(code, 0, "sgdisk: {err}");
+    let (code, _, err) = run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "imgbuild-data", "-E", "offset=1048576"])
+        .arg(path)
+        .arg("1G"));
+    assert_eq!(code, 0, "mkfs.ext4: {err}");
 }
 
 /// A copy of `img` at `to`, grown (sparse) to [`DISK_SIZE`] as a larger card or disk would be.

@@ -91,6 +91,8 @@ pub fn require_qemu(arch: Arch, uefi: bool) -> bool {
 enum Boot {
     /// UEFI firmware boots from the disks (OVMF / AAVMF).
     Uefi,
+    /// The firmware boots from the network (the NIC first in the boot order, disks after).
+    Pxe(Firmware),
     /// QEMU loads a kernel and initrd directly (no firmware, no boot loader).
     Kernel {
         kernel: PathBuf,
@@ -98,6 +100,31 @@ enum Boot {
         cmdline: String,
     },
 }
+
+/// The firmware of a machine that boots from the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firmware {
+    /// SeaBIOS with QEMU's iPXE option ROM on the NIC: DHCP, then iPXE at once.
+    Bios,
+    /// OVMF with the NIC's option ROM off (`romfile=`): EDK2's own PXE fetches an NBP over TFTP.
+    Uefi,
+}
+
+/// The guest's network.
+#[derive(Debug, Clone)]
+enum Net {
+    None,
+    /// QEMU user networking with `restrict=on` and these forwards.
+    User(Vec<GuestFwd>),
+    /// A tap device (made by the test, usually inside a [`super::netns::NetNs`]) with this MAC.
+    Tap {
+        ifname: String,
+        mac: String,
+    },
+}
+
+/// Held while a VM runs (`flock`), so one VM runs on the machine at a time, across test runs.
+pub const HOST_LOCK: &str = "/tmp/imgbuild-qemu.lock";
 
 /// A forward from an address inside the guest's user network to a TCP port on the host's
 /// loopback: the guest connects to `guest_addr:guest_port`, QEMU relays it to
@@ -117,16 +144,23 @@ pub struct VmBuilder {
     disks: Vec<(PathBuf, String)>,
     memory_mib: u32,
     cpus: u32,
-    net: Option<Vec<GuestFwd>>,
+    net: Net,
     mac: Option<String>,
     extra: Vec<String>,
     virtio_console: bool,
+    netns: Option<String>,
+    host_lock: bool,
 }
 
 impl VmBuilder {
     /// A UEFI machine (q35 + OVMF, or `virt` + AAVMF) booting from its disks.
     pub fn uefi(arch: Arch) -> Self {
         Self::new(arch, Boot::Uefi)
+    }
+
+    /// A machine (q35) whose firmware boots from its NIC: give it one with [`VmBuilder::tap`].
+    pub fn pxe(arch: Arch, firmware: Firmware) -> Self {
+        Self::new(arch, Boot::Pxe(firmware))
     }
 
     /// A machine that boots `kernel` (+ `initrd`) directly with `cmdline`.
@@ -148,10 +182,12 @@ impl VmBuilder {
             disks: Vec::new(),
             memory_mib: 2048,
             cpus: 2,
-            net: None,
+            net: Net::None,
             mac: None,
             extra: Vec::new(),
             virtio_console: false,
+            netns: None,
+            host_lock: false,
         }
     }
 
@@ -170,7 +206,30 @@ impl VmBuilder {
     /// Gives the guest one virtio NIC on QEMU's user network with `restrict=on`: DHCP works,
     /// nothing outside the VM is reachable except the given forwards to host loopback ports.
     pub fn restricted_net(mut self, forwards: Vec<GuestFwd>) -> Self {
-        self.net = Some(forwards);
+        self.net = Net::User(forwards);
+        self
+    }
+
+    /// Gives the guest one virtio NIC on the tap device `ifname` with `mac`; with
+    /// [`VmBuilder::pxe`] it is the first boot device.
+    pub fn tap(mut self, ifname: &str, mac: &str) -> Self {
+        self.net = Net::Tap {
+            ifname: ifname.to_string(),
+            mac: mac.to_string(),
+        };
+        self
+    }
+
+    /// Runs QEMU inside the network namespace `name` (where its tap device is).
+    pub fn in_netns(mut self, name: &str) -> Self {
+        self.netns = Some(name.to_string());
+        self
+    }
+
+    /// Runs QEMU under `flock` [`HOST_LOCK`]; [`VmBuilder::start`] then returns once QEMU has
+    /// started, and the VM's clock starts there, not while it waited for another test's VM.
+    pub fn host_lock(mut self) -> Self {
+        self.host_lock = true;
         self
     }
 
@@ -228,7 +287,7 @@ impl VmBuilder {
         // A guest reboot (or a kernel panic with panic=N) ends QEMU instead of looping.
         push(&["-no-reboot"]);
         match &self.boot {
-            Boot::Uefi => {
+            Boot::Uefi | Boot::Pxe(Firmware::Uefi) => {
                 let (code, vars) = self.arch.firmware();
                 let vars_copy = work.join("efivars.fd");
                 fs::copy(vars, &vars_copy)
@@ -251,6 +310,8 @@ impl VmBuilder {
                 }
                 push(&["-append", cmdline]);
             }
+            // SeaBIOS is QEMU's default firmware.
+            Boot::Pxe(Firmware::Bios) => {}
         }
         let uefi = matches!(self.boot, Boot::Uefi);
         for (i, (image, serial)) in self.disks.iter().enumerate() {
@@ -272,8 +333,26 @@ impl VmBuilder {
             ]);
         }
         match &self.net {
-            None => push(&["-nic", "none"]),
-            Some(forwards) => {
+            Net::None => push(&["-nic", "none"]),
+            Net::Tap { ifname, mac } => {
+                // EDK2's own PXE (no option ROM) is what fetches an NBP over TFTP under UEFI.
+                let rom = match self.boot {
+                    Boot::Pxe(Firmware::Uefi) => ",romfile=",
+                    _ => "",
+                };
+                let boot = if matches!(self.boot, Boot::Pxe(_)) {
+                    ",bootindex=0"
+                } else {
+                    ""
+                };
+                push(&[
+                    "-netdev",
+                    &format!("tap,id=n0,ifname={ifname},script=no,downscript=no"),
+                    "-device",
+                    &format!("virtio-net-pci,netdev=n0,mac={mac}{boot}{rom}"),
+                ]);
+            }
+            Net::User(forwards) => {
                 let mut nic = String::from("user,model=virtio-net-pci,restrict=on");
                 if let Some(mac) = &self.mac {
                     nic.push_str(&format!(",mac={mac}"));
@@ -303,14 +382,25 @@ impl VmBuilder {
         fs::create_dir_all(work).expect("creating the VM work folder");
         let serial_log = work.join("serial.log");
         let qemu_log = work.join("qemu.log");
+        // QEMU creates it when it starts: the sign that the host lock was taken.
+        let _ = fs::remove_file(&serial_log);
         let args = self.args(work, &serial_log);
         let qemu = find_tool(self.arch.qemu())
             .unwrap_or_else(|| panic!("{} is not installed", self.arch.qemu()));
         let log = fs::File::create(&qemu_log).expect("creating qemu.log");
+        let mut wrap: Vec<String> = Vec::new();
+        if let Some(ns) = &self.netns {
+            wrap.extend(["ip", "netns", "exec", ns].map(String::from));
+        }
+        if self.host_lock {
+            wrap.extend(["flock".to_string(), HOST_LOCK.to_string()]);
+        }
+        wrap.push("sh".into());
         // QEMU runs under a small shell that kills it when our end of its stdin pipe closes:
         // on drop, and also when the test process itself is killed (a harness timeout), so no
-        // emulator is left running.
-        let child = Command::new("sh")
+        // emulator is left running (`ip netns exec` and `flock` pass stdin on).
+        let child = Command::new(&wrap[0])
+            .args(&wrap[1..])
             .arg("-c")
             .arg(GUARD)
             .arg("qemu-guard")
@@ -321,13 +411,22 @@ impl VmBuilder {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", qemu.display()));
-        eprintln!("qemu: {} {}", qemu.display(), args.join(" "));
-        Vm {
+        eprintln!(
+            "qemu: {} {} {}",
+            wrap.join(" "),
+            qemu.display(),
+            args.join(" ")
+        );
+        let mut vm = Vm {
             child,
             serial_log,
             qemu_log,
             started: Instant::now(),
+        };
+        if self.host_lock {
+            vm.wait_started(Duration::from_secs(3600));
         }
+        vm
     }
 }
 
@@ -362,6 +461,22 @@ impl Vm {
         fs::read(&self.serial_log)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default()
+    }
+
+    /// Waits until QEMU has created its serial log (it waited for [`HOST_LOCK`] until then) and
+    /// restarts the VM's clock.
+    fn wait_started(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.serial_log.exists() {
+            if let Some(status) = self.child.try_wait().expect("polling qemu") {
+                self.fail(&format!("QEMU exited ({status}) at start"));
+            }
+            if Instant::now() > deadline {
+                self.fail(&format!("waited {timeout:?} for {HOST_LOCK}"));
+            }
+            thread::sleep(Duration::from_millis(250));
+        }
+        self.started = Instant::now();
     }
 
     /// Time since QEMU was started.

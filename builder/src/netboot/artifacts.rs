@@ -283,6 +283,15 @@ fn make_squashfs(
     written.context("writing the root tree for mksquashfs")
 }
 
+/// Zeros that bring an initrd of `len` bytes to a multiple of 4. The Linux EFI stub, loading the
+/// initrds named by `initrd=` (iPXE builds without LoadFile2, like Debian 12's), lays them end to
+/// end with no gap, and the kernel reads the next cpio archive only at a 4-byte offset: without
+/// this, imgbuild.cpio after an odd-sized initrd.img is never unpacked. Zeros between archives
+/// are skipped.
+fn initrd_padding(len: u64) -> Vec<u8> {
+    vec![0; (len.next_multiple_of(4) - len) as usize]
+}
+
 /// Builds every artifact into `out` and commits them, `SHA256SUMS` last. Returns the final
 /// paths.
 pub fn build(out: &OutputDir, req: &NetbootRequest<'_>) -> Result<Vec<PathBuf>> {
@@ -297,7 +306,12 @@ pub fn build(out: &OutputDir, req: &NetbootRequest<'_>) -> Result<Vec<PathBuf>> 
     let mut pending: Vec<(String, PendingFile)> = Vec::new();
     for (name, c) in [(KERNEL_FILE, &kernel.image), (INITRD_FILE, &kernel.initrd)] {
         let mut f = out.create(name)?;
-        io::copy(&mut c.open()?, f.file()).with_context(|| format!("writing {name}"))?;
+        let n = io::copy(&mut c.open()?, f.file()).with_context(|| format!("writing {name}"))?;
+        if name == INITRD_FILE {
+            f.file()
+                .write_all(&initrd_padding(n))
+                .with_context(|| format!("writing {name}"))?;
+        }
         pending.push((name.to_string(), f));
     }
     let mut cpio = out.create(CPIO_FILE)?;
@@ -405,6 +419,22 @@ fn commit_all(out: &OutputDir, mut pending: Vec<(String, PendingFile)>) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn initrd_padding_reaches_a_multiple_of_four() {
+        for len in 0..9u64 {
+            assert_eq!((len + initrd_padding(len).len() as u64) % 4, 0, "{len}");
+            assert!(initrd_padding(len).len() < 4);
+        }
+    }
+
+    /// The server loads what the builder writes: every iPXE key is one the set reader knows.
+    #[test]
+    fn every_ipxe_key_written_is_known_to_the_set_reader() {
+        for (key, _, _) in IPXE_FILES {
+            assert!(super::super::set::IPXE_KEYS.contains(key), "{key}");
+        }
+    }
 
     #[test]
     fn cmdline_drops_the_disk_seed_and_names_the_root() {

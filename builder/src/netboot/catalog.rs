@@ -105,7 +105,9 @@ impl NetbootCatalog {
                 let alias = match key.as_str() {
                     "bios" => dnsmasq::BIOS_NBP,
                     "efi-x64" => dnsmasq::EFI_X64_NBP,
-                    _ => dnsmasq::EFI_ARM64_NBP,
+                    "efi-arm64" => dnsmasq::EFI_ARM64_NBP,
+                    // No DHCP answer names it: only under <profile>/ipxe/….
+                    _ => continue,
                 };
                 self.artifacts
                     .entry(alias.to_string())

@@ -180,15 +180,20 @@ fn check_references(m: &SetFile) -> Result<(), String> {
         }
     }
     for (k, v) in &m.ipxe {
-        if !matches!(k.as_str(), "bios" | "efi-x64" | "efi-arm64") {
+        if !IPXE_KEYS.contains(&k.as_str()) {
             return Err(format!(
-                "unknown iPXE key {k:?} (known: bios, efi-x64, efi-arm64)"
+                "unknown iPXE key {k:?} (known: {})",
+                IPXE_KEYS.join(", ")
             ));
         }
         listed(&format!("iPXE binary {k}"), v)?;
     }
     imgbuild_netboot::ipxe::check_cmdline(&m.cmdline).map_err(|e| format!("cmdline: {e}"))
 }
+
+/// The iPXE keys `imgbuild netboot build` writes; `efi-x64-ipxe` (ipxe.efi, iPXE's own drivers)
+/// is served under its name in the set only, for firmware whose network driver iPXE cannot use.
+pub const IPXE_KEYS: &[&str] = &["bios", "efi-x64", "efi-x64-ipxe", "efi-arm64"];
 
 fn check_file(root: &Path, f: &FileEntry) -> Result<Artifact, String> {
     let path: PathBuf = root.join(&f.name);

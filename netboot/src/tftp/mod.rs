@@ -3,9 +3,10 @@
 //! and drops re-requests from the same port, which is exactly what the Raspberry Pi bootloader
 //! does (tsize probe, abort, RRQ again); see reference/flash-and-netboot.md.
 //!
-//! [`packet`] is the codec, [`path`] the name check, [`transfer`] one transfer's state machine
-//! (all pure); [`server`] is the thin tokio layer with the sockets and the clock.
+//! [`packet`] is the codec, [`path`] the name check, [`transfer`] one transfer's state machine,
+//! [`pace`] the per-client rate cap (all pure); [`server`] is the thin tokio layer with the sockets and the clock.
 
+pub mod pace;
 pub mod packet;
 pub mod path;
 pub mod server;

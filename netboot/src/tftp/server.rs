@@ -1,10 +1,11 @@
 //! The socket loop: requests on the listening port, one task with its own port (TID) per
-//! transfer, a cap on concurrent transfers, and a log line for every request and transfer.
+//! transfer, caps on concurrent transfers (in all and per client address) and on each client's
+//! byte rate, and a log line for every request and transfer.
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +14,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::AbortHandle;
 
+use super::pace::Bucket;
 use super::packet::{self, ErrorCode, Packet, Request};
 use super::path;
 use super::transfer::{self, Limits, Outcome, Transfer};
@@ -24,6 +26,10 @@ pub struct Config {
     pub limits: Limits,
     /// Transfers running at once; requests beyond get "server busy".
     pub max_transfers: usize,
+    /// Transfers running at once from one client address; `None`: only `max_transfers`.
+    pub max_per_client: Option<usize>,
+    /// Bytes per second one client address gets, shared by its transfers; `None`: no cap.
+    pub client_rate: Option<u64>,
 }
 
 impl Default for Config {
@@ -31,9 +37,14 @@ impl Default for Config {
         Config {
             limits: Limits::default(),
             max_transfers: 512,
+            max_per_client: None,
+            client_rate: None,
         }
     }
 }
+
+/// The rate buckets of clients with a transfer running (a bucket lives while one does).
+type Buckets = Arc<Mutex<HashMap<IpAddr, Weak<Mutex<Bucket>>>>>;
 
 /// A running transfer, by client address.
 struct Entry {
@@ -61,6 +72,7 @@ pub async fn serve(
     let local = socket.local_addr()?;
     let slots = Arc::new(Semaphore::new(cfg.max_transfers));
     let running: Running = Arc::default();
+    let buckets: Buckets = Arc::default();
     let mut next_id = 0u64;
     let mut buf = vec![0u8; 65536];
     loop {
@@ -82,6 +94,7 @@ pub async fn serve(
                     cfg: &cfg,
                     slots: &slots,
                     running: &running,
+                    buckets: &buckets,
                 };
                 let raw = buf[..n].to_vec();
                 job.start(req, &raw, peer, local, next_id).await
@@ -117,6 +130,7 @@ struct Job<'a> {
     cfg: &'a Config,
     slots: &'a Arc<Semaphore>,
     running: &'a Running,
+    buckets: &'a Buckets,
 }
 
 impl Job<'_> {
@@ -153,6 +167,16 @@ impl Job<'_> {
         };
         if self.repeated(raw, peer, &name) {
             return None;
+        }
+        if let Some(max) = self.cfg.max_per_client {
+            let r = self.running.lock().expect("lock");
+            if r.keys().filter(|a| a.ip() == peer.ip()).count() >= max {
+                tracing::warn!(client = %peer, file = %name, max, "tftp: refused: too many transfers at once from this client");
+                return Some(packet::error(
+                    ErrorCode::NotDefined,
+                    "server busy, try again later",
+                ));
+            }
         }
         let Ok(permit) = self.slots.clone().try_acquire_owned() else {
             tracing::warn!(client = %peer, file = %name, max = self.cfg.max_transfers, "tftp: refused: too many transfers at once");
@@ -192,6 +216,7 @@ impl Job<'_> {
             heard: heard.clone(),
             nudge: nudge.clone(),
             replaced: replaced.clone(),
+            pace: self.bucket(peer.ip()),
         };
         let task = tokio::spawn(async move {
             run(t, sock, peer, &name, art.size, link).await;
@@ -211,6 +236,19 @@ impl Job<'_> {
         };
         self.running.lock().expect("lock").insert(peer, entry);
         None
+    }
+
+    /// The rate bucket `ip`'s transfers share, when rates are capped.
+    fn bucket(&self, ip: IpAddr) -> Option<Arc<Mutex<Bucket>>> {
+        let rate = self.cfg.client_rate?;
+        let mut b = self.buckets.lock().expect("lock");
+        if let Some(live) = b.get(&ip).and_then(Weak::upgrade) {
+            return Some(live);
+        }
+        b.retain(|_, w| w.strong_count() > 0);
+        let new = Arc::new(Mutex::new(Bucket::new(rate, Instant::now())));
+        b.insert(ip, Arc::downgrade(&new));
+        Some(new)
     }
 
     /// A request from a client port that has a transfer running. The same request before the
@@ -273,6 +311,8 @@ struct Link {
     heard: Arc<AtomicBool>,
     nudge: Arc<Notify>,
     replaced: Arc<Notify>,
+    /// The client's rate bucket, when rates are capped.
+    pace: Option<Arc<Mutex<Bucket>>>,
 }
 
 async fn bind_transfer(local: SocketAddr, peer: SocketAddr) -> io::Result<UdpSocket> {
@@ -302,7 +342,20 @@ async fn run<R: io::Read + io::Seek>(
     tokio::pin!(timer);
     let mut armed: Option<Instant> = None;
     'outer: loop {
-        while t.poll_transmit(&mut out, Instant::now()) {
+        loop {
+            if let Some(p) = &link.pace {
+                let wait = p.lock().expect("lock").delay(Instant::now());
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+            // Polled after the wait: the transfer's retransmission clock starts when it is sent.
+            if !t.poll_transmit(&mut out, Instant::now()) {
+                break;
+            }
+            if let Some(p) = &link.pace {
+                p.lock().expect("lock").charge(out.len(), Instant::now());
+            }
             if let Err(e) = sock.send(&out).await {
                 gone = Some(e);
                 break 'outer;

@@ -38,6 +38,14 @@ pub struct Args {
     /// TFTP transfers at once; more get "server busy".
     #[arg(long, default_value_t = 512, value_name = "N")]
     pub max_transfers: usize,
+    /// TFTP transfers at once from one client address; more get "server busy". Default: only
+    /// --max-transfers applies.
+    #[arg(long, value_name = "N")]
+    pub max_transfers_per_client: Option<usize>,
+    /// TFTP bytes per second one client address gets, shared by its transfers (a stuck or
+    /// spoofed client cannot take the LAN). Default: no cap.
+    #[arg(long, value_name = "BYTES")]
+    pub max_rate_per_client: Option<u64>,
     /// Largest TFTP block size granted; it is lowered further to the path MTU of each client.
     #[arg(long, default_value_t = 65464, value_name = "BYTES")]
     pub max_blksize: u16,
@@ -131,6 +139,8 @@ fn tftp_config(args: &Args) -> tftp::Config {
             ..Limits::default()
         },
         max_transfers: args.max_transfers.max(1),
+        max_per_client: args.max_transfers_per_client.map(|n| n.max(1)),
+        client_rate: args.max_rate_per_client.map(|r| r.max(1)),
     }
 }
 
