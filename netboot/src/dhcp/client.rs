@@ -1,8 +1,10 @@
 //! DHCP requests as boot firmware sends them, for scripted clients (tests, the fuzz corpus, a
 //! Pi stand-in): the same options, byte for byte, as the client kinds this server classifies.
 
-use dhcproto::v4::{Architecture, DhcpOption, Flags, Message, MessageType, Opcode};
-use dhcproto::{Encodable, Encoder};
+use std::net::Ipv4Addr;
+
+use dhcproto::v4::{Architecture, DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
+use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 
 use crate::Mac;
 
@@ -88,5 +90,72 @@ impl Request {
         m.encode(&mut Encoder::new(&mut out))
             .expect("encoding a DHCP request into memory");
         out
+    }
+}
+
+/// What a client reads in a server's reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub msg_type: Option<MessageType>,
+    pub xid: u32,
+    pub mac: Vec<u8>,
+    pub yiaddr: Ipv4Addr,
+    pub siaddr: Ipv4Addr,
+    pub server_id: Option<Ipv4Addr>,
+    /// The file field, or option 67.
+    pub file: Option<String>,
+    pub vendor_class: Option<Vec<u8>>,
+    pub option43: Option<Vec<u8>>,
+    pub option66: Option<Vec<u8>>,
+    pub guid: Option<Vec<u8>>,
+    pub lease_time: Option<u32>,
+}
+
+impl Answer {
+    /// A BOOTREPLY's contents; None for anything else.
+    pub fn parse(bytes: &[u8]) -> Option<Answer> {
+        let m = Message::decode(&mut Decoder::new(bytes)).ok()?;
+        if m.opcode() != Opcode::BootReply || m.hlen() > 16 {
+            return None;
+        }
+        let o = m.opts();
+        let raw = |code| match o.get(code) {
+            Some(DhcpOption::ClassIdentifier(v))
+            | Some(DhcpOption::VendorExtensions(v))
+            | Some(DhcpOption::TFTPServerName(v))
+            | Some(DhcpOption::BootfileName(v))
+            | Some(DhcpOption::ClientMachineIdentifier(v)) => Some(v.clone()),
+            _ => None,
+        };
+        let text = |b: &[u8]| {
+            String::from_utf8_lossy(b)
+                .trim_end_matches('\0')
+                .to_string()
+        };
+        let file = m
+            .fname()
+            .map(text)
+            .filter(|f| !f.is_empty())
+            .or_else(|| raw(OptionCode::BootfileName).map(|b| text(&b)));
+        Some(Answer {
+            msg_type: o.msg_type(),
+            xid: m.xid(),
+            mac: m.chaddr().to_vec(),
+            yiaddr: m.yiaddr(),
+            siaddr: m.siaddr(),
+            server_id: match o.get(OptionCode::ServerIdentifier) {
+                Some(DhcpOption::ServerIdentifier(a)) => Some(*a),
+                _ => None,
+            },
+            file,
+            vendor_class: raw(OptionCode::ClassIdentifier),
+            option43: raw(OptionCode::VendorExtensions),
+            option66: raw(OptionCode::TFTPServerName),
+            guid: raw(OptionCode::ClientMachineIdentifier),
+            lease_time: match o.get(OptionCode::AddressLeaseTime) {
+                Some(DhcpOption::AddressLeaseTime(t)) => Some(*t),
+                _ => None,
+            },
+        })
     }
 }

@@ -14,3 +14,6 @@ pub mod client;
 pub mod frame;
 pub mod reply;
 pub mod server;
+
+/// The message types scripted clients send (dhcproto's).
+pub use dhcproto::v4::MessageType;

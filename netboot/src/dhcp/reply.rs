@@ -4,7 +4,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
+use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 
 use super::classify::{self, Class, Client, EfiArch, Ignored};
@@ -225,11 +225,6 @@ pub fn pi_option43() -> Vec<u8> {
     v.extend_from_slice(TEXT);
     v.extend([10, 4, 0, b'P', b'X', b'E', 255]);
     v
-}
-
-/// Option `code` of an encoded DHCP packet (tests and scripted clients read replies with it).
-pub fn option(packet: &[u8], code: OptionCode) -> Option<DhcpOption> {
-    decode(packet).ok()?.opts().get(code).cloned()
 }
 
 #[cfg(test)]
