@@ -7,188 +7,14 @@
 
 mod support;
 
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::OwnedFd;
-use std::process::Child;
-use std::time::{Duration, Instant};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
 
 use imgbuild_netboot::Mac;
 use imgbuild_netboot::dhcp::MessageType;
 use imgbuild_netboot::dhcp::client::{Answer, Request};
-use support::netboot::{NODES, Server, workdir};
-use support::netns::{self, NetNs};
-use support::{find_tool, require_tool};
-
-const SERVER: Ipv4Addr = Ipv4Addr::new(10, 33, 0, 1);
-const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 33, 0, 2);
-const PC1: Mac = Mac([0x52, 0x54, 0, 0, 0, 1]);
-const PC2: Mac = Mac([0x52, 0x54, 0, 0, 0, 2]);
-const PI: Mac = Mac([0xdc, 0xa6, 0x32, 1, 2, 3]);
-
-fn ready() -> bool {
-    netns::available() && require_tool("dnsmasq") && require_tool("ss") && require_tool("curl")
-}
-
-/// Where the DHCP server runs.
-#[derive(PartialEq)]
-enum Dnsmasq {
-    /// On the router host, bound to its interface.
-    Router,
-    /// On our host, holding 0.0.0.0:67 without SO_REUSEADDR (no --bind-interfaces).
-    SameHost,
-}
-
-struct Lab {
-    lab: NetNs,
-    client: NetNs,
-    _router: NetNs,
-    work: tempfile::TempDir,
-    /// dnsmasq's server id.
-    dhcp_server: Ipv4Addr,
-    server: Option<Server>,
-    dnsmasq: Child,
-}
-
-impl Lab {
-    fn new(where_: Dnsmasq) -> Lab {
-        let work = workdir(1);
-        let nodes = format!(
-            "{NODES}\n[[node]]\nname = \"pi-1\"\nprofile = \"amd64-worker\"\nmac = \"{PI}\"\n"
-        );
-        std::fs::write(work.path().join("nodes.toml"), nodes).unwrap();
-        let lab = NetNs::new("proxy");
-        lab.bridge("br0", "10.33.0.1/24");
-        let router = NetNs::new("router");
-        lab.veth_to(&router, "rt0", "rt1", "br0", "10.33.0.2/24");
-        let client = NetNs::new("client");
-        lab.veth_to(&client, "cl0", "cl1", "br0", "10.33.0.50/24");
-        let (ns, iface, dhcp_server) = match where_ {
-            Dnsmasq::Router => (&router, "rt1", ROUTER),
-            Dnsmasq::SameHost => (&lab, "br0", SERVER),
-        };
-        let mut d = ns.cmd(find_tool("dnsmasq").unwrap());
-        d.args([
-            "--keep-in-foreground",
-            "--port=0",
-            "--dhcp-range=10.33.0.100,10.33.0.150,255.255.255.0,10m",
-            "--leasefile-ro",
-            "--no-ping",
-            "--log-dhcp",
-            "--log-facility=-",
-            "--user=root",
-            "--conf-file=/dev/null",
-        ])
-        .arg(format!("--interface={iface}"));
-        if where_ == Dnsmasq::Router {
-            d.arg("--bind-interfaces");
-        }
-        let dnsmasq = ns.spawn(d, &work.path().join("dnsmasq.log"));
-        wait_for_port_67(ns, &work);
-        let server = Server::start(Some(&lab), work.path(), "10.33.0.1", &["--dhcp", "proxy"]);
-        Lab {
-            lab,
-            client,
-            _router: router,
-            work,
-            dhcp_server,
-            server: Some(server),
-            dnsmasq,
-        }
-    }
-
-    fn log(&self) -> String {
-        self.server.as_ref().unwrap().log()
-    }
-
-    fn dnsmasq_log(&self) -> String {
-        std::fs::read_to_string(self.work.path().join("dnsmasq.log")).unwrap_or_default()
-    }
-
-    /// Sends `req` from the client host and collects the answers to its xid for `wait`.
-    fn exchange(
-        &self,
-        req: Vec<u8>,
-        to: SocketAddrV4,
-        wait: Duration,
-    ) -> Vec<(SocketAddrV4, Answer)> {
-        let xid = u32::from_be_bytes(req[4..8].try_into().unwrap());
-        self.client.run_in(move || {
-            let s = client_socket();
-            s.send_to(&req, to).unwrap();
-            let mut got = Vec::new();
-            let mut buf = [0u8; 1500];
-            let t0 = Instant::now();
-            while t0.elapsed() < wait {
-                let Ok((n, from)) = s.recv_from(&mut buf) else {
-                    continue;
-                };
-                let std::net::SocketAddr::V4(from) = from else {
-                    continue;
-                };
-                if let Some(a) = Answer::parse(&buf[..n]).filter(|a| a.xid == xid) {
-                    got.push((from, a));
-                }
-            }
-            got
-        })
-    }
-
-    /// DISCOVER broadcast from the client host: (ours, dnsmasq's). Ours is the one with option
-    /// 60 (plain dnsmasq sends none); on the same host both have our server id.
-    fn discover(&self, r: &Request, mac: Mac, xid: u32) -> (Option<Answer>, Option<Answer>) {
-        let to = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
-        let got = self.exchange(
-            r.encode(MessageType::Discover, mac, xid),
-            to,
-            Duration::from_secs(3),
-        );
-        let by = |proxy: bool| {
-            got.iter()
-                .find(|(_, a)| a.vendor_class.is_some() == proxy)
-                .map(|(_, a)| a.clone())
-        };
-        (by(true), by(false))
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        drop(self.server.take());
-        let _ = self.dnsmasq.kill();
-        let _ = self.dnsmasq.wait();
-    }
-}
-
-/// UDP 68 on any address with SO_REUSEADDR and SO_BROADCAST, a short read timeout.
-fn client_socket() -> UdpSocket {
-    use rustix::net::{AddressFamily, SocketType, bind, ipproto, socket, sockopt};
-    let fd: OwnedFd = socket(AddressFamily::INET, SocketType::DGRAM, Some(ipproto::UDP)).unwrap();
-    sockopt::set_socket_reuseaddr(&fd, true).unwrap();
-    sockopt::set_socket_broadcast(&fd, true).unwrap();
-    bind(&fd, &SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68)).unwrap();
-    let s = UdpSocket::from(fd);
-    s.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    s
-}
-
-/// `ss -ulpn` inside `ns`.
-fn udp_sockets(ns: &NetNs) -> String {
-    let out = ns.cmd("ss").args(["-ulpn"]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn wait_for_port_67(ns: &NetNs, work: &tempfile::TempDir) {
-    let t0 = Instant::now();
-    while !udp_sockets(ns).contains(":67 ") {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "dnsmasq did not bind UDP 67:\n{}",
-            std::fs::read_to_string(work.path().join("dnsmasq.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use support::netboot::workdir;
+use support::proxy::{Dnsmasq, Lab, PC1, PC2, PI, ROUTER, SERVER, ready, udp_sockets};
 
 /// Our answer: never an address or a lease, from our address.
 fn ours(a: Option<Answer>, lab: &Lab, what: &str) -> Answer {
@@ -245,7 +71,8 @@ fn proxy_beside_a_router_dhcp_answers_each_boot_client_and_ignores_the_rest() {
     if !ready() {
         return;
     }
-    let lab = Lab::new(Dnsmasq::Router);
+    let work = workdir(1);
+    let lab = Lab::new(work.path(), Dnsmasq::Router, &[]);
     assert!(
         lab.log().contains("proxyDHCP on UDP 67: udp"),
         "{}",
@@ -334,7 +161,8 @@ fn proxy_on_the_host_where_dnsmasq_holds_port_67_still_answers() {
     if !ready() {
         return;
     }
-    let lab = Lab::new(Dnsmasq::SameHost);
+    let work = workdir(1);
+    let lab = Lab::new(work.path(), Dnsmasq::SameHost, &[]);
     let sockets = udp_sockets(&lab.lab);
     let holder = sockets
         .lines()
