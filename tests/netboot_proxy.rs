@@ -8,12 +8,14 @@
 mod support;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use imgbuild_netboot::Mac;
 use imgbuild_netboot::dhcp::MessageType;
 use imgbuild_netboot::dhcp::client::{Answer, Request};
 use support::netboot::workdir;
+use support::netns::NetNs;
 use support::proxy::{Dnsmasq, Lab, PC1, PC2, PI, ROUTER, SERVER, ready, udp_sockets};
 
 /// Our answer: never an address or a lease, from our address.
@@ -175,4 +177,99 @@ fn proxy_on_the_host_where_dnsmasq_holds_port_67_still_answers() {
         lab.log()
     );
     pxe_clients_boot(&lab);
+}
+
+/// Thousands of malformed DHCP and TFTP datagrams a second for 30 s from one host, while another
+/// machine boots as usual: every DISCOVER of the real client is still answered within iPXE's
+/// 2-second proxy wait, and a TFTP download (curl) during the flood gets the whole file.
+#[test]
+fn a_flood_of_garbage_neither_stops_nor_starves_a_real_client() {
+    if !ready() {
+        return;
+    }
+    let work = workdir(1);
+    let lab = Lab::new(work.path(), Dnsmasq::Router, &[]);
+    let flooder = NetNs::new("flood");
+    lab.lab
+        .veth_to(&flooder, "fl0", "fl1", "br0", "10.33.0.60/24");
+    let stop = AtomicBool::new(false);
+    let sent = std::thread::scope(|s| {
+        let flood = s.spawn(|| flooder.run_in(|| flood(&stop)));
+        // Stops the flood even when an assertion below fails (the scope joins it).
+        let _stop = StopOnDrop(&stop);
+        let t0 = Instant::now();
+        let mut xid = 0x5000;
+        let mut answered = 0;
+        while t0.elapsed() < Duration::from_secs(30) {
+            xid += 1;
+            // Within iPXE's 2-second wait for proxy offers.
+            let req = Request::bios().encode(MessageType::Discover, PC1, xid);
+            let to = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
+            let got = lab.exchange(req, to, Duration::from_secs(2));
+            let us = got
+                .into_iter()
+                .map(|(_, a)| a)
+                .find(|a| a.vendor_class.is_some());
+            ours(us, &lab, "BIOS during the flood");
+            answered += 1;
+        }
+        let got = lab
+            .client
+            .cmd("curl")
+            .args(["-s", "tftp://10.33.0.1/bios/undionly.kpxe"])
+            .output()
+            .unwrap();
+        stop.store(true, Ordering::Relaxed);
+        let want =
+            std::fs::metadata(support::netboot::set_dir(work.path()).join("ipxe/undionly.kpxe"))
+                .unwrap()
+                .len();
+        assert_eq!(got.stdout.len() as u64, want, "TFTP during the flood");
+        eprintln!("flood: the real client's {answered} DISCOVERs were all answered within 2 s");
+        flood.join().unwrap()
+    });
+    eprintln!("flood: {sent} datagrams in 30 s ({} per second)", sent / 30);
+    assert!(sent > 60_000, "the flood was only {sent} datagrams");
+    assert!(lab.log().contains("dhcp: answered"), "{}", lab.log());
+}
+
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Sends garbage until `stop`, about 5000 datagrams a second: mutated and truncated DHCP
+/// (broadcast and unicast), random bytes, bad TFTP requests.
+fn flood(stop: &AtomicBool) -> u64 {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    s.set_broadcast(true).unwrap();
+    let good = Request::bios().encode(MessageType::Discover, PC2, 9);
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        // xorshift: deterministic noise.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let mut junk = good.clone();
+        let at = (seed as usize) % junk.len();
+        junk[at] ^= (seed >> 32) as u8;
+        junk.truncate(((seed >> 40) as usize) % good.len() + 1);
+        let tftp = [&[0, 1][..], &seed.to_le_bytes(), b"\0octet\0blksize\0"].concat();
+        for (d, to) in [
+            (&junk[..], "255.255.255.255:67"),
+            (&junk[..], "10.33.0.1:4011"),
+            (&seed.to_be_bytes()[..], "10.33.0.1:67"),
+            (&tftp[..], "10.33.0.1:69"),
+        ] {
+            if s.send_to(d, to).is_ok() {
+                n += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_micros(800));
+    }
+    n
 }

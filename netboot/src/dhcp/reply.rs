@@ -137,7 +137,42 @@ fn decode(packet: &[u8]) -> Result<Message, Silence> {
     if packet.get(236..240) != Some(&[99, 130, 83, 99][..]) {
         return Err(Silence::Malformed("no DHCP magic cookie".into()));
     }
+    check_option_lengths(&packet[240..]).map_err(Silence::Malformed)?;
     Message::decode(&mut Decoder::new(packet)).map_err(|e| Silence::Malformed(e.to_string()))
+}
+
+/// Refuses option lengths dhcproto 0.14 only `debug_assert!`s (or subtracts from unchecked):
+/// 80 rapid commit (0), 81 client FQDN (≥ 3), 94 client NII (3), 151 BLQ status (≥ 1), 152–155
+/// BLQ times (4). A debug build panics on them, a release build misreads; found by flooding the
+/// server with malformed requests.
+fn check_option_lengths(mut opts: &[u8]) -> Result<(), String> {
+    while let [code, rest @ ..] = opts {
+        match code {
+            0 => {
+                opts = rest;
+                continue;
+            }
+            255 => return Ok(()),
+            _ => {}
+        }
+        let [len, rest @ ..] = rest else {
+            return Err(format!("option {code} has no length"));
+        };
+        let len = usize::from(*len);
+        let ok = match code {
+            80 => len == 0,
+            81 => len >= 3,
+            94 => len == 3,
+            151 => len >= 1,
+            152..=155 => len == 4,
+            _ => true,
+        };
+        if !ok || rest.len() < len {
+            return Err(format!("option {code} has a bad length {len}"));
+        }
+        opts = &rest[len..];
+    }
+    Ok(())
 }
 
 fn encode(msg: &Message) -> Vec<u8> {

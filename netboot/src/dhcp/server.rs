@@ -205,7 +205,11 @@ pub async fn serve(
             },
             _ = shutdown.changed() => return Ok(()),
         };
-        let answer = reply::answer(&buf[..n], from, port, &cfg, &*has_file, &*policy);
+        // A decoder panic on some datagram must not end the server for everyone else.
+        let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            reply::answer(&buf[..n], from, port, &cfg, &*has_file, &*policy)
+        }))
+        .unwrap_or_else(|_| Err(Silence::Malformed("the DHCP decoder panicked".into())));
         handle(&listener, port, from, answer).await;
     }
 }

@@ -226,3 +226,22 @@ fn garbage_is_malformed_not_a_panic() {
         Err(Silence::Malformed(_))
     ));
 }
+
+#[test]
+fn option_lengths_dhcproto_only_debug_asserts_are_refused() {
+    let good = Request::uefi_x64().encode(MessageType::Discover, MAC, 0xabcd);
+    assert!(answer(&good, from(), Port::Dhcp, &cfg(), &all, &anyone).is_ok());
+    // Option 94 (client NII) is written with length 3: make it 4 by eating the next byte.
+    let at = 240 + good[240..].windows(2).position(|w| w == [94, 3]).unwrap();
+    for bad in [
+        [&good[..at], &[94, 2, 1, 2], &good[at + 5..]].concat(),
+        [&good[..240], &[81, 1, 0, 255]].concat(),
+        [&good[..240], &[151, 0, 255]].concat(),
+        [&good[..240], &[152, 2, 0, 0, 255]].concat(),
+        [&good[..240], &[80, 1, 0, 255]].concat(),
+        [&good[..240], &[60, 200, 0]].concat(),
+    ] {
+        let r = answer(&bad, from(), Port::Dhcp, &cfg(), &all, &anyone);
+        assert!(matches!(r, Err(Silence::Malformed(_))), "{r:?}");
+    }
+}
