@@ -251,14 +251,15 @@ fn set_file(m: &mut Message, file: &str) {
     }
 }
 
-/// PXE vendor options with boot menu item 0 "Raspberry Pi Boot" (sub-option 9: type(2),
-/// length(1), text), which the Pi bootloader requires, and a zero-timeout prompt (10).
+/// PXE vendor options as dnsmasq's `pxe-service=0,"Raspberry Pi Boot"` sends them: discovery
+/// control 3, a zero-timeout prompt (10), and boot menu item 0 "Raspberry Pi Boot" (9: type(2),
+/// length(1), text), the string the Pi bootloader looks for.
 pub fn pi_option43() -> Vec<u8> {
     const TEXT: &[u8] = b"Raspberry Pi Boot";
-    let mut v = vec![6, 1, 3];
+    let mut v = vec![6, 1, 3, 10, 4, 0, b'P', b'X', b'E'];
     v.extend([9, (TEXT.len() + 3) as u8, 0, 0, TEXT.len() as u8]);
     v.extend_from_slice(TEXT);
-    v.extend([10, 4, 0, b'P', b'X', b'E', 255]);
+    v.push(255);
     v
 }
 
