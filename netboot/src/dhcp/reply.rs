@@ -144,35 +144,52 @@ fn decode(packet: &[u8]) -> Result<Message, Silence> {
 /// Refuses option lengths dhcproto 0.14 only `debug_assert!`s (or subtracts from unchecked):
 /// 80 rapid commit (0), 81 client FQDN (≥ 3), 94 client NII (3), 151 BLQ status (≥ 1), 152–155
 /// BLQ times (4). A debug build panics on them, a release build misreads; found by flooding the
-/// server with malformed requests.
+/// server with malformed requests and by the fuzzer. Like dhcproto, adjacent options with the
+/// same code are one option (RFC 3396 concatenation), so their lengths add up.
 fn check_option_lengths(mut opts: &[u8]) -> Result<(), String> {
+    let mut run: Option<(u8, usize)> = None;
     while let [code, rest @ ..] = opts {
-        match code {
-            0 => {
-                opts = rest;
-                continue;
+        if run.is_some_and(|(c, _)| c != *code) {
+            check_length(run.take())?;
+        }
+        if matches!(code, 0 | 255) {
+            check_length(run.take())?;
+            if *code == 255 {
+                return Ok(());
             }
-            255 => return Ok(()),
-            _ => {}
+            opts = rest;
+            continue;
         }
         let [len, rest @ ..] = rest else {
             return Err(format!("option {code} has no length"));
         };
         let len = usize::from(*len);
-        let ok = match code {
-            80 => len == 0,
-            81 => len >= 3,
-            94 => len == 3,
-            151 => len >= 1,
-            152..=155 => len == 4,
-            _ => true,
-        };
-        if !ok || rest.len() < len {
-            return Err(format!("option {code} has a bad length {len}"));
+        if rest.len() < len {
+            return Err(format!("option {code} runs past the packet"));
         }
+        run = Some((*code, run.map_or(0, |(_, l)| l) + len));
         opts = &rest[len..];
     }
-    Ok(())
+    check_length(run)
+}
+
+fn check_length(run: Option<(u8, usize)>) -> Result<(), String> {
+    let Some((code, len)) = run else {
+        return Ok(());
+    };
+    let ok = match code {
+        80 => len == 0,
+        81 => len >= 3,
+        94 => len == 3,
+        151 => len >= 1,
+        152..=155 => len == 4,
+        _ => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("option {code} has a bad length {len}"))
+    }
 }
 
 fn encode(msg: &Message) -> Vec<u8> {

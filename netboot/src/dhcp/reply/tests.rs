@@ -240,6 +240,8 @@ fn option_lengths_dhcproto_only_debug_asserts_are_refused() {
         [&good[..240], &[152, 2, 0, 0, 255]].concat(),
         [&good[..240], &[80, 1, 0, 255]].concat(),
         [&good[..240], &[60, 200, 0]].concat(),
+        // RFC 3396: two adjacent 94s are one option of length 4.
+        [&good[..240], &[94, 3, 1, 2, 1, 94, 1, 0, 255]].concat(),
     ] {
         let r = answer(&bad, from(), Port::Dhcp, &cfg(), &all, &anyone);
         assert!(matches!(r, Err(Silence::Malformed(_))), "{r:?}");
