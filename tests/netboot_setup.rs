@@ -89,60 +89,71 @@ fn the_unit_passes_systemd_analyze_verify() {
     let dir = support::scratch();
     let unit = dir.path().join("imgbuild-netboot.service");
     let bin = env!("CARGO_BIN_EXE_imgbuild");
-    let (code, _, err) = run(imgbuild()
-        .args([
-            "netboot",
-            "install-unit",
-            "--listen",
-            "192.168.1.10",
-            "--binary",
-            bin,
-            "-o",
-        ])
-        .arg(&unit));
-    assert_eq!(code, 0, "{err}");
-    let text = std::fs::read_to_string(&unit).unwrap();
-    for want in [
-        "DynamicUser=yes",
-        "AmbientCapabilities=CAP_NET_BIND_SERVICE\n",
-        "CapabilityBoundingSet=CAP_NET_BIND_SERVICE\n",
-        "NoNewPrivileges=yes",
-        "Restart=on-failure",
-        "LoadCredential=secrets:/etc/imgbuild/secrets.toml",
-        "--secrets %d/secrets",
-        "--listen 192.168.1.10 --tftp-port 69 --http-port 8080",
+    // --dhcp proxy adds the option and CAP_NET_RAW (the raw socket beside a dnsmasq on 67).
+    for (dhcp, caps, exec_dhcp) in [
+        (None, "CAP_NET_BIND_SERVICE\n", ""),
+        (
+            Some("proxy"),
+            "CAP_NET_BIND_SERVICE CAP_NET_RAW\n",
+            " --dhcp proxy",
+        ),
     ] {
-        assert!(text.contains(want), "{want:?} missing:\n{text}");
+        let (code, _, err) = run(imgbuild()
+            .args([
+                "netboot",
+                "install-unit",
+                "--listen",
+                "192.168.1.10",
+                "--binary",
+                bin,
+            ])
+            .args(dhcp.map(|d| ["--dhcp", d]).iter().flatten())
+            .arg("-o")
+            .arg(&unit));
+        assert_eq!(code, 0, "{err}");
+        let text = std::fs::read_to_string(&unit).unwrap();
+        for want in [
+            "DynamicUser=yes".to_string(),
+            format!("AmbientCapabilities={caps}"),
+            format!("CapabilityBoundingSet={caps}"),
+            "NoNewPrivileges=yes".into(),
+            "Restart=on-failure".into(),
+            "LoadCredential=secrets:/etc/imgbuild/secrets.toml".into(),
+            "--secrets %d/secrets".into(),
+            format!("--listen 192.168.1.10 --tftp-port 69 --http-port 8080{exec_dhcp} --inventory"),
+        ] {
+            assert!(text.contains(&want), "{want:?} missing:\n{text}");
+        }
+        let (code, out, err) = run(Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(&unit));
+        assert_eq!(code, 0, "systemd-analyze verify:\n{out}{err}\n{text}");
+        assert!(
+            !err.contains(&unit.display().to_string()),
+            "warnings about the unit:\n{err}"
+        );
+        // The unit's command line parses: the same options serve starts with.
+        let exec = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .unwrap();
+        let args: Vec<&str> = exec
+            .split_whitespace()
+            .skip(1)
+            .map(|a| {
+                if a == "%d/secrets" {
+                    "/nonexistent/secrets"
+                } else {
+                    a
+                }
+            })
+            .collect();
+        let (_, _, err) = run(imgbuild().args(&args));
+        assert!(
+            !err.contains("unexpected argument") && err.contains("/etc/imgbuild/nodes.toml"),
+            "{err}"
+        );
     }
-    let (code, out, err) = run(Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .arg(&unit));
-    assert_eq!(code, 0, "systemd-analyze verify:\n{out}{err}\n{text}");
-    assert!(
-        !err.contains(&unit.display().to_string()),
-        "warnings about the unit:\n{err}"
-    );
-    // The unit's command line parses: the same options serve starts with.
-    let exec = text
-        .lines()
-        .find_map(|l| l.strip_prefix("ExecStart="))
-        .unwrap();
-    let args: Vec<&str> = exec
-        .split_whitespace()
-        .skip(1)
-        .map(|a| {
-            if a == "%d/secrets" {
-                "/nonexistent/secrets"
-            } else {
-                a
-            }
-        })
-        .collect();
-    let (_, _, err) = run(imgbuild().args(&args));
-    assert!(
-        !err.contains("unexpected argument") && err.contains("/etc/imgbuild/nodes.toml"),
-        "{err}"
-    );
     // A unit file that is not ours stays.
     let theirs = dir.path().join("other.service");
     std::fs::write(&theirs, "[Service]\nExecStart=/bin/true\n").unwrap();

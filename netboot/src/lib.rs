@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 
+pub mod dhcp;
 pub mod dnsmasq;
 pub mod http;
 pub mod ipxe;

@@ -8,6 +8,7 @@ pub mod netbuild;
 pub mod netns;
 pub mod node;
 pub mod pi;
+pub mod proxy;
 pub mod qemu;
 
 use std::path::{Path, PathBuf};

@@ -105,6 +105,47 @@ impl NetNs {
         self.ip(&["link", "set", b, "up"]);
     }
 
+    /// A veth pair `a`–`b`, `a` on this namespace's `bridge`, `b` in `other` with `cidr` and a
+    /// default route: another host on the same LAN.
+    pub fn veth_to(&self, other: &NetNs, a: &str, b: &str, bridge: &str, cidr: &str) {
+        self.ip(&[
+            "link",
+            "add",
+            a,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            b,
+            "netns",
+            &other.name,
+        ]);
+        self.ip(&["link", "set", a, "master", bridge]);
+        self.ip(&["link", "set", a, "up"]);
+        other.ip(&["addr", "add", cidr, "dev", b]);
+        other.ip(&["link", "set", b, "up"]);
+        other.ip(&["route", "add", "default", "dev", b]);
+    }
+
+    /// Runs `f` on a thread inside the namespace (setns affects only that thread; sockets it
+    /// opens stay in the namespace).
+    pub fn run_in<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+                rustix::thread::move_into_link_name_space(
+                    std::os::fd::AsFd::as_fd(&ns),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )
+                .expect("setns into the test namespace");
+                f()
+            })
+            .join()
+            .expect("the namespace thread panicked")
+        })
+    }
+
     /// Starts `cmd` (made with [`NetNs::cmd`]) with its output in `log`.
     pub fn spawn(&self, mut cmd: Command, log: &std::path::Path) -> Child {
         let f = std::fs::File::create(log).expect("creating a log file");

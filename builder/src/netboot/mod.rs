@@ -35,6 +35,26 @@ impl Endpoint {
     }
 }
 
+/// Who answers PXE clients' DHCP (`--dhcp`, the same in `serve` and `install-unit`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DhcpMode {
+    /// Our proxyDHCP on UDP 67 and 4011, beside the network's own DHCP server (never an
+    /// address): for a router's DHCP, or a Pi-hole doing DNS only.
+    Proxy,
+    /// Another DHCP server sends boot clients here (Pi-hole's DHCP with the snippet of
+    /// `imgbuild netboot dnsmasq`).
+    None,
+}
+
+/// The `--dhcp` option.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct DhcpArgs {
+    /// `proxy`: answer PXE, UEFI HTTP Boot, iPXE and Raspberry Pi clients on UDP 67 and 4011
+    /// beside the network's DHCP server; `none`: Pi-hole's DHCP sends them (see `netboot dnsmasq`).
+    #[arg(long, value_enum, default_value_t = DhcpMode::None)]
+    pub dhcp: DhcpMode,
+}
+
 /// Writes a generated config file (dnsmasq snippet, systemd unit) atomically. An existing file is
 /// replaced only if imgbuild wrote it (it holds `marker`); anything else is the user's and stays.
 pub fn write_generated(path: &std::path::Path, text: &str, marker: &str) -> anyhow::Result<()> {

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::Endpoint;
+use super::{DhcpMode, Endpoint};
 
 /// The unit's name.
 pub const NAME: &str = "imgbuild-netboot.service";
@@ -13,6 +13,7 @@ pub const NAME: &str = "imgbuild-netboot.service";
 pub struct UnitParams<'a> {
     pub binary: &'a Path,
     pub endpoint: &'a Endpoint,
+    pub dhcp: DhcpMode,
     pub inventory: &'a Path,
     pub secrets: &'a Path,
     pub images: &'a Path,
@@ -49,12 +50,12 @@ After=network-online.target
 [Service]
 Type=exec
 Environment=NO_COLOR=1
-ExecStart={bin} netboot serve --listen {addr} --tftp-port {tftp} --http-port {http} --inventory {inv} --secrets %d/secrets --images {images} --profiles-dir {profiles}
+ExecStart={bin} netboot serve --listen {addr} --tftp-port {tftp} --http-port {http}{dhcp} --inventory {inv} --secrets %d/secrets --images {images} --profiles-dir {profiles}
 # The secrets file stays root's (mode 0600); systemd hands this service a private copy.
 LoadCredential=secrets:{secrets}
 DynamicUser=yes
-AmbientCapabilities=CAP_NET_BIND_SERVICE
-CapabilityBoundingSet=CAP_NET_BIND_SERVICE
+AmbientCapabilities={caps}
+CapabilityBoundingSet={caps}
 NoNewPrivileges=yes
 ProtectSystem=strict
 ProtectHome=read-only
@@ -83,6 +84,15 @@ WantedBy=multi-user.target
         addr = e.listen,
         tftp = e.tftp_port,
         http = e.http_port,
+        dhcp = match p.dhcp {
+            DhcpMode::Proxy => " --dhcp proxy",
+            DhcpMode::None => "",
+        },
+        // A raw socket is the proxyDHCP's way onto UDP 67 when dnsmasq holds it.
+        caps = match p.dhcp {
+            DhcpMode::Proxy => "CAP_NET_BIND_SERVICE CAP_NET_RAW",
+            DhcpMode::None => "CAP_NET_BIND_SERVICE",
+        },
         inv = word(p.inventory),
         secrets = word(p.secrets),
         images = word(p.images),

@@ -5,12 +5,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 
 use super::Context;
-use crate::netboot::{Endpoint, unit};
+use crate::netboot::{DhcpArgs, Endpoint, unit};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
     pub endpoint: Endpoint,
+    #[command(flatten)]
+    pub dhcp: DhcpArgs,
     /// The inventory the service reads (absolute path).
     #[arg(long, default_value = "/etc/imgbuild/nodes.toml", value_name = "FILE")]
     pub inventory: PathBuf,
@@ -52,6 +54,7 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
     let text = unit::render(&unit::UnitParams {
         binary: &abs(&binary)?,
         endpoint: &args.endpoint,
+        dhcp: args.dhcp.dhcp,
         inventory: &abs(&args.inventory)?,
         secrets: &abs(&args.secrets)?,
         images: &abs(&args.images)?,

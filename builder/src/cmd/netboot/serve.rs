@@ -8,12 +8,12 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use imgbuild_netboot::ipxe::Unknown;
 use imgbuild_netboot::tftp::{server as tftp, transfer::Limits};
-use imgbuild_netboot::{Catalog, http};
+use imgbuild_netboot::{Catalog, dhcp, http};
 use tokio::sync::watch;
 
 use super::Context;
-use crate::netboot::Endpoint;
 use crate::netboot::catalog::{NetbootCatalog, Summary};
+use crate::netboot::{DhcpArgs, DhcpMode, Endpoint};
 use crate::node::inputs::NodeSource;
 use crate::node::inventory::Node;
 use crate::node::seed::{self, Seed};
@@ -52,6 +52,8 @@ pub struct Args {
     /// Largest TFTP window granted (RFC 7440).
     #[arg(long, default_value_t = 64, value_name = "BLOCKS")]
     pub max_windowsize: u16,
+    #[command(flatten)]
+    pub dhcp: DhcpArgs,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy)]
@@ -90,6 +92,9 @@ async fn serve(args: &Args, catalog: Arc<dyn Catalog>, summary: &Summary) -> Res
         tftp_port: udp.local_addr()?.port(),
         http_port: tcp.local_addr()?.port(),
     };
+    // Bound before the "serving" line, which tells tests and users everything listens.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let dhcp_tasks = start_dhcp(args, &e, &catalog, &stop_rx)?;
     for (node, mac, profile) in &summary.nodes {
         tracing::info!(%node, %mac, %profile, "netboot: serving node");
     }
@@ -100,7 +105,6 @@ async fn serve(args: &Args, catalog: Arc<dyn Catalog>, summary: &Summary) -> Res
         udp.local_addr()?,
         e.base_url()
     );
-    let (stop_tx, stop_rx) = watch::channel(false);
     let tftp_task = tokio::spawn(tftp::serve(
         udp,
         catalog.clone(),
@@ -126,9 +130,61 @@ async fn serve(args: &Args, catalog: Arc<dyn Catalog>, summary: &Summary) -> Res
         .await
         .context("the TFTP server")?
         .context("the TFTP server")?;
+    for t in dhcp_tasks {
+        t.await.context("the proxyDHCP server")??;
+    }
     // Downloads still running get a few seconds, then the process ends.
     let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
     Ok(())
+}
+
+type DhcpTask = tokio::task::JoinHandle<std::io::Result<()>>;
+
+/// The proxyDHCP on UDP 67 and 4011, when asked for.
+fn start_dhcp(
+    args: &Args,
+    e: &Endpoint,
+    catalog: &Arc<dyn Catalog>,
+    stop: &watch::Receiver<bool>,
+) -> Result<Vec<DhcpTask>> {
+    if args.dhcp.dhcp == DhcpMode::None {
+        return Ok(Vec::new());
+    }
+    let std::net::IpAddr::V4(server) = e.listen else {
+        anyhow::bail!(
+            "--dhcp proxy needs an IPv4 --listen address (DHCPv4 clients reach it), not {}",
+            e.listen
+        );
+    };
+    let cfg = dhcp::reply::Config {
+        server,
+        http_base: e.base_url(),
+    };
+    let c = catalog.clone();
+    let has_file: dhcp::server::HasFile = Arc::new(move |name| c.artifact(name).is_some());
+    let c = catalog.clone();
+    let shell = matches!(args.unknown, UnknownArg::Shell);
+    let policy: dhcp::server::Policy = Arc::new(move |client, _class| {
+        (!shell && c.node_boot(client.mac).is_none())
+            .then(|| "MAC not in the inventory (--unknown shell answers every machine)".into())
+    });
+    let mut tasks = Vec::new();
+    for port in [dhcp::server::DHCP_PORT, dhcp::server::PXE_PORT] {
+        let l = dhcp::server::Listener::bind(server, port).map_err(|err| {
+            anyhow::anyhow!(
+                "cannot listen on UDP {port} for proxyDHCP: {err}\n  help: run as root or with CAP_NET_BIND_SERVICE and, when another DHCP server on this host holds the port, CAP_NET_RAW (`imgbuild netboot install-unit` grants both); or use --dhcp none with `imgbuild netboot dnsmasq`"
+            )
+        })?;
+        eprintln!("imgbuild netboot: proxyDHCP on UDP {port}: {}", l.mode());
+        tasks.push(tokio::spawn(dhcp::server::serve(
+            l,
+            cfg.clone(),
+            has_file.clone(),
+            policy.clone(),
+            stop.clone(),
+        )));
+    }
+    Ok(tasks)
 }
 
 fn tftp_config(args: &Args) -> tftp::Config {
