@@ -664,13 +664,16 @@ impl Tree {
     }
 }
 
+/// A path for tests, which only use valid ones.
+#[cfg(test)]
+pub(crate) fn test_path(s: &str) -> TreePath {
+    TreePath::new(s).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn p(s: &str) -> TreePath {
-        TreePath::new(s).unwrap()
-    }
+    use test_path as p;
 
     #[test]
     fn paths_are_bounded_by_path_max_and_errors_stay_short() {

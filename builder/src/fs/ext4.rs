@@ -596,6 +596,7 @@ fn sparse_segments(content: &Content) -> Option<Vec<SparseSeg>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tree::test_path as p;
     use crate::blockio::region::VecSink;
 
     fn params() -> Ext4Params {
@@ -616,10 +617,6 @@ mod tests {
             &mut VecSink::default(),
             &Progress::quiet(),
         )
-    }
-
-    fn p(s: &str) -> TreePath {
-        TreePath::new(s).unwrap()
     }
 
     fn sample() -> Tree {

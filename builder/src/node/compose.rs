@@ -559,10 +559,7 @@ impl Writer<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn p(s: &str) -> TreePath {
-        TreePath::new(s).unwrap()
-    }
+    use crate::tree::test_path as p;
 
     #[test]
     fn resolve_follows_merged_usr_links() {

@@ -222,11 +222,8 @@ fn read_xattrs(path: &Path) -> io::Result<std::collections::BTreeMap<Vec<u8>, Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tree::test_path as p;
     use std::os::unix::fs::{PermissionsExt, symlink};
-
-    fn p(s: &str) -> TreePath {
-        TreePath::new(s).unwrap()
-    }
 
     #[test]
     fn walk_is_sorted_root_owned_and_keeps_links() {

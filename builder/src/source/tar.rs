@@ -514,6 +514,7 @@ fn read_file(f: File, len: u64, path: &Path, tree: &mut Tree) -> Result<TarStats
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tree::test_path as p;
 
     fn header(path: &str, ty: tar::EntryType, size: u64) -> tar::Header {
         let mut h = tar::Header::new_gnu();
@@ -541,10 +542,6 @@ mod tests {
             },
         )?;
         Ok(t)
-    }
-
-    fn p(s: &str) -> TreePath {
-        TreePath::new(s).unwrap()
     }
 
     #[test]
