@@ -596,8 +596,8 @@ fn sparse_segments(content: &Content) -> Option<Vec<SparseSeg>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tree::test_path as p;
     use crate::blockio::region::VecSink;
+    use crate::tree::test_path as p;
 
     fn params() -> Ext4Params {
         Ext4Params {

@@ -724,9 +724,9 @@ fn fs_info(free: u32, next_free: u32) -> [u8; 512] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tree::test_path as p;
     use crate::blockio::region::VecSink;
     use crate::tree::Entry;
+    use crate::tree::test_path as p;
 
     fn names(list: &[&str]) -> Vec<(String, bool)> {
         let mut s = HashSet::new();

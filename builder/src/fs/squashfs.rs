@@ -282,8 +282,8 @@ impl<R: Read> Read for HashingRead<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tree::test_path as p;
     use crate::tree::Content;
+    use crate::tree::test_path as p;
 
     #[test]
     fn tar_stream_is_deterministic_and_records_match_the_tree() {

@@ -1,6 +1,8 @@
 //! The build pipeline: a resolved profile and its verified inputs → the trees of the image's
 //! filesystems → the disk layout. Reading inputs is the only I/O here (through the tree's content
-//! references); fetching, output folders and the clock stay in `cmd/build.rs`.
+//! references); fetching and the clock stay in `cmd/build.rs`; [`outputs`] writes the files.
+
+pub mod outputs;
 
 use std::path::Path;
 use std::sync::Arc;
