@@ -50,7 +50,7 @@ r=/run/results
         echo "active.$u=$(systemctl is-active "$u.service")"
         echo "enabled.$u=$(systemctl is-enabled "$u.service" 2>/dev/null)"
     done
-    for f in /usr/local/bin/k3s /usr/bin/tailscale /usr/sbin/tailscaled /var/lib/imgbuild/mesh-authkey \
+    for f in /usr/local/bin/k3s /usr/bin/tailscale /usr/sbin/tailscaled /run/imgbuild/mesh-authkey \
         /etc/rancher/k3s/token /etc/cloud/cloud-init.disabled /var/lib/imgbuild/firstboot-done \
         /var/lib/cloud/instance; do
         if [ -e "$f" ]; then echo "exists.$f=yes"; else echo "exists.$f=no"; fi
@@ -297,7 +297,7 @@ fn userdata_turns_a_stock_debian_vm_into_the_node() {
     }
     // First boot is over: the one-off key and cloud-init's copy of the seed are gone.
     for (f, want) in [
-        ("/var/lib/imgbuild/mesh-authkey", "no"),
+        ("/run/imgbuild/mesh-authkey", "no"),
         ("/var/lib/cloud/instance", "no"),
         ("/etc/cloud/cloud-init.disabled", "yes"),
         ("/var/lib/imgbuild/firstboot-done", "yes"),
@@ -370,7 +370,7 @@ fn userdata_turns_a_stock_debian_vm_into_the_node() {
     assert!(up < k3s, "k3s started before the mesh join: {}", show());
     let up_line = standin.lines().nth(up).unwrap_or("");
     assert!(
-        up_line.contains("--auth-key=file:/var/lib/imgbuild/mesh-authkey")
+        up_line.contains("--auth-key=file:/run/imgbuild/mesh-authkey")
             && up_line.contains("--advertise-tags=tag:k3s")
             && up_line.contains("--hostname=lab-1")
             && up_line.contains("--accept-dns=false"),
