@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -12,6 +12,7 @@ use std::time::Duration;
 use imgbuild_netboot::tftp::packet::{self, Packet};
 use support::netboot::{PROFILE, Server, set_dir, workdir};
 use support::netns::{self, NetNs};
+use support::tftp::Client;
 use support::{require_tool, run};
 
 /// Every name the server offers for the fixture set, with its file.
@@ -173,91 +174,6 @@ fn a_100_mib_file_crosses_the_block_number_rollover() {
     assert_eq!(log.matches("tftp: sent").count(), 2, "{log}");
 }
 
-/// A scripted client on loopback.
-struct Client {
-    sock: UdpSocket,
-    server: SocketAddr,
-}
-
-impl Client {
-    fn new(server: SocketAddr) -> Client {
-        Client::from_ip(server, "127.0.0.1")
-    }
-
-    /// A client on another loopback address (all of 127/8 is local): another machine to the
-    /// server.
-    fn from_ip(server: SocketAddr, ip: &str) -> Client {
-        let sock = UdpSocket::bind((ip, 0)).unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        Client { sock, server }
-    }
-
-    fn rrq(&self, name: &[u8], opts: &[(&str, &str)]) {
-        self.sock
-            .send_to(
-                &packet::request(packet::RRQ, name, "octet", opts),
-                self.server,
-            )
-            .unwrap();
-    }
-
-    fn recv(&self) -> (Vec<u8>, SocketAddr) {
-        let mut b = vec![0u8; 70000];
-        let (n, from) = self
-            .sock
-            .recv_from(&mut b)
-            .expect("no answer from the server");
-        b.truncate(n);
-        (b, from)
-    }
-
-    /// Nothing arrives within `ms`.
-    fn silent(&self, ms: u64) -> bool {
-        self.sock
-            .set_read_timeout(Some(Duration::from_millis(ms)))
-            .unwrap();
-        let mut b = [0u8; 2048];
-        let r = self.sock.recv_from(&mut b).is_err();
-        self.sock
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        r
-    }
-
-    /// The rest of a lock-step transfer from `tid`, whose OACK (if any) has been received.
-    fn finish(&self, tid: SocketAddr, blksize: usize) -> Vec<u8> {
-        let mut data = Vec::new();
-        let mut want: u16 = 1;
-        loop {
-            let (p, from) = self.recv();
-            assert_eq!(from, tid, "a packet from another port");
-            let Packet::Data { block, data: d } = packet::parse(&p).unwrap() else {
-                panic!("expected DATA, got {:?}", packet::parse(&p));
-            };
-            self.sock.send_to(&packet::ack(block), tid).unwrap();
-            if block == want {
-                data.extend_from_slice(d);
-                want = want.wrapping_add(1);
-                if d.len() < blksize {
-                    return data;
-                }
-            }
-        }
-    }
-
-    fn expect_error(&self, what: &str) -> (u16, String) {
-        let (p, from) = self.recv();
-        assert_eq!(
-            from, self.server,
-            "{what}: errors come from the listening port"
-        );
-        match packet::parse(&p).unwrap() {
-            Packet::Error { code, message } => (code, message),
-            other => panic!("{what}: expected an ERROR, got {other:?}"),
-        }
-    }
-}
-
 fn host_server(work: &Path, extra: &[&str]) -> Server {
     let mut args = vec!["--tftp-port", "0", "--http-port", "0"];
     args.extend_from_slice(extra);
@@ -331,29 +247,6 @@ fn escapes_are_refused_with_an_error_and_logged() {
     );
     assert!(log.contains("write request refused"), "{log}");
     assert!(!log.contains("root:x:0:0"), "{log}");
-}
-
-impl Client {
-    /// `finish` for a transfer whose DATA 1 was already taken, from block `want`.
-    fn finish_from(&self, tid: SocketAddr, want: u16) -> Vec<u8> {
-        let mut data = Vec::new();
-        let mut want = want;
-        loop {
-            let (p, from) = self.recv();
-            assert_eq!(from, tid);
-            let Packet::Data { block, data: d } = packet::parse(&p).unwrap() else {
-                panic!()
-            };
-            self.sock.send_to(&packet::ack(block), tid).unwrap();
-            if block == want {
-                data.extend_from_slice(d);
-                want = want.wrapping_add(1);
-                if d.len() < 512 {
-                    return data;
-                }
-            }
-        }
-    }
 }
 
 /// The Raspberry Pi bootloader: RRQ with tsize → OACK → ERROR (it only wanted the size) → RRQ

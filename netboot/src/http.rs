@@ -152,6 +152,11 @@ async fn seed(
         .lock()
         .expect("lock")
         .take(&token, f, Instant::now());
+    // Not a one-shot token: perhaps a Pi node's seed key.
+    let taken = taken.or_else(|why| match why {
+        crate::tokens::Refused::Unknown => st.catalog.seed_key_node(&token).ok_or(why),
+        _ => Err(why),
+    });
     let node = match taken {
         Ok(n) => n,
         Err(why) => {

@@ -80,4 +80,9 @@ pub trait Catalog: Send + Sync + 'static {
     fn node_boot(&self, mac: Mac) -> Option<NodeBoot>;
     /// The content of one seed file of `node` (may hold secrets: never log it).
     fn seed(&self, node: &str, file: SeedFile) -> Option<String>;
+    /// The node whose long-lived seed key this is (a Raspberry Pi's cmdline.txt names it: the
+    /// Pi runs no iPXE, so no one-shot token can be minted at its boot); None if none.
+    fn seed_key_node(&self, _key: &str) -> Option<String> {
+        None
+    }
 }

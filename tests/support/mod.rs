@@ -10,6 +10,7 @@ pub mod node;
 pub mod pi;
 pub mod proxy;
 pub mod qemu;
+pub mod tftp;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -85,11 +85,18 @@ pub fn pc_node(work: &Path, base: &Path, deb: &Path) -> (Setup, IpxeMirror) {
 }
 
 pub fn build(setup: &Setup, mirror: &IpxeMirror, out: &Path, umask: &str, tz: &str) -> String {
+    build_with(setup, out, umask, tz, &[mirror.mirror_arg()])
+}
+
+/// [`build`] with `extra` arguments instead of the iPXE mirror (an arm64 set has no iPXE).
+pub fn build_with(setup: &Setup, out: &Path, umask: &str, tz: &str, extra: &[String]) -> String {
     let bin = imgbuild().get_program().to_owned();
     let mut cmd = Command::new("sh");
     cmd.current_dir(&setup.dir)
         .env_remove("IMGBUILD_PROFILES")
         .env_remove("IMGBUILD_MIRROR")
+        .env_remove("IMGBUILD_INVENTORY")
+        .env_remove("IMGBUILD_SECRETS")
         .env("NO_COLOR", "1")
         .env("TZ", tz)
         .arg("-c")
@@ -99,7 +106,7 @@ pub fn build(setup: &Setup, mirror: &IpxeMirror, out: &Path, umask: &str, tz: &s
         .arg(out)
         .arg("--cache-dir")
         .arg(setup.dir.join("cache"))
-        .arg(mirror.mirror_arg());
+        .args(extra);
     let (code, stdout, err) = run(&mut cmd);
     assert_eq!(code, 0, "imgbuild netboot build: {stdout}{err}");
     stdout

@@ -57,6 +57,11 @@ impl Lab {
         let nodes = format!(
             "{NODES}\n[[node]]\nname = \"pi-1\"\nprofile = \"amd64-worker\"\nmac = \"{PI}\"\n"
         );
+        Lab::with_nodes(work, where_, taps, &nodes)
+    }
+
+    /// The same LAN, with `nodes` as the inventory of the work folder `work`.
+    pub fn with_nodes(work: &std::path::Path, where_: Dnsmasq, taps: &[&str], nodes: &str) -> Lab {
         std::fs::write(work.join("nodes.toml"), nodes).unwrap();
         let lab = NetNs::new("proxy");
         lab.bridge("br0", "10.33.0.1/24");

@@ -21,6 +21,7 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+use super::pitree;
 use crate::boot::efi::{self, Kernel};
 use crate::disk::manifest::{InputRecord, ManifestFile, redact};
 use crate::fs::cpio::{CpioKind, CpioWriter};
@@ -69,6 +70,26 @@ pub struct NetbootJson {
     pub cmdline: String,
     pub files: Vec<ArtifactFile>,
     pub ipxe: BTreeMap<String, String>,
+    /// The Raspberry Pi TFTP tree, for a Pi profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pi: Option<PiJson>,
+}
+
+/// `netboot.json`'s `pi`: the shared files (names under `pi/`) and the node folders
+/// (`pi/<folder>/cmdline.txt`), folder → node name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PiJson {
+    pub shared: Vec<String>,
+    pub nodes: BTreeMap<String, String>,
+}
+
+/// What the Pi tree is made of: the disk image's boot partition and, per node with a serial,
+/// (folder, node name, seed key).
+pub struct PiRequest<'a> {
+    pub boot: &'a Tree,
+    pub nodes: Vec<(String, String, String)>,
+    /// `http://ADDR:PORT` of the server the nodes fetch their seeds from.
+    pub base_url: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,6 +172,7 @@ pub struct NetbootRequest<'a> {
     pub inputs: &'a [InputRecord],
     pub ipxe: &'a [IpxeFile],
     pub squashfs: SquashfsSettings,
+    pub pi: Option<PiRequest<'a>>,
 }
 
 /// The netboot kernel command line: the image's, without its seed location (the server adds
@@ -334,6 +356,11 @@ pub fn build(out: &OutputDir, req: &NetbootRequest<'_>) -> Result<Vec<PathBuf>> 
             .with_context(|| format!("writing {}", i.name))?;
         pending.push((i.name.clone(), f));
     }
+    let cmdline = netboot_cmdline(req.cmdline, &sq_sha);
+    let pi = match &req.pi {
+        Some(p) => Some(write_pi_tree(out, p, &cmdline, &mut pending)?),
+        None => None,
+    };
     let mut files = Vec::new();
     for (name, f) in &mut pending {
         files.push(ArtifactFile {
@@ -342,7 +369,7 @@ pub fn build(out: &OutputDir, req: &NetbootRequest<'_>) -> Result<Vec<PathBuf>> 
             sha256: crate::fetch::cache::sha256_file(f.tmp_path())?,
         });
     }
-    let cmdline = netboot_cmdline(req.cmdline, &sq_sha).join(" ");
+    let cmdline = cmdline.join(" ");
     let json = NetbootJson {
         profile: req.profile.to_string(),
         arch: req.arch.as_str().to_string(),
@@ -355,6 +382,7 @@ pub fn build(out: &OutputDir, req: &NetbootRequest<'_>) -> Result<Vec<PathBuf>> 
             .iter()
             .map(|i| (i.key.clone(), i.name.clone()))
             .collect(),
+        pi,
     };
     let manifest = NetbootManifest {
         format: 1,
@@ -381,6 +409,48 @@ pub fn build(out: &OutputDir, req: &NetbootRequest<'_>) -> Result<Vec<PathBuf>> 
         pending.push((name.to_string(), f));
     }
     commit_all(out, pending)
+}
+
+/// Writes `pi/`: the shared files, the generated `config.txt`, a `cmdline.txt` per node.
+fn write_pi_tree(
+    out: &OutputDir,
+    p: &PiRequest<'_>,
+    cmdline: &[String],
+    pending: &mut Vec<(String, PendingFile)>,
+) -> Result<PiJson> {
+    let image_config = efi::file_content(p.boot, pitree::CONFIG)
+        .map(|c| c.read_all())
+        .transpose()?
+        .unwrap_or_default();
+    let config = pitree::config_txt(&String::from_utf8_lossy(&image_config), p.boot, CPIO_FILE)?;
+    let mut files = pitree::shared_files(p.boot)?;
+    files.push((pitree::CONFIG.into(), Content::bytes(config.into_bytes())));
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    let shared_line = pitree::shared_cmdline(cmdline);
+    let mut nodes = BTreeMap::new();
+    let mut all: Vec<(String, Content)> = Vec::new();
+    for (name, c) in &files {
+        all.push((format!("{}/{name}", pitree::PI_DIR), c.clone()));
+    }
+    for (folder, node, key) in &p.nodes {
+        let text = pitree::node_cmdline(&shared_line, &p.base_url, key);
+        let name = format!("{}/{folder}/{}", pitree::PI_DIR, pitree::CMDLINE);
+        all.push((name, Content::bytes(text.into_bytes())));
+        nodes.insert(folder.clone(), node.clone());
+    }
+    for (name, c) in all {
+        let path = out.path().join(&name);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let mut f = out.create(&name)?;
+        io::copy(&mut c.open()?, f.file()).with_context(|| format!("writing {name}"))?;
+        pending.push((name, f));
+    }
+    Ok(PiJson {
+        shared: files.into_iter().map(|(n, _)| n).collect(),
+        nodes,
+    })
 }
 
 fn pretty<T: Serialize>(v: &T) -> Result<String> {

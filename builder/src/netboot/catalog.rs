@@ -8,15 +8,18 @@ use std::path::Path;
 use anyhow::{Context as _, Result, bail};
 use imgbuild_netboot::{Artifact, Catalog, Mac, NodeBoot, SeedFile, dnsmasq};
 
-use super::set::ArtifactSet;
+use super::pitree;
+use super::set::{self, ArtifactSet};
 use crate::node::inventory::{Inventory, Node, node_line};
 use crate::node::seed::Seed;
 
-/// Artifacts by served name, nodes by MAC, seeds by node.
+/// Artifacts by served name, nodes by MAC, seeds by node, Pi seed keys.
 pub struct NetbootCatalog {
     artifacts: BTreeMap<String, Artifact>,
     nodes: HashMap<Mac, NodeBoot>,
     seeds: HashMap<String, Seed>,
+    /// Seed key (in a Pi node's cmdline.txt) → node.
+    pi_keys: HashMap<String, String>,
 }
 
 /// Summary for the start-up message.
@@ -25,6 +28,8 @@ pub struct Summary {
     pub nodes: Vec<(String, Mac, String)>,
     pub skipped: Vec<String>,
     pub files: usize,
+    /// Raspberry Pi nodes served by their serial folder: (node, folder, profile).
+    pub pi: Vec<(String, String, String)>,
 }
 
 impl NetbootCatalog {
@@ -44,26 +49,23 @@ impl NetbootCatalog {
             artifacts: BTreeMap::new(),
             nodes: HashMap::new(),
             seeds: HashMap::new(),
+            pi_keys: HashMap::new(),
         };
         let mut summary = Summary::default();
         for (i, node) in inv.nodes.iter().enumerate() {
+            let line = node_line(&text, i, "profile");
+            if node.serial.is_some() {
+                let at = format!("{shown}:{line}");
+                cat.add_pi_node(node, &at, images, &mut sets, &mut seed_of, &mut summary)?;
+            }
             // Parsed and checked when the inventory was loaded.
             let Some(mac) = node.mac_address else {
-                summary.skipped.push(node.name.clone());
+                if node.serial.is_none() {
+                    summary.skipped.push(node.name.clone());
+                }
                 continue;
             };
-            let line = node_line(&text, i, "profile");
-            if !sets.contains_key(&node.profile) {
-                let dir = images.join(&node.profile).join("netboot");
-                let set = ArtifactSet::load(&dir, &node.profile).with_context(|| {
-                    format!(
-                        "{shown}:{line}: node {:?} netboots profile {:?}",
-                        node.name, node.profile
-                    )
-                })?;
-                sets.insert(node.profile.clone(), set);
-            }
-            let set = &sets[&node.profile];
+            let set = load_set(&mut sets, images, node, &format!("{shown}:{line}"))?;
             let seed = seed_of(node)
                 .with_context(|| format!("{shown}:{line}: the seed of node {:?}", node.name))?;
             let m = &set.manifest;
@@ -83,14 +85,72 @@ impl NetbootCatalog {
                 .nodes
                 .push((node.name.clone(), mac, node.profile.clone()));
         }
-        if cat.nodes.is_empty() {
+        if cat.nodes.is_empty() && summary.pi.is_empty() {
             bail!(
-                "{shown} has no node with a `mac`, so there is nothing to netboot\n  help: add mac = \"…\" to the [[node]] entries of the machines that boot from the network"
+                "{shown} has no node with a `mac` (or a Raspberry Pi `serial`), so there is nothing to netboot\n  help: add mac = \"…\" to the [[node]] entries of the machines that boot from the network"
             );
         }
         cat.add_files(&sets);
         summary.files = cat.artifacts.len();
         Ok((cat, summary))
+    }
+
+    /// A node with a `serial` whose profile's set has a Pi tree: `<folder>/X` resolves to the
+    /// node's own `pi/<folder>/X` if the set has it, else to the shared `pi/X` (map entries, no
+    /// copies). Its seed key is checked against the built cmdline.txt (same secrets).
+    fn add_pi_node(
+        &mut self,
+        node: &Node,
+        at: &str,
+        images: &Path,
+        sets: &mut BTreeMap<String, ArtifactSet>,
+        seed_of: &mut impl FnMut(&Node) -> Result<Seed>,
+        summary: &mut Summary,
+    ) -> Result<()> {
+        let serial = node.serial.as_deref().unwrap_or_default();
+        let Ok(folder) = pitree::serial_folder(&node.name, serial) else {
+            // A serial that is no Pi's (an SMBIOS UUID): not a Pi node.
+            return Ok(());
+        };
+        let set = load_set(sets, images, node, at)?;
+        let Some(pi) = &set.manifest.pi else {
+            return Ok(());
+        };
+        if pi.nodes.get(&folder) != Some(&node.name) {
+            bail!(
+                "{at}: node {:?} (serial folder {folder}) has no folder in the Raspberry Pi tree of profile {:?}\n  help: rebuild it with `imgbuild netboot build {} --listen ADDR` (the inventory changed since)",
+                node.name,
+                node.profile,
+                node.profile
+            );
+        }
+        let own = set::pi_node_file(&folder);
+        let seed =
+            seed_of(node).with_context(|| format!("{at}: the seed of node {:?}", node.name))?;
+        let key = pitree::seed_key(&seed);
+        let cmdline = std::fs::read_to_string(&set.files[&own].path)
+            .with_context(|| format!("reading {own} of profile {:?}", node.profile))?;
+        if !cmdline.contains(&format!("/seed/{key}/")) {
+            bail!(
+                "{at}: the cmdline.txt of node {:?} names another seed (its seed or secrets changed since the build)\n  help: rebuild with `imgbuild netboot build {} --listen ADDR`",
+                node.name,
+                node.profile
+            );
+        }
+        for f in &pi.shared {
+            let a = &set.files[&format!("{}/{f}", pitree::PI_DIR)];
+            self.artifacts.insert(format!("{folder}/{f}"), a.clone());
+        }
+        self.artifacts.insert(
+            format!("{folder}/{}", pitree::CMDLINE),
+            set.files[&own].clone(),
+        );
+        self.pi_keys.insert(key, node.name.clone());
+        self.seeds.insert(node.name.clone(), seed);
+        summary
+            .pi
+            .push((node.name.clone(), folder, node.profile.clone()));
+        Ok(())
     }
 
     /// `<profile>/<file>` for every listed file, and the iPXE binaries under the fixed names the
@@ -117,6 +177,26 @@ impl NetbootCatalog {
     }
 }
 
+/// The profile's artifact set, read once.
+fn load_set<'s>(
+    sets: &'s mut BTreeMap<String, ArtifactSet>,
+    images: &Path,
+    node: &Node,
+    at: &str,
+) -> Result<&'s ArtifactSet> {
+    if !sets.contains_key(&node.profile) {
+        let dir = images.join(&node.profile).join("netboot");
+        let set = ArtifactSet::load(&dir, &node.profile).with_context(|| {
+            format!(
+                "{at}: node {:?} netboots profile {:?}",
+                node.name, node.profile
+            )
+        })?;
+        sets.insert(node.profile.clone(), set);
+    }
+    Ok(&sets[&node.profile])
+}
+
 impl Catalog for NetbootCatalog {
     fn artifact(&self, name: &str) -> Option<&Artifact> {
         self.artifacts.get(name)
@@ -135,5 +215,9 @@ impl Catalog for NetbootCatalog {
             // Nothing vendor-specific: an empty vendor-data is what cloud-init expects then.
             SeedFile::VendorData => String::new(),
         })
+    }
+
+    fn seed_key_node(&self, key: &str) -> Option<String> {
+        self.pi_keys.get(key).cloned()
     }
 }

@@ -1,10 +1,11 @@
 //! Netboot, the builder's side: the [`artifacts`] a network-booted node needs (built from the
 //! same tree as the disk image), the artifact sets the server reads back ([`set`]), the
 //! [`catalog`] that answers the netboot server's questions from the inventory, and the systemd
-//! unit ([`unit`]). The boot protocols themselves live in the `imgbuild-netboot` crate.
+//! unit ([`unit`]); a Pi profile's set also holds the Raspberry Pi TFTP tree ([`pitree`]). The boot protocols themselves live in the `imgbuild-netboot` crate.
 
 pub mod artifacts;
 pub mod catalog;
+pub mod pitree;
 pub mod set;
 pub mod unit;
 

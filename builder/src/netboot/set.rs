@@ -34,6 +34,16 @@ pub struct SetFile {
     pub files: Vec<FileEntry>,
     #[serde(default)]
     pub ipxe: BTreeMap<String, String>,
+    /// The Raspberry Pi TFTP tree (`pi/`), for a Pi profile.
+    #[serde(default)]
+    pub pi: Option<PiSet>,
+}
+
+/// `pi`: shared file names under `pi/`, and node folders → node names.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PiSet {
+    pub shared: Vec<String>,
+    pub nodes: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -188,7 +198,24 @@ fn check_references(m: &SetFile) -> Result<(), String> {
         }
         listed(&format!("iPXE binary {k}"), v)?;
     }
+    if let Some(pi) = &m.pi {
+        for f in &pi.shared {
+            listed("Pi file", &format!("{}/{f}", super::pitree::PI_DIR))?;
+        }
+        for folder in pi.nodes.keys() {
+            if folder.len() != 8 || !folder.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!("Pi node folder {folder:?} is not 8 hex digits"));
+            }
+            listed("Pi node file", &pi_node_file(folder))?;
+        }
+    }
     imgbuild_netboot::ipxe::check_cmdline(&m.cmdline).map_err(|e| format!("cmdline: {e}"))
+}
+
+/// `pi/<folder>/cmdline.txt`, the one file of a Pi node's own.
+pub fn pi_node_file(folder: &str) -> String {
+    use super::pitree::{CMDLINE, PI_DIR};
+    format!("{PI_DIR}/{folder}/{CMDLINE}")
 }
 
 /// The iPXE keys `imgbuild netboot build` writes; `efi-x64-ipxe` (ipxe.efi, iPXE's own drivers)
@@ -273,6 +300,7 @@ mod tests {
             .map(f)
             .to_vec(),
             ipxe: [("bios".to_string(), "ipxe/undionly.kpxe".to_string())].into(),
+            pi: None,
         }
     }
 

@@ -65,6 +65,22 @@ impl Request {
 
     /// The encoded message of type `t` from `mac` with transaction id `xid`.
     pub fn encode(&self, t: MessageType, mac: Mac, xid: u32) -> Vec<u8> {
+        self.encode_with(t, mac, xid, None)
+    }
+
+    /// The REQUEST that takes `server`'s offer of `addr` (options 50 and 54, as RFC 2131
+    /// SELECTING has it).
+    pub fn encode_select(&self, mac: Mac, xid: u32, addr: Ipv4Addr, server: Ipv4Addr) -> Vec<u8> {
+        self.encode_with(MessageType::Request, mac, xid, Some((addr, server)))
+    }
+
+    fn encode_with(
+        &self,
+        t: MessageType,
+        mac: Mac,
+        xid: u32,
+        select: Option<(Ipv4Addr, Ipv4Addr)>,
+    ) -> Vec<u8> {
         let mut m = Message::default();
         m.set_opcode(Opcode::BootRequest)
             .set_chaddr(&mac.0)
@@ -72,6 +88,10 @@ impl Request {
             .set_flags(Flags::default().set_broadcast());
         let o = m.opts_mut();
         o.insert(DhcpOption::MessageType(t));
+        if let Some((addr, server)) = select {
+            o.insert(DhcpOption::RequestedIpAddress(addr));
+            o.insert(DhcpOption::ServerIdentifier(server));
+        }
         if let Some(v) = &self.vendor_class {
             o.insert(DhcpOption::ClassIdentifier(v.as_bytes().to_vec()));
         }

@@ -1,6 +1,7 @@
 //! `imgbuild netboot build PROFILE`: the netboot artifact set, from the same tree as the disk
 //! image.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
@@ -9,8 +10,13 @@ use crate::cmd::{Context, ProfileSelection};
 use crate::fetch::plan::InputKind;
 use crate::fetch::{self, FetchArgs};
 use crate::fs::squashfs::SquashfsSettings;
-use crate::netboot::artifacts::{self, NetbootRequest};
+use crate::netboot::Endpoint;
+use crate::netboot::artifacts::{self, NetbootRequest, PiRequest};
+use crate::netboot::pitree;
+use crate::node::inputs::NodeSource;
+use crate::node::inventory::Inventory;
 use crate::output::OutputDir;
+use crate::profile::{Board, Resolved};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -21,6 +27,17 @@ pub struct Args {
     pub out: Option<PathBuf>,
     #[command(flatten)]
     pub fetch: FetchArgs,
+    /// A Raspberry Pi profile's nodes (those with a `serial`) get a TFTP folder each, their
+    /// cmdline.txt naming their seed on the server.
+    #[command(flatten)]
+    pub nodes: NodeSource,
+    /// The server's address on the boot network, as `netboot serve --listen` (needed for a Pi
+    /// profile with nodes: their seed URL).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<IpAddr>,
+    /// The server's HTTP port, as `netboot serve --http-port`.
+    #[arg(long, default_value_t = 8080, value_name = "N")]
+    pub http_port: u16,
 }
 
 pub fn run(args: &Args, ctx: &Context) -> Result<()> {
@@ -76,6 +93,22 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
                 sha256: i.sha256.clone(),
             }),
     );
+    let pi = match resolved.board() {
+        Board::Rpi | Board::Rpi4 | Board::Rpi5 => Some(PiRequest {
+            boot: &prepared.trees.boot,
+            nodes: pi_nodes(args, ctx, &resolved)?,
+            base_url: args
+                .listen
+                .map(|listen| Endpoint {
+                    listen,
+                    tftp_port: 69,
+                    http_port: args.http_port,
+                })
+                .map(|e| e.base_url())
+                .unwrap_or_default(),
+        }),
+        _ => None,
+    };
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
     let profile_json = serde_json::to_value(&resolved.profile)?;
     let written = artifacts::build(
@@ -94,6 +127,7 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
                 processors: threads,
                 ..SquashfsSettings::default()
             },
+            pi,
         },
     )?;
     if ctx.verbosity >= 0 {
@@ -110,4 +144,46 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// (folder, node, seed key) of each inventory node of this profile with a `serial`, by folder.
+/// No inventory: no node folders (the shared tree is still built).
+fn pi_nodes(
+    args: &Args,
+    ctx: &Context,
+    resolved: &Resolved,
+) -> Result<Vec<(String, String, String)>> {
+    let path = &args.nodes.inventory;
+    let shown = path.display().to_string();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading the inventory {shown}")),
+    };
+    let inv = Inventory::parse(&text, &shown)?;
+    let mut out = Vec::new();
+    for node in inv.nodes.iter().filter(|n| n.profile == resolved.name) {
+        let Some(serial) = &node.serial else { continue };
+        let folder = pitree::serial_folder(&node.name, serial)
+            .with_context(|| format!("{shown}: node {:?}", node.name))?;
+        if args.listen.is_none() {
+            anyhow::bail!(
+                "node {:?} ({shown}) netboots this Raspberry Pi profile, and its cmdline.txt must name its seed URL on the server\n  help: add --listen ADDR (and --http-port N), as given to `imgbuild netboot serve`",
+                node.name
+            );
+        }
+        let seed = super::node_seed(&args.nodes, ctx, node)
+            .with_context(|| format!("{shown}: the seed of node {:?}", node.name))?;
+        out.push((folder, node.name.clone(), pitree::seed_key(&seed)));
+    }
+    out.sort();
+    if let Some(w) = out.windows(2).find(|w| w[0].0 == w[1].0) {
+        anyhow::bail!(
+            "{shown}: nodes {:?} and {:?} have serials with the same low 32 bits ({}), which is all a Pi's TFTP folder is named by\n  help: give one of them TFTP_PREFIX=2 (MAC folders) in its EEPROM and no serial here",
+            w[0].1,
+            w[1].1,
+            w[0].0
+        );
+    }
+    Ok(out)
 }

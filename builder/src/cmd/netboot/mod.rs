@@ -4,6 +4,9 @@
 use anyhow::Result;
 
 use super::Context;
+use crate::node::inputs::NodeSource;
+use crate::node::inventory::Node;
+use crate::node::seed::{self, Seed};
 
 pub mod build;
 pub mod dnsmasq;
@@ -37,4 +40,18 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
         Command::Dnsmasq(a) => dnsmasq::run(a, ctx),
         Command::InstallUnit(a) => install_unit::run(a, ctx),
     }
+}
+
+/// The node's seed as `netboot serve` serves it (and `netboot build` keys a Pi's seed URL by):
+/// rendered with no nonce, so both commands get the same bytes; held in memory only.
+pub(crate) fn node_seed(nodes: &NodeSource, ctx: &Context, node: &Node) -> Result<Seed> {
+    let resolved = ctx.resolve_concrete(&node.profile, &[])?;
+    let inputs = nodes.load(&resolved, &node.name, &crate::cmd::env_var)?;
+    Ok(seed::render(
+        &resolved,
+        &inputs.node,
+        &inputs.secrets,
+        "",
+        &inputs.templates,
+    )?)
 }

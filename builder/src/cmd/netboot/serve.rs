@@ -15,8 +15,6 @@ use super::Context;
 use crate::netboot::catalog::{NetbootCatalog, Summary};
 use crate::netboot::{DhcpArgs, DhcpMode, Endpoint};
 use crate::node::inputs::NodeSource;
-use crate::node::inventory::Node;
-use crate::node::seed::{self, Seed};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -64,7 +62,7 @@ pub enum UnknownArg {
 
 pub fn run(args: &Args, ctx: &Context) -> Result<()> {
     let (catalog, summary) = NetbootCatalog::load(&args.nodes.inventory, &args.images, |node| {
-        node_seed(args, ctx, node)
+        super::node_seed(&args.nodes, ctx, node)
     })?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -98,9 +96,12 @@ async fn serve(args: &Args, catalog: Arc<dyn Catalog>, summary: &Summary) -> Res
     for (node, mac, profile) in &summary.nodes {
         tracing::info!(%node, %mac, %profile, "netboot: serving node");
     }
+    for (node, folder, profile) in &summary.pi {
+        tracing::info!(%node, %folder, %profile, "netboot: serving Raspberry Pi node from its serial folder");
+    }
     eprintln!(
         "imgbuild netboot: serving {} node(s), {} file(s) on tftp://{} and {}; Ctrl-C stops",
-        summary.nodes.len(),
+        summary.nodes.len() + summary.pi.len(),
         summary.files,
         udp.local_addr()?,
         e.base_url()
@@ -209,21 +210,6 @@ fn http_config(args: &Args, e: &Endpoint) -> http::Config {
         },
         seed_ttl: Duration::from_secs(args.seed_ttl),
     }
-}
-
-/// The node's seed, rendered now so every problem shows at start; held in memory only.
-fn node_seed(args: &Args, ctx: &Context, node: &Node) -> Result<Seed> {
-    let resolved = ctx.resolve_concrete(&node.profile, &[])?;
-    let inputs = args
-        .nodes
-        .load(&resolved, &node.name, &crate::cmd::env_var)?;
-    Ok(seed::render(
-        &resolved,
-        &inputs.node,
-        &inputs.secrets,
-        "",
-        &inputs.templates,
-    )?)
 }
 
 fn bind_error(e: std::io::Error, proto: &str, addr: SocketAddr) -> anyhow::Error {
