@@ -140,10 +140,14 @@ fn pi_4_and_5_netboot_from_their_serial_folders() {
         for (name, bytes) in &got {
             let rest = name.strip_prefix(&format!("{}/", pi.folder)).unwrap();
             let own = set.join("pi").join(pi.folder).join(rest);
+            // The node's own file, else the shared one, else the set's (imgbuild.cpio).
+            let shared = set.join("pi").join(rest);
             let want = std::fs::read(if own.exists() {
                 own
+            } else if shared.exists() {
+                shared
             } else {
-                set.join("pi").join(rest)
+                set.join(rest)
             })
             .unwrap();
             assert!(*bytes == want, "{name}: not the built file");

@@ -306,6 +306,37 @@ fn a_pi_like_client_probes_aborts_and_asks_again() {
     assert_eq!(log.matches("tftp: sent").count(), 2, "{log}");
 }
 
+/// The Pi's habit as it really is: the ERROR that ends its size probe and the identical new
+/// request go out back to back. The new request gets a new transfer from a new port (the
+/// aborted one must not take it for a lost-reply repeat and go silent), every time.
+#[test]
+fn a_pi_abort_then_the_identical_request_at_once_gets_a_new_transfer() {
+    let work = workdir(1);
+    let file = std::fs::read(set_dir(work.path()).join("ipxe/undionly.kpxe")).unwrap();
+    let server = host_server(work.path(), &[]);
+    let c = Client::new(server.tftp);
+    let name = format!("{PROFILE}/ipxe/undionly.kpxe");
+    let opts = [("tsize", "0"), ("blksize", "1468")];
+    for _ in 0..20 {
+        c.rrq(name.as_bytes(), &opts);
+        let (_, tid) = c.recv();
+        c.sock
+            .send_to(
+                &packet::error(packet::ErrorCode::OptionRefused, "abort"),
+                tid,
+            )
+            .unwrap();
+        c.rrq(name.as_bytes(), &opts);
+        let (p, tid2) = c.recv();
+        assert!(matches!(packet::parse(&p).unwrap(), Packet::Oack(_)));
+        assert_ne!(tid2, tid, "the aborted transfer answered");
+        c.sock.send_to(&packet::ack(0), tid2).unwrap();
+        assert_eq!(c.finish(tid2, 1468), file);
+    }
+    let log = server.stop();
+    assert_eq!(log.matches("tftp: sent").count(), 20, "{log}");
+}
+
 /// A request repeated before the client heard anything is answered by the same transfer, from
 /// the same port (the client latches onto the first reply it gets); one transfer, one log line.
 #[test]

@@ -75,11 +75,14 @@ pub struct NetbootJson {
     pub pi: Option<PiJson>,
 }
 
-/// `netboot.json`'s `pi`: the shared files (names under `pi/`) and the node folders
+/// `netboot.json`'s `pi`: the shared files (names under `pi/`), files of the set itself served
+/// in the Pi folders under their own names (`imgbuild.cpio`), and the node folders
 /// (`pi/<folder>/cmdline.txt`), folder → node name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct PiJson {
     pub shared: Vec<String>,
+    pub set_files: Vec<String>,
     pub nodes: BTreeMap<String, String>,
 }
 
@@ -449,6 +452,7 @@ fn write_pi_tree(
     }
     Ok(PiJson {
         shared: files.into_iter().map(|(n, _)| n).collect(),
+        set_files: vec![CPIO_FILE.into()],
         nodes,
     })
 }

@@ -141,6 +141,10 @@ impl NetbootCatalog {
             let a = &set.files[&format!("{}/{f}", pitree::PI_DIR)];
             self.artifacts.insert(format!("{folder}/{f}"), a.clone());
         }
+        for f in &pi.set_files {
+            self.artifacts
+                .insert(format!("{folder}/{f}"), set.files[f].clone());
+        }
         self.artifacts.insert(
             format!("{folder}/{}", pitree::CMDLINE),
             set.files[&own].clone(),

@@ -39,10 +39,14 @@ pub struct SetFile {
     pub pi: Option<PiSet>,
 }
 
-/// `pi`: shared file names under `pi/`, and node folders → node names.
+/// `pi`: shared file names under `pi/`, files of the set served in the Pi folders, and node
+/// folders → node names.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct PiSet {
     pub shared: Vec<String>,
+    #[serde(default)]
+    pub set_files: Vec<String>,
     pub nodes: BTreeMap<String, String>,
 }
 
@@ -201,6 +205,9 @@ fn check_references(m: &SetFile) -> Result<(), String> {
     if let Some(pi) = &m.pi {
         for f in &pi.shared {
             listed("Pi file", &format!("{}/{f}", super::pitree::PI_DIR))?;
+        }
+        for f in &pi.set_files {
+            listed("Pi folder file", f)?;
         }
         for folder in pi.nodes.keys() {
             if folder.len() != 8 || !folder.bytes().all(|b| b.is_ascii_hexdigit()) {

@@ -58,6 +58,8 @@ struct Entry {
     nudge: Arc<Notify>,
     /// Tells the transfer a new request replaced it.
     replaced: Arc<Notify>,
+    /// The transfer's socket: whether the client already sent it something not read yet.
+    sock: Arc<UdpSocket>,
 }
 
 type Running = Arc<Mutex<HashMap<SocketAddr, Entry>>>;
@@ -193,7 +195,7 @@ impl Job<'_> {
             }
         };
         let sock = match bind_transfer(local, peer).await {
-            Ok(s) => s,
+            Ok(s) => Arc::new(s),
             Err(e) => {
                 tracing::error!(client = %peer, "tftp: cannot open a transfer port: {e}");
                 return Some(packet::error(ErrorCode::NotDefined, "server error"));
@@ -218,8 +220,9 @@ impl Job<'_> {
             replaced: replaced.clone(),
             pace: self.bucket(peer.ip()),
         };
+        let task_sock = sock.clone();
         let task = tokio::spawn(async move {
-            run(t, sock, peer, &name, art.size, link).await;
+            run(t, task_sock, peer, &name, art.size, link).await;
             drop(permit);
             let mut r = running.lock().expect("lock");
             if r.get(&peer).is_some_and(|e| e.id == id) {
@@ -233,6 +236,7 @@ impl Job<'_> {
             heard,
             nudge,
             replaced,
+            sock,
         };
         self.running.lock().expect("lock").insert(peer, entry);
         None
@@ -255,11 +259,15 @@ impl Job<'_> {
     /// client answered anything means our first reply was lost or slow: that transfer resends it
     /// (a second transfer would answer from a second port the client has not latched onto). Any
     /// other repeat means the client gave up on the old transfer (the Raspberry Pi after its
-    /// size probe): the old one ends and a new one starts. True when handled.
+    /// size probe): the old one ends and a new one starts. The Pi's ERROR ending the probe
+    /// reaches the transfer's port just before its identical new request reaches ours, so a
+    /// datagram waiting unread there counts as heard. True when handled.
     fn repeated(&self, raw: &[u8], peer: SocketAddr, name: &str) -> bool {
         let mut r = self.running.lock().expect("lock");
         let Some(e) = r.get(&peer) else { return false };
-        if e.request == raw && !e.heard.load(Ordering::Relaxed) {
+        let heard =
+            e.heard.load(Ordering::Relaxed) || e.sock.try_peek_sender().is_ok_and(|a| a == peer);
+        if e.request == raw && !heard {
             e.nudge.notify_one();
             tracing::info!(client = %peer, file = %name, "tftp: request repeated before any answer; first reply resent");
             return true;
@@ -324,7 +332,7 @@ async fn bind_transfer(local: SocketAddr, peer: SocketAddr) -> io::Result<UdpSoc
 
 async fn run<R: io::Read + io::Seek>(
     mut t: Transfer<R>,
-    sock: UdpSocket,
+    sock: Arc<UdpSocket>,
     peer: SocketAddr,
     name: &str,
     size: u64,
