@@ -270,19 +270,9 @@ fn a_pi_like_client_probes_aborts_and_asks_again() {
             ])
         );
         if one_block {
-            c.sock.send_to(&packet::ack(0), tid).unwrap();
-            let (d, _) = c.recv();
-            assert!(matches!(
-                packet::parse(&d).unwrap(),
-                Packet::Data { block: 1, .. }
-            ));
+            c.first_block(tid);
         }
-        c.sock
-            .send_to(
-                &packet::error(packet::ErrorCode::NotDefined, "Early terminate"),
-                tid,
-            )
-            .unwrap();
+        c.end(tid, packet::ErrorCode::NotDefined, "Early terminate");
         // The old transfer is over: nothing more comes from it.
         assert!(c.silent(1500), "the aborted transfer went on sending");
         c.rrq(name, &[("blksize", "1468")]);
@@ -320,12 +310,7 @@ fn a_pi_abort_then_the_identical_request_at_once_gets_a_new_transfer() {
     for _ in 0..20 {
         c.rrq(name.as_bytes(), &opts);
         let (_, tid) = c.recv();
-        c.sock
-            .send_to(
-                &packet::error(packet::ErrorCode::OptionRefused, "abort"),
-                tid,
-            )
-            .unwrap();
+        c.end(tid, packet::ErrorCode::OptionRefused, "abort");
         c.rrq(name.as_bytes(), &opts);
         let (p, tid2) = c.recv();
         assert!(matches!(packet::parse(&p).unwrap(), Packet::Oack(_)));

@@ -87,26 +87,8 @@ fn firmware_view(img: &Path, dest: &Path) -> FirmwareView {
     FirmwareView {
         kernel: copy("kernel8.img"),
         initramfs: copy("initramfs8"),
-        cmdline: firmware_cmdline(&cmdline),
+        cmdline: support::pi::firmware_cmdline(&cmdline),
     }
-}
-
-/// The command line as the firmware hands it on: it replaces `console=serial0` with the board's
-/// serial console. Here that is the virtio console QEMU logs (`hvc0`; see
-/// [`VmBuilder::virtio_console`]), moved last so that it is `/dev/console`, where the observer
-/// reports (a Pi's `console=tty1` is the HDMI screen, which this machine does not have).
-fn firmware_cmdline(cmdline: &str) -> String {
-    let mut serial = false;
-    let mut args: Vec<&str> = Vec::new();
-    for a in cmdline.split_whitespace() {
-        if a.starts_with("console=serial0") {
-            serial = true;
-        } else {
-            args.push(a);
-        }
-    }
-    assert!(serial, "no console=serial0 in cmdline.txt: {cmdline:?}");
-    format!("{} console=hvc0", args.join(" "))
 }
 
 fn boot(disk: &Path, fw: &FirmwareView, work: &Path, name: &str) -> Seen {

@@ -8,6 +8,7 @@ pub mod netbuild;
 pub mod netns;
 pub mod node;
 pub mod pi;
+pub mod pi_client;
 pub mod proxy;
 pub mod qemu;
 pub mod tftp;

@@ -43,3 +43,21 @@ pub fn pi_base(variant: Option<&str>) -> Option<PathBuf> {
         String::from_utf8(out.stdout).expect("utf-8 path").trim(),
     ))
 }
+
+/// The command line as the firmware hands it on: it replaces `console=serial0` with the board's
+/// serial console. Here that is the virtio console QEMU logs (`hvc0`; see
+/// [`VmBuilder::virtio_console`]), moved last so that it is `/dev/console`, where the observer
+/// reports (a Pi's `console=tty1` is the HDMI screen, which this machine does not have).
+pub fn firmware_cmdline(cmdline: &str) -> String {
+    let mut serial = false;
+    let mut args: Vec<&str> = Vec::new();
+    for a in cmdline.split_whitespace() {
+        if a.starts_with("console=serial0") {
+            serial = true;
+        } else {
+            args.push(a);
+        }
+    }
+    assert!(serial, "no console=serial0 in cmdline.txt: {cmdline:?}");
+    format!("{} console=hvc0", args.join(" "))
+}

@@ -111,4 +111,21 @@ impl Client {
             }
         }
     }
+
+    /// ACK 0 to `tid` and DATA 1 back: the one-block probe of a Raspberry Pi 5.
+    pub fn first_block(&self, tid: SocketAddr) {
+        self.sock.send_to(&packet::ack(0), tid).unwrap();
+        let (d, _) = self.recv();
+        assert!(matches!(
+            packet::parse(&d).unwrap(),
+            Packet::Data { block: 1, .. }
+        ));
+    }
+
+    /// ERROR to `tid`: the client ends the transfer.
+    pub fn end(&self, tid: SocketAddr, code: packet::ErrorCode, message: &str) {
+        self.sock
+            .send_to(&packet::error(code, message), tid)
+            .unwrap();
+    }
 }

@@ -1,0 +1,98 @@
+//! A Raspberry Pi 4 node boots from the network, as far as an emulator can take it: the scripted
+//! Pi 4 bootloader (`support::pi_client`) gets its address from dnsmasq (the router's DHCP) and
+//! our proxyDHCP's option 43/66, fetches its serial folder's files over our TFTP, and then
+//! `qemu-system-aarch64 -M virt` (TCG) boots exactly the kernel, initramfs list and
+//! `cmdline.txt` it fetched (QEMU plays the firmware: it has no Pi 4 machine), with a NIC on the
+//! lab's bridge. The node's root comes from `imgbuild.cpio`, its seed over HTTP from our server
+//! at the URL in `cmdline.txt`, its address from dnsmasq: the same first-boot checks as the disk
+//! Pi boot and the PC netboot.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use support::netbuild::build_with;
+use support::node::{self, NodeProfile, Seen, Setup};
+use support::pi::pi_base;
+use support::pi_client::{PIS, boot_sequence, dhcp, inventory};
+use support::proxy::{Dnsmasq, Lab, SERVER, ready};
+use support::qemu::{self, Arch, ResultsDisk, VmBuilder};
+
+/// arm64 under TCG with systemd, cloud-init, the mesh join and k3s (see pi_boot.rs).
+const BOOT_TIMEOUT: Duration = Duration::from_secs(1800);
+
+#[test]
+fn a_pi_4_netboots_what_it_fetched_to_its_first_boot_checks() {
+    if !ready() || !qemu::require_qemu(Arch::Aarch64, false) {
+        return;
+    }
+    let Some(base) = pi_base(None) else {
+        return;
+    };
+    let work = support::scratch();
+    let setup = Setup::new(work.path(), &NodeProfile::pi_node(&base), "pi");
+    std::fs::write(work.path().join("nodes.toml"), inventory()).unwrap();
+    let set = work.path().join("images/pi-node/netboot");
+    build_with(
+        &setup,
+        &set,
+        "022",
+        "UTC",
+        &["--listen".into(), SERVER.to_string()],
+    );
+    let lab = Lab::with_nodes(work.path(), Dnsmasq::Router, &["tap0"], &inventory());
+    let pi = &PIS[0];
+    assert!(!pi.pi5);
+    let tftp = dhcp(&lab, pi, 0x7100);
+    let got = lab
+        .client
+        .run_in(|| boot_sequence(SocketAddr::new(tftp.into(), 69), pi));
+    let file = |n: &str| got[&format!("{}/{n}", pi.folder)].clone();
+    let config = String::from_utf8(file("config.txt")).unwrap();
+    let (kernel, _, initramfs) = support::pi_client::model_files(&config, "pi4");
+    // The firmware lays the initramfs list end to end (each file is 4-byte padded already).
+    let mut initrd = Vec::new();
+    for i in &initramfs {
+        let b = file(i);
+        assert_eq!(b.len() % 4, 0, "{i}");
+        initrd.extend(b);
+    }
+    let w = work.path();
+    std::fs::write(w.join("kernel"), file(&kernel)).unwrap();
+    std::fs::write(w.join("initrd"), initrd).unwrap();
+    let cmdline = String::from_utf8(file("cmdline.txt")).unwrap();
+    drop(got);
+    let seed_url = cmdline
+        .split_whitespace()
+        .find_map(|a| a.strip_prefix("ds=nocloud-net;s="))
+        .unwrap()
+        .to_string();
+
+    let data = w.join("data.img");
+    node::blank_data_disk(&data);
+    let results = ResultsDisk::create(&w.join("results.img"));
+    let args = format!("{} panic=-1", support::pi::firmware_cmdline(&cmdline));
+    let mut vm = VmBuilder::kernel(
+        Arch::Aarch64,
+        &w.join("kernel"),
+        Some(&w.join("initrd")),
+        &args,
+    )
+    .tap("tap0", &pi.mac.to_string())
+    .in_netns(&lab.lab.name)
+    .host_lock()
+    .disk(&data, "data")
+    .disk(&results.image, "results")
+    .virtio_console()
+    .memory_mib(2048)
+    .start(&w.join("vm"));
+    vm.wait_for_poweroff(node::DONE, node::FAILED, BOOT_TIMEOUT);
+    eprintln!("pi netboot: {:.1?}", vm.elapsed());
+    drop(vm);
+    let seen = Seen::read(&results);
+    assert_eq!(seen.get("arch"), "aarch64", "{}", seen.show());
+    seen.assert_first_netboot(pi.node, &seed_url, true);
+    let log = lab.log();
+    assert!(log.contains("seed served"), "{log}");
+}
