@@ -6,6 +6,10 @@
 //! lab's bridge. The node's root comes from `imgbuild.cpio`, its seed over HTTP from our server
 //! at the URL in `cmdline.txt`, its address from dnsmasq: the same first-boot checks as the disk
 //! Pi boot and the PC netboot.
+//!
+//! Known broken (ignored): the boot reaches the squashfs root and the preinit's data disk, but
+//! cloud-init-local.service never runs (cloud-init 25's single-process mode; its network stage
+//! then finds no socket), so the seed is never requested and the node waits for its mesh.
 
 mod support;
 
@@ -23,6 +27,9 @@ use support::qemu::{self, Arch, ResultsDisk, VmBuilder};
 const BOOT_TIMEOUT: Duration = Duration::from_secs(1800);
 
 #[test]
+#[ignore = "not working yet: the VM boots the fetched kernel, initramfs and cmdline.txt to the \
+            squashfs root and the preinit's data disk, but trixie's cloud-init 25 never runs \
+            its local stage here, so the seed is never fetched and the boot waits"]
 fn a_pi_4_netboots_what_it_fetched_to_its_first_boot_checks() {
     if !ready() || !qemu::require_qemu(Arch::Aarch64, false) {
         return;

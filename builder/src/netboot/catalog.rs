@@ -32,6 +32,19 @@ pub struct Summary {
     pub pi: Vec<(String, String, String)>,
 }
 
+impl Summary {
+    /// Nodes served, by MAC or serial folder or both, each once.
+    pub fn node_count(&self) -> usize {
+        let names: std::collections::BTreeSet<&str> = self
+            .nodes
+            .iter()
+            .map(|(n, _, _)| n.as_str())
+            .chain(self.pi.iter().map(|(n, _, _)| n.as_str()))
+            .collect();
+        names.len()
+    }
+}
+
 impl NetbootCatalog {
     /// Reads the inventory at `inventory`, the artifact set of every profile a node with a MAC
     /// runs (under `images/<profile>/netboot`), and each such node's seed from `seed_of`.

@@ -101,7 +101,7 @@ async fn serve(args: &Args, catalog: Arc<dyn Catalog>, summary: &Summary) -> Res
     }
     eprintln!(
         "imgbuild netboot: serving {} node(s), {} file(s) on tftp://{} and {}; Ctrl-C stops",
-        summary.nodes.len() + summary.pi.len(),
+        summary.node_count(),
         summary.files,
         udp.local_addr()?,
         e.base_url()
