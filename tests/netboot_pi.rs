@@ -24,9 +24,8 @@ use std::path::Path;
 use std::process::Command;
 
 use support::netbuild::build_with;
-use support::node::{NodeProfile, Setup};
 use support::pi::pi_base;
-use support::pi_client::{PIS, boot_sequence, dhcp, inventory};
+use support::pi_client::{PIS, boot_sequence, built_set, dhcp, inventory, listen_args};
 use support::proxy::{Dnsmasq, Lab, SERVER, ready};
 use support::require_tool;
 
@@ -68,11 +67,8 @@ fn pi_4_and_5_netboot_from_their_serial_folders() {
         return;
     };
     let work = support::scratch();
-    let setup = Setup::new(work.path(), &NodeProfile::pi_node(&base), "pi");
-    std::fs::write(work.path().join("nodes.toml"), inventory()).unwrap();
-    let listen = ["--listen".to_string(), SERVER.to_string()];
-    let set = work.path().join("images/pi-node/netboot");
-    build_with(&setup, &set, "022", "UTC", &listen);
+    let (setup, set) = built_set(work.path(), &base);
+    let listen = listen_args();
     let again = work.path().join("again");
     build_with(&setup, &again, "077", "Asia/Tokyo", &listen);
     let (a, b) = (files(&set), files(&again));

@@ -11,6 +11,7 @@ use imgbuild_netboot::dhcp::MessageType;
 use imgbuild_netboot::dhcp::client::Request;
 use imgbuild_netboot::tftp::packet::{self, ErrorCode, Packet};
 
+use super::node::{NodeProfile, Setup};
 use super::proxy::{Lab, ROUTER, SERVER};
 use super::tftp::Client;
 
@@ -42,6 +43,21 @@ pub const PIS: [Pi; 2] = [
         revision: 0x00d0_4170,
     },
 ];
+
+/// The `pi-node` workspace in `work` on `base` with [`inventory`], its netboot set built
+/// (umask 022, UTC, seeds on [`SERVER`]) into `images/pi-node/netboot`: (setup, set folder).
+pub fn built_set(work: &std::path::Path, base: &std::path::Path) -> (Setup, std::path::PathBuf) {
+    let setup = Setup::new(work, &NodeProfile::pi_node(base), "pi");
+    std::fs::write(work.join("nodes.toml"), inventory()).unwrap();
+    let set = work.join("images/pi-node/netboot");
+    super::netbuild::build_with(&setup, &set, "022", "UTC", &listen_args());
+    (setup, set)
+}
+
+/// `--listen SERVER` for `netboot build`.
+pub fn listen_args() -> [String; 2] {
+    ["--listen".to_string(), SERVER.to_string()]
+}
 
 pub fn inventory() -> String {
     PIS.iter()
