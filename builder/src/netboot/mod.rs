@@ -5,6 +5,8 @@
 
 pub mod artifacts;
 pub mod catalog;
+pub mod doctor;
+pub mod options;
 pub mod set;
 pub mod unit;
 

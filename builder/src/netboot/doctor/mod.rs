@@ -328,3 +328,46 @@ pub fn check_firewall(needs: &[Need], set: &Ruleset) -> Vec<Finding> {
     }
     out
 }
+
+/// Every profile an inventory node with a MAC netboots has a complete, unaltered set; `load`
+/// checks one profile's set (files present, sizes and SHA-256 as listed) and counts its files.
+pub fn check_artifacts(
+    inv: &crate::node::inventory::Inventory,
+    text: &str,
+    file: &str,
+    mut load: impl FnMut(&str) -> Result<usize, super::set::SetError>,
+) -> Vec<Finding> {
+    // Profile → (nodes, inventory line of the first).
+    let mut profiles: BTreeMap<&str, (Vec<&str>, usize)> = BTreeMap::new();
+    for (i, node) in inv.nodes.iter().enumerate() {
+        if node.mac_address.is_some() {
+            let line = crate::node::inventory::node_line(text, i, "profile");
+            let e = profiles.entry(&node.profile).or_insert((Vec::new(), line));
+            e.0.push(&node.name);
+        }
+    }
+    if profiles.is_empty() {
+        return vec![
+            Finding::new(Level::Problem, "artifacts", "no node has a `mac`, so nothing is netbooted".into(), file)
+                .fix("add mac = \"…\" to the [[node]] entries of the machines that boot from the network"),
+        ];
+    }
+    let mut out = Vec::new();
+    for (profile, (nodes, line)) in profiles {
+        let at = format!("{file}:{line}");
+        let who = format!("node(s) {} netboot profile {profile}", nodes.join(", "));
+        out.push(match load(profile) {
+            Ok(n) => Finding::new(Level::Ok, "artifacts", format!("{who}: its {n} files are present with the listed SHA-256"), at),
+            Err(e) => {
+                let text = e.to_string();
+                let (what, fix) = text.split_once("\n  help: ").unwrap_or((&text, ""));
+                let f = Finding::new(Level::Problem, "artifacts", format!("{who}: {what}"), at);
+                if fix.is_empty() { f } else { f.fix(fix) }
+            }
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

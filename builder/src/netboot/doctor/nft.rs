@@ -265,7 +265,7 @@ mod tests {
             panic!("{set:#?}")
         };
         assert_eq!(r.text, "udp dport 69 counter drop");
-        assert_eq!(r.location, "table inet filter chain input handle 5");
+        assert_eq!(r.location, "table inet filter chain input handle 6");
         let Verdict::Dropped(r) = verdict(&set, Proto::Udp, 4011) else {
             panic!()
         };
