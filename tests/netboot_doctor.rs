@@ -19,7 +19,14 @@ use support::{find_tool, require_tool, run, tests_dir};
 fn doctor(ns: &NetNs, work: &Path, extra: &[&str]) -> (i32, String, String) {
     let mut c = ns.cmd(env!("CARGO_BIN_EXE_imgbuild"));
     c.current_dir(work)
-        .args(["netboot", "doctor", "--listen", "10.33.0.1", "--images", "images"])
+        .args([
+            "netboot",
+            "doctor",
+            "--listen",
+            "10.33.0.1",
+            "--images",
+            "images",
+        ])
         .arg("--pihole-config")
         .arg(work.join("pihole.toml"))
         .args(extra)
@@ -58,8 +65,18 @@ fn ready() -> bool {
         && require_tool("ss")
 }
 
+/// A dnsmasq, killed and reaped when dropped (also when the test fails).
+struct Dnsmasq(Child);
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A dnsmasq as Pi-hole runs it: DHCP and TFTP on 0.0.0.0 (no --bind-interfaces).
-fn dnsmasq(ns: &NetNs, work: &Path) -> Child {
+fn dnsmasq(ns: &NetNs, work: &Path) -> Dnsmasq {
     let mut d = ns.cmd(find_tool("dnsmasq").unwrap());
     d.args([
         "--keep-in-foreground",
@@ -73,14 +90,17 @@ fn dnsmasq(ns: &NetNs, work: &Path) -> Child {
         "--interface=br0",
     ])
     .arg(format!("--tftp-root={}", work.display()));
-    let child = ns.spawn(d, &work.join("dnsmasq.log"));
+    let child = Dnsmasq(ns.spawn(d, &work.join("dnsmasq.log")));
     let t0 = Instant::now();
     loop {
         let ss = udp_sockets(ns);
         if ss.contains(":67 ") && ss.contains(":69 ") {
             return child;
         }
-        assert!(t0.elapsed() < Duration::from_secs(20), "dnsmasq did not bind 67 and 69:\n{ss}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "dnsmasq did not bind 67 and 69:\n{ss}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -124,11 +144,19 @@ fn doctor_names_each_problem_and_is_clean_without_them() {
     assert_eq!(doc["clean"], true, "{json}");
 
     // dnsmasq on 67 and 69: 69 is a conflict, 67 the Pi-hole case (raw socket, not an error).
-    let mut d = dnsmasq(&ns, w);
-    let pid = d.id();
+    let d = dnsmasq(&ns, w);
+    let pid = d.0.id();
     let ss = udp_sockets(&ns);
-    assert!(ss.contains(&format!("(\"dnsmasq\",pid={pid},")), "ss does not show pid {pid}:\n{ss}");
-    let out = finds(&ns, w, &proxy, &format!("problem port: UDP 69 (TFTP) is held by dnsmasq (pid {pid})"));
+    assert!(
+        ss.contains(&format!("(\"dnsmasq\",pid={pid},")),
+        "ss does not show pid {pid}:\n{ss}"
+    );
+    let out = finds(
+        &ns,
+        w,
+        &proxy,
+        &format!("problem port: UDP 69 (TFTP) is held by dnsmasq (pid {pid})"),
+    );
     assert!(
         out.contains(&format!("info port: UDP 67 (proxyDHCP) is held by dnsmasq (pid {pid}): the Pi-hole/dnsmasq DHCP server: `--dhcp proxy` still works, it listens with a raw socket")),
         "{out}"
@@ -144,16 +172,46 @@ fn doctor_names_each_problem_and_is_clean_without_them() {
         .find(|f| f["level"] == "problem")
         .unwrap();
     assert_eq!(held["check"], "port");
-    assert!(held["fix"].as_str().unwrap().contains("enable-tftp"), "{held}");
-    d.kill().unwrap();
-    d.wait().unwrap();
+    assert!(
+        held["fix"].as_str().unwrap().contains("enable-tftp"),
+        "{held}"
+    );
+    drop(d);
     clean(&ns, w, &proxy);
 
     // An nft rule dropping TFTP, named with the handle nft itself lists.
     nft(&ns, &["add", "table", "inet", "doc"]);
-    nft(&ns, &["add", "chain", "inet", "doc", "input", "{ type filter hook input priority 0; }"]);
-    nft(&ns, &["add", "rule", "inet", "doc", "input", "ct", "state", "established", "accept"]);
-    nft(&ns, &["add", "rule", "inet", "doc", "input", "udp", "dport", "69", "drop"]);
+    nft(
+        &ns,
+        &[
+            "add",
+            "chain",
+            "inet",
+            "doc",
+            "input",
+            "{ type filter hook input priority 0; }",
+        ],
+    );
+    nft(
+        &ns,
+        &[
+            "add",
+            "rule",
+            "inet",
+            "doc",
+            "input",
+            "ct",
+            "state",
+            "established",
+            "accept",
+        ],
+    );
+    nft(
+        &ns,
+        &[
+            "add", "rule", "inet", "doc", "input", "udp", "dport", "69", "drop",
+        ],
+    );
     let listed = nft(&ns, &["-a", "list", "chain", "inet", "doc", "input"]);
     let handle = listed
         .lines()
@@ -162,18 +220,31 @@ fn doctor_names_each_problem_and_is_clean_without_them() {
         .unwrap_or_else(|| panic!("{listed}"))
         .trim()
         .to_string();
-    let out = finds(&ns, w, &proxy, "problem firewall: UDP 69 (TFTP) is dropped by the nft rule `udp dport 69 drop`");
+    let out = finds(
+        &ns,
+        w,
+        &proxy,
+        "problem firewall: UDP 69 (TFTP) is dropped by the nft rule `udp dport 69 drop`",
+    );
     assert!(
         out.contains(&format!("[table inet doc chain input handle {handle}]")),
         "handle {handle} not named:\n{out}"
     );
-    assert!(out.contains("ok firewall: UDP 67 (proxyDHCP) passes"), "{out}");
+    assert!(
+        out.contains("ok firewall: UDP 67 (proxyDHCP) passes"),
+        "{out}"
+    );
     nft(&ns, &["delete", "table", "inet", "doc"]);
     clean(&ns, w, &proxy);
 
     // MTU 1400: TFTP blocks shrink from the 1468 bytes Pis ask for.
     ns.ip(&["link", "set", "br0", "mtu", "1400"]);
-    finds(&ns, w, &proxy, "problem interface: MTU 1400 is below 1500: TFTP blocks shrink to 1368 bytes");
+    finds(
+        &ns,
+        w,
+        &proxy,
+        "problem interface: MTU 1400 is below 1500: TFTP blocks shrink to 1368 bytes",
+    );
     ns.ip(&["link", "set", "br0", "mtu", "1500"]);
 
     // Pi-hole runs DHCP but ignores /etc/dnsmasq.d: with --dhcp none our snippet is not loaded.
@@ -181,10 +252,17 @@ fn doctor_names_each_problem_and_is_clean_without_them() {
     std::fs::copy(fixtures.join("pihole-dhcp-on.toml"), w.join("pihole.toml")).unwrap();
     let none = ["--dhcp", "none"];
     let out = finds(&ns, w, &none, "problem pihole: misc.etc_dnsmasq_d is false");
-    assert!(out.contains("pihole-FTL --config misc.etc_dnsmasq_d true"), "{out}");
+    assert!(
+        out.contains("pihole-FTL --config misc.etc_dnsmasq_d true"),
+        "{out}"
+    );
     // The proxy works beside Pi-hole's DHCP either way.
     clean(&ns, w, &proxy);
-    std::fs::copy(fixtures.join("pihole-dhcp-on-dnsmasq-d.toml"), w.join("pihole.toml")).unwrap();
+    std::fs::copy(
+        fixtures.join("pihole-dhcp-on-dnsmasq-d.toml"),
+        w.join("pihole.toml"),
+    )
+    .unwrap();
     clean(&ns, w, &none);
     // Pi-hole without DHCP: --dhcp none cannot work, proxy is advised.
     std::fs::copy(fixtures.join("pihole-dhcp-off.toml"), w.join("pihole.toml")).unwrap();
@@ -195,10 +273,24 @@ fn doctor_names_each_problem_and_is_clean_without_them() {
     let kernel = set_dir(w).join("vmlinuz");
     let saved = std::fs::read(&kernel).unwrap();
     std::fs::remove_file(&kernel).unwrap();
-    let out = finds(&ns, w, &proxy, "problem artifacts: node(s) pc-1, pc-2 netboot profile amd64-worker:");
-    let line = out.lines().find(|l| l.starts_with("problem artifacts")).unwrap();
-    assert!(line.contains("file \"vmlinuz\"") && line.contains("[nodes.toml:3]"), "{line}");
-    assert!(line.contains("fix: rebuild the set with `imgbuild netboot build amd64-worker`"), "{line}");
+    let out = finds(
+        &ns,
+        w,
+        &proxy,
+        "problem artifacts: node(s) pc-1, pc-2 netboot profile amd64-worker:",
+    );
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("problem artifacts"))
+        .unwrap();
+    assert!(
+        line.contains("file \"vmlinuz\"") && line.contains("[nodes.toml:3]"),
+        "{line}"
+    );
+    assert!(
+        line.contains("fix: rebuild the set with `imgbuild netboot build amd64-worker`"),
+        "{line}"
+    );
     // Present but altered: the hash is checked, not only the name.
     let mut altered = saved.clone();
     altered[0] ^= 1;

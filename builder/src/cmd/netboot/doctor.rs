@@ -31,7 +31,10 @@ pub fn run(args: &Args, _ctx: &Context) -> Result<()> {
         interface: args.interface.as_deref(),
         pihole_config: &args.pihole_config,
     })?;
-    let problems = findings.iter().filter(|f| f.level == Level::Problem).count();
+    let problems = findings
+        .iter()
+        .filter(|f| f.level == Level::Problem)
+        .count();
     if args.json {
         let doc = serde_json::json!({ "clean": problems == 0, "findings": findings });
         println!("{}", serde_json::to_string_pretty(&doc)?);

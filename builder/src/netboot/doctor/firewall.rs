@@ -244,13 +244,18 @@ mod tests {
         let s = set(
             vec![
                 rule(vec![established], Action::Accept),
-                rule(vec![Cond::Unknown("iifname lo".into()), udp(&[69])], Action::Drop),
+                rule(
+                    vec![Cond::Unknown("iifname lo".into()), udp(&[69])],
+                    Action::Drop,
+                ),
                 rule(vec![udp(&[67, 69])], Action::Drop),
             ],
             false,
         );
         assert!(matches!(verdict(&s, Proto::Udp, 69), Verdict::Dropped(_)));
-        assert!(matches!(verdict(&s, Proto::Tcp, 69), Verdict::Passes { maybe } if maybe.is_empty()));
+        assert!(
+            matches!(verdict(&s, Proto::Tcp, 69), Verdict::Passes { maybe } if maybe.is_empty())
+        );
         let Verdict::Passes { maybe } = verdict(&s, Proto::Udp, 4011) else {
             panic!()
         };
@@ -258,7 +263,10 @@ mod tests {
         // An accept with a condition we cannot judge does not hide a later drop.
         let s = set(
             vec![
-                rule(vec![Cond::Unknown("ip saddr 10.0.0.0/8".into())], Action::Accept),
+                rule(
+                    vec![Cond::Unknown("ip saddr 10.0.0.0/8".into())],
+                    Action::Accept,
+                ),
                 rule(vec![udp(&[69])], Action::Reject),
             ],
             false,
@@ -269,14 +277,23 @@ mod tests {
     #[test]
     fn drop_policy_needs_an_accept() {
         let s = set(vec![rule(vec![udp(&[69])], Action::Accept)], true);
-        assert!(matches!(verdict(&s, Proto::Udp, 69), Verdict::Passes { .. }));
+        assert!(matches!(
+            verdict(&s, Proto::Udp, 69),
+            Verdict::Passes { .. }
+        ));
         assert!(matches!(verdict(&s, Proto::Udp, 67), Verdict::Policy(_)));
     }
 
     #[test]
     fn jumps_are_followed() {
         let mut s = set(
-            vec![rule(vec![Cond::Proto { negated: false, protos: vec![17] }], Action::Jump("u".into()))],
+            vec![rule(
+                vec![Cond::Proto {
+                    negated: false,
+                    protos: vec![17],
+                }],
+                Action::Jump("u".into()),
+            )],
             false,
         );
         s.chains.insert(
@@ -285,13 +302,23 @@ mod tests {
                 base: None,
                 location: "chain u".into(),
                 rules: vec![rule(
-                    vec![Cond::Dport { proto: None, negated: true, ranges: vec![(53, 53)] }],
+                    vec![Cond::Dport {
+                        proto: None,
+                        negated: true,
+                        ranges: vec![(53, 53)],
+                    }],
                     Action::Drop,
                 )],
             },
         );
         assert!(matches!(verdict(&s, Proto::Udp, 69), Verdict::Dropped(_)));
-        assert!(matches!(verdict(&s, Proto::Udp, 53), Verdict::Passes { .. }));
-        assert!(matches!(verdict(&s, Proto::Tcp, 69), Verdict::Passes { .. }));
+        assert!(matches!(
+            verdict(&s, Proto::Udp, 53),
+            Verdict::Passes { .. }
+        ));
+        assert!(matches!(
+            verdict(&s, Proto::Tcp, 69),
+            Verdict::Passes { .. }
+        ));
     }
 }

@@ -31,7 +31,12 @@ pub fn examine(o: &Options) -> Result<Vec<Finding>> {
     out.extend(interface(o));
     out.extend(match firewall() {
         Ok(set) => super::check_firewall(&needs, &set),
-        Err(why) => vec![Finding::new(Level::Info, "firewall", why, "nft, iptables-save")],
+        Err(why) => vec![Finding::new(
+            Level::Info,
+            "firewall",
+            why,
+            "nft, iptables-save",
+        )],
     });
     let shown = o.pihole_config.display().to_string();
     let pihole = match std::fs::File::open(o.pihole_config) {
@@ -116,7 +121,10 @@ fn holders(wanted: &BTreeSet<u64>) -> BTreeMap<u64, Vec<super::Holder>> {
 }
 
 fn interface(o: &Options) -> Vec<Finding> {
-    let out = match Command::new(tool("ip")).args(["-j", "addr", "show"]).output() {
+    let out = match Command::new(tool("ip"))
+        .args(["-j", "addr", "show"])
+        .output()
+    {
         Ok(out) if out.status.success() => out.stdout,
         Ok(out) => return vec![tool_failed("interface", "ip -j addr show", &out.stderr)],
         Err(e) => {
@@ -143,17 +151,22 @@ fn interface(o: &Options) -> Vec<Finding> {
 }
 
 fn tool_failed(check: &'static str, cmd: &str, stderr: &[u8]) -> Finding {
-    let what = format!(
-        "`{cmd}` failed: {}",
-        String::from_utf8_lossy(stderr).trim()
-    );
-    Finding::new(Level::Info, check, what, cmd.split(' ').next().unwrap_or(cmd))
-        .fix("run doctor as root to check this")
+    let what = format!("`{cmd}` failed: {}", String::from_utf8_lossy(stderr).trim());
+    Finding::new(
+        Level::Info,
+        check,
+        what,
+        cmd.split(' ').next().unwrap_or(cmd),
+    )
+    .fix("run doctor as root to check this")
 }
 
 /// nft's ruleset, else iptables-save's; Err says why neither could be read.
 fn firewall() -> std::result::Result<Ruleset, String> {
-    match Command::new(tool("nft")).args(["-j", "list", "ruleset"]).output() {
+    match Command::new(tool("nft"))
+        .args(["-j", "list", "ruleset"])
+        .output()
+    {
         Ok(out) if out.status.success() => {
             return super::nft::parse(&out.stdout[..]).map_err(|e| e.to_string());
         }
@@ -165,7 +178,9 @@ fn firewall() -> std::result::Result<Ruleset, String> {
             super::iptables::parse(&out.stdout[..]).map_err(|e| e.to_string())
         }
         Ok(out) => Err(tool_failed("firewall", "iptables-save", &out.stderr).what),
-        Err(_) => Err("neither nft nor iptables-save is installed: no firewall rules to check".into()),
+        Err(_) => {
+            Err("neither nft nor iptables-save is installed: no firewall rules to check".into())
+        }
     }
 }
 

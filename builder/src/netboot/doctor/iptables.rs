@@ -185,14 +185,23 @@ mod tests {
         };
         assert_eq!(r.text, "-A INPUT -p udp -m udp --dport 69 -j DROP");
         assert_eq!(r.location, "iptables -t filter chain INPUT rule 3");
-        assert!(matches!(verdict(&set, Proto::Udp, 4011), Verdict::Dropped(r) if r.text.contains("multiport")));
-        assert!(matches!(verdict(&set, Proto::Tcp, 8080), Verdict::Dropped(r) if r.text.contains("REJECT")));
+        assert!(
+            matches!(verdict(&set, Proto::Udp, 4011), Verdict::Dropped(r) if r.text.contains("multiport"))
+        );
+        assert!(
+            matches!(verdict(&set, Proto::Tcp, 8080), Verdict::Dropped(r) if r.text.contains("REJECT"))
+        );
         // The source-restricted drop in a user chain only may apply.
         let Verdict::Passes { maybe } = verdict(&set, Proto::Tcp, 80) else {
             panic!()
         };
         assert_eq!(maybe.len(), 1, "{maybe:?}");
-        assert!(maybe[0].text.starts_with("-A EXTRA -s 10.0.0.0/8"), "{maybe:?}");
-        assert!(matches!(verdict(&set, Proto::Tcp, 22), Verdict::Passes { maybe } if maybe.is_empty()));
+        assert!(
+            maybe[0].text.starts_with("-A EXTRA -s 10.0.0.0/8"),
+            "{maybe:?}"
+        );
+        assert!(
+            matches!(verdict(&set, Proto::Tcp, 22), Verdict::Passes { maybe } if maybe.is_empty())
+        );
     }
 }

@@ -68,7 +68,11 @@ impl fmt::Display for Finding {
             Level::Info => "info",
             Level::Problem => "problem",
         };
-        write!(f, "{level} {}: {} [{}]", self.check, self.what, self.location)?;
+        write!(
+            f,
+            "{level} {}: {} [{}]",
+            self.check, self.what, self.location
+        )?;
         if let Some(fix) = &self.fix {
             write!(f, "; fix: {fix}")?;
         }
@@ -225,8 +229,13 @@ pub fn check_pihole(
         }
         Some(Err(e)) => {
             return vec![
-                Finding::new(Level::Problem, "pihole", format!("cannot read it: {e}"), file)
-                    .fix("repair the file, or point --pihole-config at the right one"),
+                Finding::new(
+                    Level::Problem,
+                    "pihole",
+                    format!("cannot read it: {e}"),
+                    file,
+                )
+                .fix("repair the file, or point --pihole-config at the right one"),
             ];
         }
         Some(Ok(p)) => p,
@@ -278,15 +287,30 @@ pub fn check_interface(
     if !link.up() {
         out.push(p(format!("{n} is down"), &at).fix(format!("ip link set {n} up")));
     } else if !link.carrier() {
-        out.push(p(format!("{n} has no carrier (no cable, or the switch port or peer is down)"), &at)
-            .fix("plug it in, or check the switch"));
+        out.push(
+            p(
+                format!("{n} has no carrier (no cable, or the switch port or peer is down)"),
+                &at,
+            )
+            .fix("plug it in, or check the switch"),
+        );
     }
     if link.ipv4().is_empty() {
-        out.push(p(format!("{n} has no IPv4 address: DHCPv4 boot clients cannot reach it"), &at)
-            .fix(format!("give {n} an address on the boot network, and --listen it")));
+        out.push(
+            p(
+                format!("{n} has no IPv4 address: DHCPv4 boot clients cannot reach it"),
+                &at,
+            )
+            .fix(format!(
+                "give {n} an address on the boot network, and --listen it"
+            )),
+        );
     } else if !listen.is_unspecified() && !has(link) {
-        out.push(p(format!("--listen {listen} is not an address of {n}"), &at)
-            .fix(format!("--listen one of {n}'s addresses (`ip -br addr show {n}`)")));
+        out.push(
+            p(format!("--listen {listen} is not an address of {n}"), &at).fix(format!(
+                "--listen one of {n}'s addresses (`ip -br addr show {n}`)"
+            )),
+        );
     }
     let fits = blksize_for(link.mtu).min(u32::from(max_blksize));
     if link.mtu < 1500 {
@@ -294,7 +318,10 @@ pub fn check_interface(
             .fix(format!("raise it if the network allows: ip link set {n} mtu 1500")));
     }
     if out.is_empty() {
-        let what = format!("{n} is up with carrier and IPv4, MTU {} (TFTP blocks up to {fits} bytes)", link.mtu);
+        let what = format!(
+            "{n} is up with carrier and IPv4, MTU {} (TFTP blocks up to {fits} bytes)",
+            link.mtu
+        );
         out.push(Finding::new(Level::Ok, "interface", what, at));
     }
     out
@@ -309,15 +336,27 @@ pub fn check_firewall(needs: &[Need], set: &Ruleset) -> Vec<Finding> {
         let accept = format!("add `{proto} dport {port} accept` before it");
         match firewall::verdict(set, need.proto, port) {
             Verdict::Dropped(r) => out.push(
-                f(Level::Problem, format!("{need} is dropped by the {} rule `{}`", set.source, r.text), &r.location)
-                    .fix(format!("delete that rule or {accept}")),
+                f(
+                    Level::Problem,
+                    format!("{need} is dropped by the {} rule `{}`", set.source, r.text),
+                    &r.location,
+                )
+                .fix(format!("delete that rule or {accept}")),
             ),
             Verdict::Policy(chain) => out.push(
-                f(Level::Problem, format!("{need} is dropped by the drop policy of {chain}: no rule accepts it"), &chain)
-                    .fix(format!("add `{proto} dport {port} accept` to that chain")),
+                f(
+                    Level::Problem,
+                    format!("{need} is dropped by the drop policy of {chain}: no rule accepts it"),
+                    &chain,
+                )
+                .fix(format!("add `{proto} dport {port} accept` to that chain")),
             ),
             Verdict::Passes { maybe } if maybe.is_empty() => {
-                out.push(f(Level::Ok, format!("{need} passes the {} rules", set.source), set.source));
+                out.push(f(
+                    Level::Ok,
+                    format!("{need} passes the {} rules", set.source),
+                    set.source,
+                ));
             }
             Verdict::Passes { maybe } => {
                 for r in maybe {
@@ -357,7 +396,12 @@ pub fn check_artifacts(
         let at = format!("{file}:{line}");
         let who = format!("node(s) {} netboot profile {profile}", nodes.join(", "));
         out.push(match load(profile) {
-            Ok(n) => Finding::new(Level::Ok, "artifacts", format!("{who}: its {n} files are present with the listed SHA-256"), at),
+            Ok(n) => Finding::new(
+                Level::Ok,
+                "artifacts",
+                format!("{who}: its {n} files are present with the listed SHA-256"),
+                at,
+            ),
             Err(e) => {
                 let text = e.to_string();
                 let (what, fix) = text.split_once("\n  help: ").unwrap_or((&text, ""));

@@ -79,7 +79,12 @@ fn add_rule(set: &mut Ruleset, r: &Value) {
     let mut conds = Vec::new();
     let mut words = Vec::new();
     let mut action = Action::Continue;
-    for e in r.get("expr").and_then(Value::as_array).into_iter().flatten() {
+    for e in r
+        .get("expr")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         if let Some(m) = e.get("match") {
             let (c, text) = cond(m);
             conds.push(c);
@@ -161,10 +166,9 @@ fn cond(m: &Value) -> (Cond, String) {
         (_, Some(meta), _) if s(meta, "key") == "l4proto" => {
             protos(right).map(|protos| Cond::Proto { negated, protos })
         }
-        (_, _, Some(ct)) if s(ct, "key") == "state" => strings(right).map(|states| Cond::CtState {
-            negated,
-            states,
-        }),
+        (_, _, Some(ct)) if s(ct, "key") == "state" => {
+            strings(right).map(|states| Cond::CtState { negated, states })
+        }
         _ => None,
     };
     (c.unwrap_or_else(|| Cond::Unknown(text.clone())), text)
@@ -283,8 +287,13 @@ mod tests {
         assert_eq!(maybe[0].text, "ip saddr 10.0.0.0/8 tcp dport != 22 drop");
         // The established/related accept and the loopback accept do not let a new packet in.
         assert!(
-            set.chains.values().any(|c| c.rules.iter().any(|r| r.text == "iifname lo accept"))
-                || set.chains.values().any(|c| c.rules.iter().any(|r| r.text == "meta iifname lo accept"))
+            set.chains
+                .values()
+                .any(|c| c.rules.iter().any(|r| r.text == "iifname lo accept"))
+                || set
+                    .chains
+                    .values()
+                    .any(|c| c.rules.iter().any(|r| r.text == "meta iifname lo accept"))
         );
     }
 
@@ -296,7 +305,10 @@ mod tests {
             {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}},
             "right": 69}}, {"accept": null}]}}]}"#;
         let set = parse(json.as_bytes()).unwrap();
-        assert!(matches!(verdict(&set, Proto::Udp, 69), Verdict::Passes { .. }));
+        assert!(matches!(
+            verdict(&set, Proto::Udp, 69),
+            Verdict::Passes { .. }
+        ));
         assert_eq!(
             verdict(&set, Proto::Udp, 67),
             Verdict::Policy("table ip f chain in".into())

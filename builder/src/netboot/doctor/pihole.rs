@@ -44,19 +44,45 @@ pub fn parse(mut r: impl Read) -> Result<PiHole, PiHoleError> {
 mod tests {
     use super::*;
 
-
     #[test]
     fn reads_the_fixtures() {
         let off = include_str!("../../../../tests/fixtures/doctor/pihole-dhcp-off.toml");
         let on = include_str!("../../../../tests/fixtures/doctor/pihole-dhcp-on.toml");
         let both = include_str!("../../../../tests/fixtures/doctor/pihole-dhcp-on-dnsmasq-d.toml");
         let p = |t: &str| parse(t.as_bytes()).unwrap();
-        assert_eq!(p(off), PiHole { dhcp_active: false, etc_dnsmasq_d: false });
-        assert_eq!(p(on), PiHole { dhcp_active: true, etc_dnsmasq_d: false });
-        assert_eq!(p(both), PiHole { dhcp_active: true, etc_dnsmasq_d: true });
-        assert_eq!(p(""), PiHole { dhcp_active: false, etc_dnsmasq_d: false });
+        assert_eq!(
+            p(off),
+            PiHole {
+                dhcp_active: false,
+                etc_dnsmasq_d: false
+            }
+        );
+        assert_eq!(
+            p(on),
+            PiHole {
+                dhcp_active: true,
+                etc_dnsmasq_d: false
+            }
+        );
+        assert_eq!(
+            p(both),
+            PiHole {
+                dhcp_active: true,
+                etc_dnsmasq_d: true
+            }
+        );
+        assert_eq!(
+            p(""),
+            PiHole {
+                dhcp_active: false,
+                etc_dnsmasq_d: false
+            }
+        );
         let err = parse(&b"[misc]\n etc_dnsmasq_d = \"yes\"\n"[..]).unwrap_err();
-        assert_eq!(err.to_string(), "misc.etc_dnsmasq_d is \"yes\", not true or false");
+        assert_eq!(
+            err.to_string(),
+            "misc.etc_dnsmasq_d is \"yes\", not true or false"
+        );
         assert!(matches!(parse(&b"[misc\n"[..]), Err(PiHoleError::Toml(_))));
     }
 }

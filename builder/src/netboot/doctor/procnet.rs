@@ -65,9 +65,7 @@ fn socket(line: &str) -> Result<Socket, String> {
         .ok_or_else(|| format!("local address {:?} has no ':'", f[1]))?;
     let port = u16::from_str_radix(port, 16).map_err(|e| format!("port {port:?}: {e}"))?;
     let state = u8::from_str_radix(f[3], 16).map_err(|e| format!("state {:?}: {e}", f[3]))?;
-    let inode = f[9]
-        .parse()
-        .map_err(|e| format!("inode {:?}: {e}", f[9]))?;
+    let inode = f[9].parse().map_err(|e| format!("inode {:?}: {e}", f[9]))?;
     Ok(Socket {
         local: address(addr)?,
         port,
@@ -92,13 +90,18 @@ fn address(hex: &str) -> Result<IpAddr, String> {
             }
             Ok(IpAddr::V6(Ipv6Addr::from(b)))
         }
-        n => Err(format!("address {hex:?} has {n} hex digits, expected 8 or 32")),
+        n => Err(format!(
+            "address {hex:?} has {n} hex digits, expected 8 or 32"
+        )),
     }
 }
 
 /// The inode of a `/proc/PID/fd/N` link target, `socket:[INODE]`.
 pub fn socket_inode(link: &str) -> Option<u64> {
-    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 #[cfg(all(test, target_endian = "little"))]
@@ -136,7 +139,9 @@ mod tests {
     #[test]
     fn bad_lines_name_the_file_and_line() {
         let text = format!("{UDP}  9: 0100007F 00000000:0000 07 0 0 0 0 0 1\n");
-        let err = parse(text.as_bytes(), "/proc/net/udp").unwrap_err().to_string();
+        let err = parse(text.as_bytes(), "/proc/net/udp")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("/proc/net/udp:4: local address"), "{err}");
         assert_eq!(socket_inode("socket:[33830986]"), Some(33830986));
         assert_eq!(socket_inode("pipe:[5]"), None);

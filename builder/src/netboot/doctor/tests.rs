@@ -12,7 +12,15 @@ fn udp(addr: &str, port: u16, inode: u64) -> (Proto, String, Socket) {
 
 fn holders(v: &[(u64, u32, &str)]) -> BTreeMap<u64, Vec<Holder>> {
     v.iter()
-        .map(|&(i, pid, comm)| (i, vec![Holder { pid, comm: comm.into() }]))
+        .map(|&(i, pid, comm)| {
+            (
+                i,
+                vec![Holder {
+                    pid,
+                    comm: comm.into(),
+                }],
+            )
+        })
         .collect()
 }
 
@@ -32,11 +40,25 @@ fn port_holders_are_named_and_dnsmasq_on_67_is_no_problem() {
     let lines: Vec<String> = f.iter().map(ToString::to_string).collect();
     assert_eq!(f.len(), 4, "{lines:#?}");
     assert_eq!(f[0].level, Level::Problem);
-    assert!(lines[0].starts_with("problem port: UDP 69 (TFTP) is held by dnsmasq (pid 400)"), "{}", lines[0]);
-    assert!(lines[0].contains("[/proc/net/udp: 0.0.0.0:69]; fix: stop that program"), "{}", lines[0]);
+    assert!(
+        lines[0].starts_with("problem port: UDP 69 (TFTP) is held by dnsmasq (pid 400)"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains("[/proc/net/udp: 0.0.0.0:69]; fix: stop that program"),
+        "{}",
+        lines[0]
+    );
     assert_eq!(f[1].level, Level::Ok);
     assert_eq!(f[2].level, Level::Info);
-    assert!(lines[2].contains("held by dnsmasq (pid 400): the Pi-hole/dnsmasq DHCP server: `--dhcp proxy` still works"), "{}", lines[2]);
+    assert!(
+        lines[2].contains(
+            "held by dnsmasq (pid 400): the Pi-hole/dnsmasq DHCP server: `--dhcp proxy` still works"
+        ),
+        "{}",
+        lines[2]
+    );
     assert_eq!(f[3].level, Level::Ok, "{}", lines[3]);
     // Our own running server is not a conflict; --dhcp none needs neither 67 nor 4011.
     let socks = Sockets {
@@ -44,23 +66,44 @@ fn port_holders_are_named_and_dnsmasq_on_67_is_no_problem() {
         holders: holders(&[(5, 77, "imgbuild"), (1, 400, "dnsmasq")]),
     };
     let f = check_ports(&needs(69, 8080, DhcpMode::None), listen, &socks);
-    assert_eq!(f.iter().map(|f| f.level).collect::<Vec<_>>(), [Level::Info, Level::Ok]);
+    assert_eq!(
+        f.iter().map(|f| f.level).collect::<Vec<_>>(),
+        [Level::Info, Level::Ok]
+    );
 }
 
 #[test]
 fn pihole_dhcp_decides_the_mode() {
     use pihole::PiHole;
     let lv = |p: Option<PiHole>, m| check_pihole(p.map(Ok), "pihole.toml", m)[0].clone();
-    let on = |d| Some(PiHole { dhcp_active: true, etc_dnsmasq_d: d });
-    let off = Some(PiHole { dhcp_active: false, etc_dnsmasq_d: true });
+    let on = |d| {
+        Some(PiHole {
+            dhcp_active: true,
+            etc_dnsmasq_d: d,
+        })
+    };
+    let off = Some(PiHole {
+        dhcp_active: false,
+        etc_dnsmasq_d: true,
+    });
     let f = lv(on(false), DhcpMode::None);
     assert_eq!(f.level, Level::Problem);
     assert_eq!(f.location, "pihole.toml: misc.etc_dnsmasq_d");
-    assert!(f.fix.unwrap().contains("pihole-FTL --config misc.etc_dnsmasq_d true"));
+    assert!(
+        f.fix
+            .unwrap()
+            .contains("pihole-FTL --config misc.etc_dnsmasq_d true")
+    );
     assert_eq!(lv(on(true), DhcpMode::None).level, Level::Ok);
     assert_eq!(lv(on(false), DhcpMode::Proxy).level, Level::Info);
     let f = lv(off, DhcpMode::None);
-    assert_eq!((f.level, f.fix.unwrap().starts_with("serve with --dhcp proxy")), (Level::Problem, true));
+    assert_eq!(
+        (
+            f.level,
+            f.fix.unwrap().starts_with("serve with --dhcp proxy")
+        ),
+        (Level::Problem, true)
+    );
     assert_eq!(lv(off, DhcpMode::Proxy).level, Level::Ok);
     assert_eq!(lv(None, DhcpMode::None).level, Level::Ok);
     let bad = check_pihole(Some(Err("x".into())), "p", DhcpMode::None);
@@ -69,22 +112,32 @@ fn pihole_dhcp_decides_the_mode() {
 
 #[test]
 fn interface_state_and_mtu() {
-    let links = iplink::parse(
-        include_str!("../../../../tests/fixtures/doctor/ip-addr.json").as_bytes(),
-    )
-    .unwrap();
+    let links =
+        iplink::parse(include_str!("../../../../tests/fixtures/doctor/ip-addr.json").as_bytes())
+            .unwrap();
     let check = |name: Option<&str>, listen: &str| {
         let f = check_interface(&links, name, listen.parse().unwrap(), 65464);
         f.iter().map(ToString::to_string).collect::<Vec<_>>()
     };
     let br = check(None, "10.9.0.1");
     assert_eq!(br.len(), 1, "{br:?}");
-    assert!(br[0].starts_with("problem interface: MTU 1400 is below 1500: TFTP blocks shrink to 1368 bytes"), "{br:?}");
-    assert!(br[0].ends_with("fix: raise it if the network allows: ip link set br0 mtu 1500"), "{br:?}");
+    assert!(
+        br[0].starts_with(
+            "problem interface: MTU 1400 is below 1500: TFTP blocks shrink to 1368 bytes"
+        ),
+        "{br:?}"
+    );
+    assert!(
+        br[0].ends_with("fix: raise it if the network allows: ip link set br0 mtu 1500"),
+        "{br:?}"
+    );
     let v0 = check(None, "10.8.0.1");
     assert!(v0[0].contains("v0 has no carrier"), "{v0:?}");
     let v1 = check(Some("v1"), "10.8.0.1");
-    assert!(v1[0].contains("v1 is down") && v1[1].contains("no IPv4 address"), "{v1:?}");
+    assert!(
+        v1[0].contains("v1 is down") && v1[1].contains("no IPv4 address"),
+        "{v1:?}"
+    );
     assert!(check(Some("eth9"), "10.8.0.1")[0].contains("eth9 does not exist"));
     assert!(check(None, "10.7.0.1")[0].contains("no interface has the --listen address 10.7.0.1"));
     assert!(check(Some("lo"), "127.0.0.1")[0].starts_with("ok interface: lo is up"));
@@ -92,10 +145,9 @@ fn interface_state_and_mtu() {
 
 #[test]
 fn firewall_findings_name_the_rule() {
-    let set = nft::parse(
-        include_str!("../../../../tests/fixtures/doctor/nft-ruleset.json").as_bytes(),
-    )
-    .unwrap();
+    let set =
+        nft::parse(include_str!("../../../../tests/fixtures/doctor/nft-ruleset.json").as_bytes())
+            .unwrap();
     let f = check_firewall(&needs(69, 22, DhcpMode::None), &set);
     let lines: Vec<String> = f.iter().map(ToString::to_string).collect();
     assert_eq!(
