@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use support::netboot::{set_dir, workdir};
 use support::netns::NetNs;
+use support::proxy::udp_sockets;
 use support::{find_tool, require_tool, run, tests_dir};
 
 /// `imgbuild netboot doctor` inside `ns`, in `work`, with serve's options for our address.
@@ -103,10 +104,6 @@ fn dnsmasq(ns: &NetNs, work: &Path) -> Dnsmasq {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn udp_sockets(ns: &NetNs) -> String {
-    run(ns.cmd("ss").args(["-ulpn"])).1
 }
 
 fn nft(ns: &NetNs, args: &[&str]) -> String {
