@@ -1,9 +1,11 @@
 //! `imgbuild netboot doctor` in a network namespace with a bridge (our host, 10.33.0.1): clean
 //! first (exit 0), then each thing that stops boot clients is set up for real and must be named,
 //! judged against the tools that made it: a dnsmasq holding UDP 67 and 69 (its pid as `ss -ulpn`
-//! shows it), an nft rule dropping udp dport 69 (its handle as `nft -a list` shows it), MTU 1400,
-//! a pihole.toml with misc.etc_dnsmasq_d = false, a missing artifact. Each is undone and doctor
-//! is clean again, so the finding came from that change alone.
+//! shows it), an nft rule dropping udp dport 69 (its handle as `nft -a list` shows it), a bridge
+//! running STP, MTU 1400 (curl then gets the block size doctor predicted from our running
+//! server), a pihole.toml with misc.etc_dnsmasq_d = false, a missing and an altered artifact.
+//! Each is undone and doctor is clean again, so the finding came from that change alone; our own
+//! running server holding the ports is no problem.
 
 mod support;
 
@@ -11,7 +13,7 @@ use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use support::netboot::{set_dir, workdir};
+use support::netboot::{Server, set_dir, workdir};
 use support::netns::NetNs;
 use support::proxy::udp_sockets;
 use support::{find_tool, require_tool, run, tests_dir};
@@ -64,6 +66,7 @@ fn ready() -> bool {
         && require_tool("nft")
         && require_tool("dnsmasq")
         && require_tool("ss")
+        && require_tool("curl")
 }
 
 /// A dnsmasq, killed and reaped when dropped (also when the test fails).
@@ -121,8 +124,9 @@ fn doctor_names_each_problem_and_is_clean_without_them() {
     let w = work.path();
     let ns = NetNs::new("doctor");
     ns.bridge("br0", "10.33.0.1/24");
-    // A second host's port on the bridge, so br0 has carrier.
-    ns.veth("lan0", "lan1", "br0", "10.33.0.9/24");
+    // A second host on the bridge: br0 has carrier, and a TFTP client is a real remote peer.
+    let client = NetNs::new("doctor-client");
+    ns.veth_to(&client, "lan0", "lan1", "br0", "10.33.0.9/24");
     let proxy = ["--dhcp", "proxy"];
 
     let out = clean(&ns, w, &proxy);
@@ -234,7 +238,45 @@ fn doctor_names_each_problem_and_is_clean_without_them() {
     nft(&ns, &["delete", "table", "inet", "doc"]);
     clean(&ns, w, &proxy);
 
-    // MTU 1400: TFTP blocks shrink from the 1468 bytes Pis ask for.
+    // STP with a forward delay: a booting machine's port is mute for twice that.
+    ns.ip(&[
+        "link",
+        "set",
+        "br0",
+        "type",
+        "bridge",
+        "stp_state",
+        "1",
+        "forward_delay",
+        "400",
+    ]);
+    finds(
+        &ns,
+        w,
+        &proxy,
+        "problem interface: br0 is a bridge running STP with a 4 s forward delay",
+    );
+    // Off first: with STP on, the kernel refuses a forward delay below 2 s.
+    ns.ip(&["link", "set", "br0", "type", "bridge", "stp_state", "0"]);
+    ns.ip(&["link", "set", "br0", "type", "bridge", "forward_delay", "0"]);
+
+    // Our own running server holds the ports: that is no conflict.
+    let server = Server::start(Some(&ns), w, "10.33.0.1", &proxy);
+    let out = clean(&ns, w, &proxy);
+    for need in [
+        "UDP 69 (TFTP)",
+        "TCP 8080 (HTTP)",
+        "UDP 67 (proxyDHCP)",
+        "UDP 4011 (PXE boot server)",
+    ] {
+        assert!(
+            out.contains(&format!("info port: {need} is held by imgbuild (pid ")),
+            "{need}:\n{out}"
+        );
+    }
+
+    // MTU 1400: TFTP blocks shrink from the 1468 bytes Pis ask for, to what doctor says; curl
+    // asking the running server for 1468 gets exactly that in the OACK.
     ns.ip(&["link", "set", "br0", "mtu", "1400"]);
     finds(
         &ns,
@@ -242,7 +284,26 @@ fn doctor_names_each_problem_and_is_clean_without_them() {
         &proxy,
         "problem interface: MTU 1400 is below 1500: TFTP blocks shrink to 1368 bytes",
     );
+    let got = w.join("got");
+    let (code, _, err) = run(client
+        .cmd("curl")
+        .args([
+            "-v",
+            "--tftp-blksize",
+            "1468",
+            "tftp://10.33.0.1/amd64-worker/vmlinuz",
+            "-o",
+        ])
+        .arg(&got));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("blksize parsed from OACK (1368) requested (1468)"),
+        "{err}"
+    );
+    std::fs::remove_file(&got).unwrap();
     ns.ip(&["link", "set", "br0", "mtu", "1500"]);
+    server.stop();
+    clean(&ns, w, &proxy);
 
     // Pi-hole runs DHCP but ignores /etc/dnsmasq.d: with --dhcp none our snippet is not loaded.
     let fixtures = tests_dir().join("fixtures/doctor");

@@ -122,11 +122,11 @@ fn holders(wanted: &BTreeSet<u64>) -> BTreeMap<u64, Vec<super::Holder>> {
 
 fn interface(o: &Options) -> Vec<Finding> {
     let out = match Command::new(tool("ip"))
-        .args(["-j", "addr", "show"])
+        .args(["-j", "-d", "addr", "show"])
         .output()
     {
         Ok(out) if out.status.success() => out.stdout,
-        Ok(out) => return vec![tool_failed("interface", "ip -j addr show", &out.stderr)],
+        Ok(out) => return vec![tool_failed("interface", "ip -j -d addr show", &out.stderr)],
         Err(e) => {
             let what = format!("cannot run `ip` ({e}): the interface is not checked");
             return vec![
@@ -144,7 +144,7 @@ fn interface(o: &Options) -> Vec<Finding> {
         Err(e) => vec![Finding::new(
             Level::Info,
             "interface",
-            format!("cannot read the output of `ip -j addr show`: {e}"),
+            format!("cannot read the output of `ip -j -d addr show`: {e}"),
             "ip",
         )],
     }

@@ -1,4 +1,5 @@
-//! `ip -j addr show` (iproute2's JSON): each interface's name, flags, MTU and IPv4 addresses.
+//! `ip -j -d addr show` (iproute2's JSON): each interface's name, flags, MTU, IPv4 addresses
+//! and, for a bridge, its spanning tree settings.
 
 use std::io::Read;
 use std::net::Ipv4Addr;
@@ -14,6 +15,23 @@ pub struct Link {
     pub mtu: u32,
     #[serde(default)]
     addr_info: Vec<AddrInfo>,
+    #[serde(default)]
+    linkinfo: Option<LinkInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+struct LinkInfo {
+    #[serde(default)]
+    info_kind: String,
+    #[serde(default)]
+    info_data: Option<BridgeData>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+struct BridgeData {
+    stp_state: Option<u32>,
+    /// Centiseconds.
+    forward_delay: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -34,6 +52,14 @@ impl Link {
         !self.flags.iter().any(|f| f == "NO-CARRIER")
     }
 
+    /// For a bridge running STP: its forward delay in seconds (a port that comes up, like a
+    /// booting PC's, forwards only after twice that).
+    pub fn stp_forward_delay(&self) -> Option<u32> {
+        let li = self.linkinfo.as_ref().filter(|l| l.info_kind == "bridge")?;
+        let d = li.info_data.as_ref()?;
+        (d.stp_state.unwrap_or(0) != 0).then(|| d.forward_delay.unwrap_or(0) / 100)
+    }
+
     /// IPv4 addresses with their prefix lengths.
     pub fn ipv4(&self) -> Vec<(Ipv4Addr, u8)> {
         self.addr_info
@@ -52,7 +78,7 @@ pub fn parse(r: impl Read) -> Result<Vec<Link>, serde_json::Error> {
 mod tests {
     use super::*;
 
-    /// Captured from `ip -j addr show` by tests/fixtures/doctor/make-fixtures.
+    /// Captured from `ip -j -d addr show` by tests/fixtures/doctor/make-fixtures.
     const ADDR: &str = include_str!("../../../../tests/fixtures/doctor/ip-addr.json");
 
     #[test]
@@ -67,6 +93,9 @@ mod tests {
         assert!(v0.up() && !v0.carrier());
         let v1 = by("v1");
         assert!(!v1.up() && v1.ipv4().is_empty());
+        assert_eq!(br.stp_forward_delay(), None);
+        assert_eq!(by("br1").stp_forward_delay(), Some(15));
+        assert_eq!(v0.stp_forward_delay(), None);
         assert!(parse(&b"{}"[..]).is_err());
     }
 }

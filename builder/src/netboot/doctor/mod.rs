@@ -312,6 +312,10 @@ pub fn check_interface(
             )),
         );
     }
+    if let Some(delay) = link.stp_forward_delay().filter(|&d| d > 0) {
+        out.push(p(format!("{n} is a bridge running STP with a {delay} s forward delay: a booting machine's port forwards nothing for {} s, and PXE firmware gives up sooner", 2 * delay), &at)
+            .fix(format!("ip link set {n} type bridge stp_state 0 (or forward_delay 0)")));
+    }
     let fits = blksize_for(link.mtu).min(u32::from(max_blksize));
     if link.mtu < 1500 {
         out.push(p(format!("MTU {} is below 1500: TFTP blocks shrink to {fits} bytes (Raspberry Pis and most UEFI firmware ask for 1468); transfers get slower and some firmware gives up on a smaller block than it asked", link.mtu), &at)

@@ -139,6 +139,11 @@ fn interface_state_and_mtu() {
         "{v1:?}"
     );
     assert!(check(Some("eth9"), "10.8.0.1")[0].contains("eth9 does not exist"));
+    let br1 = check(Some("br1"), "10.8.0.1");
+    assert!(
+        br1.iter().any(|l| l.contains("br1 is a bridge running STP with a 15 s forward delay: a booting machine's port forwards nothing for 30 s")),
+        "{br1:?}"
+    );
     assert!(check(None, "10.7.0.1")[0].contains("no interface has the --listen address 10.7.0.1"));
     assert!(check(Some("lo"), "127.0.0.1")[0].starts_with("ok interface: lo is up"));
 }
