@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use support::netboot::{Server, set_dir, workdir};
+use support::netboot::{Server, secret_values, serve_command, set_dir, workdir};
 use support::netns::NetNs;
 use support::proxy::udp_sockets;
 use support::{find_tool, require_tool, run, tests_dir};
@@ -37,7 +37,18 @@ fn doctor(ns: &NetNs, work: &Path, extra: &[&str]) -> (i32, String, String) {
         .env_remove("IMGBUILD_INVENTORY")
         .env_remove("IMGBUILD_SECRETS")
         .env_remove("IMGBUILD_PROFILES");
-    run(&mut c)
+    for k in ["K3S_TOKEN", "K3S_AGENT_TOKEN", "TAILSCALE_AUTHKEY"] {
+        c.env_remove(format!("IMGBUILD_SECRET_{k}"));
+    }
+    let (code, out, err) = run(&mut c);
+    // Doctor renders every seed to check it, and shows none.
+    for secret in secret_values() {
+        assert!(
+            !out.contains(&secret) && !err.contains(&secret),
+            "a secret in:\n{out}{err}"
+        );
+    }
+    (code, out, err)
 }
 
 /// Doctor finds nothing wrong: exit 0, no problem line.
@@ -357,6 +368,31 @@ fn doctor_names_each_problem_and_is_clean_without_them() {
     assert!(out.contains("has SHA-256"), "{out}");
     std::fs::write(&kernel, &saved).unwrap();
     clean(&ns, w, &proxy);
+
+    // A secret missing: `netboot serve` would refuse to start (it does, the same way), and
+    // doctor says so first.
+    let secrets = w.join("secrets.toml");
+    let away = w.join("secrets.away");
+    std::fs::rename(&secrets, &away).unwrap();
+    let out = finds(
+        &ns,
+        w,
+        &proxy,
+        "problem seeds: node pc-1: `netboot serve` would not start, its seed cannot be rendered: secret",
+    );
+    assert!(out.contains("[nodes.toml:3]; fix: add `"), "{out}");
+    let (code, _, err) = run(&mut serve_command(Some(&ns), w, "10.33.0.1", &proxy));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("nodes.toml:3: the seed of node \"pc-1\""),
+        "{err}"
+    );
+    std::fs::rename(&away, &secrets).unwrap();
+    let out = clean(&ns, w, &proxy);
+    assert!(
+        out.contains("ok seeds: node pc-2: its seed renders"),
+        "{out}"
+    );
 
     // Bad input is exit 2, not a finding.
     std::fs::write(w.join("nodes.toml"), "[[node]]\nname = 1\n").unwrap();

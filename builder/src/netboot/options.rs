@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use super::{DhcpArgs, Endpoint};
 use crate::node::inputs::NodeSource;
+use crate::node::inventory::Node;
+use crate::node::seed::{self, Seed};
+use crate::profile::Resolved;
 
 /// What to serve and how: the set, the inventory, the address and ports, the limits.
 #[derive(clap::Args, Debug)]
@@ -49,4 +52,24 @@ pub struct ServeArgs {
 pub enum UnknownArg {
     Ignore,
     Shell,
+}
+
+impl ServeArgs {
+    /// `node`'s seed as the server renders it (`resolved` is its profile), with secrets from the
+    /// secrets file or `env`: `serve` at start, `doctor` to say whether that start would fail.
+    pub fn node_seed(
+        &self,
+        resolved: &Resolved,
+        node: &Node,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Seed> {
+        let inputs = self.nodes.load(resolved, &node.name, env)?;
+        Ok(seed::render(
+            resolved,
+            &inputs.node,
+            &inputs.secrets,
+            "",
+            &inputs.templates,
+        )?)
+    }
 }

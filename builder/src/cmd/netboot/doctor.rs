@@ -25,11 +25,17 @@ pub struct Args {
     pub json: bool,
 }
 
-pub fn run(args: &Args, _ctx: &Context) -> Result<()> {
-    let findings = host::examine(&host::Options {
+pub fn run(args: &Args, ctx: &Context) -> Result<()> {
+    let opts = host::Options {
         serve: &args.serve,
         interface: args.interface.as_deref(),
         pihole_config: &args.pihole_config,
+    };
+    let findings = host::examine(&opts, &mut |node| {
+        let resolved = ctx.resolve_concrete(&node.profile, &[])?;
+        args.serve
+            .node_seed(&resolved, node, &crate::cmd::env_var)
+            .map(drop)
     })?;
     let problems = findings
         .iter()

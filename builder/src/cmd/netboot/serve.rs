@@ -14,7 +14,7 @@ use super::Context;
 use crate::netboot::catalog::{NetbootCatalog, Summary};
 use crate::netboot::{DhcpMode, Endpoint};
 use crate::node::inventory::Node;
-use crate::node::seed::{self, Seed};
+use crate::node::seed::Seed;
 
 pub use crate::netboot::options::{ServeArgs as Args, UnknownArg};
 
@@ -170,16 +170,7 @@ fn http_config(args: &Args, e: &Endpoint) -> http::Config {
 /// The node's seed, rendered now so every problem shows at start; held in memory only.
 fn node_seed(args: &Args, ctx: &Context, node: &Node) -> Result<Seed> {
     let resolved = ctx.resolve_concrete(&node.profile, &[])?;
-    let inputs = args
-        .nodes
-        .load(&resolved, &node.name, &crate::cmd::env_var)?;
-    Ok(seed::render(
-        &resolved,
-        &inputs.node,
-        &inputs.secrets,
-        "",
-        &inputs.templates,
-    )?)
+    args.node_seed(&resolved, node, &crate::cmd::env_var)
 }
 
 fn bind_error(e: std::io::Error, proto: &str, addr: SocketAddr) -> anyhow::Error {

@@ -11,7 +11,7 @@ use super::firewall::{Proto, Ruleset};
 use super::{Finding, Level, Sockets};
 use crate::netboot::options::ServeArgs;
 use crate::netboot::set::ArtifactSet;
-use crate::node::inventory::Inventory;
+use crate::node::inventory::{Inventory, Node};
 
 /// What doctor looks at beyond serve's own options.
 pub struct Options<'a> {
@@ -20,13 +20,16 @@ pub struct Options<'a> {
     pub pihole_config: &'a Path,
 }
 
+/// Renders a node's seed as `netboot serve` would (the caller resolves profiles).
+pub type RenderSeed<'a> = dyn FnMut(&Node) -> Result<()> + 'a;
+
 /// Every check, in a fixed order. Errors are bad input (the inventory); the host's state
 /// only ever gives findings.
-pub fn examine(o: &Options) -> Result<Vec<Finding>> {
+pub fn examine(o: &Options, seed: &mut RenderSeed) -> Result<Vec<Finding>> {
     let s = o.serve;
     let e = &s.endpoint;
     let needs = super::needs(e.tftp_port, e.http_port, s.dhcp.dhcp);
-    let mut out = artifacts(&s.nodes.inventory, &s.images)?;
+    let mut out = inventory(&s.nodes.inventory, &s.images, seed)?;
     out.extend(super::check_ports(&needs, e.listen, &sockets()));
     out.extend(interface(o));
     out.extend(match firewall() {
@@ -48,15 +51,18 @@ pub fn examine(o: &Options) -> Result<Vec<Finding>> {
     Ok(out)
 }
 
-fn artifacts(inventory: &Path, images: &Path) -> Result<Vec<Finding>> {
+/// The artifact sets and seeds of the inventory's netbooted nodes.
+fn inventory(inventory: &Path, images: &Path, seed: &mut RenderSeed) -> Result<Vec<Finding>> {
     let shown = inventory.display().to_string();
     let text = std::fs::read_to_string(inventory)
         .with_context(|| format!("reading the inventory {shown}"))?;
     let inv = Inventory::parse(&text, &shown)?;
-    Ok(super::check_artifacts(&inv, &text, &shown, |profile| {
+    let mut out = super::check_artifacts(&inv, &text, &shown, |profile| {
         let dir = images.join(profile).join("netboot");
         ArtifactSet::load(&dir, profile).map(|set| set.files.len())
-    }))
+    });
+    out.extend(super::check_seeds(&inv, &text, &shown, seed));
+    Ok(out)
 }
 
 /// The kernel's UDP and TCP tables of this network namespace and who holds each socket.

@@ -59,6 +59,11 @@ impl Finding {
         self.fix = Some(fix.into());
         self
     }
+
+    fn with_fix(mut self, fix: Option<String>) -> Self {
+        self.fix = fix;
+        self
+    }
 }
 
 impl fmt::Display for Finding {
@@ -407,14 +412,68 @@ pub fn check_artifacts(
                 at,
             ),
             Err(e) => {
-                let text = e.to_string();
-                let (what, fix) = text.split_once("\n  help: ").unwrap_or((&text, ""));
-                let f = Finding::new(Level::Problem, "artifacts", format!("{who}: {what}"), at);
-                if fix.is_empty() { f } else { f.fix(fix) }
+                let (what, fix) = split_help(&e.to_string());
+                Finding::new(Level::Problem, "artifacts", format!("{who}: {what}"), at)
+                    .with_fix(fix)
             }
         });
     }
     out
+}
+
+/// Every node with a MAC gets its seed rendered as `netboot serve` does at start (`render`:
+/// profile, secrets, templates), so a missing secret shows here and not as a server that will
+/// not start.
+pub fn check_seeds(
+    inv: &crate::node::inventory::Inventory,
+    text: &str,
+    file: &str,
+    mut render: impl FnMut(&crate::node::inventory::Node) -> anyhow::Result<()>,
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for (i, node) in inv.nodes.iter().enumerate() {
+        if node.mac_address.is_none() {
+            continue;
+        }
+        let at = format!(
+            "{file}:{}",
+            crate::node::inventory::node_line(text, i, "profile")
+        );
+        let n = &node.name;
+        out.push(match render(node) {
+            Ok(()) => Finding::new(
+                Level::Ok,
+                "seeds",
+                format!("node {n}: its seed renders (profile, secrets, templates)"),
+                at,
+            ),
+            Err(e) => {
+                let mut text = e.to_string();
+                for cause in e.chain().skip(1) {
+                    text.push_str(&format!(": {cause}"));
+                }
+                let (what, fix) = split_help(&text);
+                let what = format!(
+                    "node {n}: `netboot serve` would not start, its seed cannot be rendered: {what}"
+                );
+                Finding::new(Level::Problem, "seeds", what, at).with_fix(fix)
+            }
+        });
+    }
+    out
+}
+
+/// Our errors' lines, split into what went wrong and the `  help: ` lines, each joined by "; ".
+fn split_help(text: &str) -> (String, Option<String>) {
+    let (mut what, mut help) = (Vec::new(), Vec::new());
+    for line in text.lines() {
+        match line.trim_start().strip_prefix("help: ") {
+            Some(h) => help.push(h.trim()),
+            None if !line.trim().is_empty() => what.push(line.trim()),
+            None => {}
+        }
+    }
+    (what.join("; "), (!help.is_empty()).then(|| help.join("; ")))
 }
 
 #[cfg(test)]

@@ -163,3 +163,11 @@ fn firewall_findings_name_the_rule() {
         ]
     );
 }
+
+#[test]
+fn errors_split_into_what_and_fix() {
+    let (what, fix) = split_help("a is missing\n  help: add a\nb is missing\n  help: add b");
+    assert_eq!(what, "a is missing; b is missing");
+    assert_eq!(fix.as_deref(), Some("add a; add b"));
+    assert_eq!(split_help("plain"), ("plain".to_string(), None));
+}
