@@ -286,6 +286,17 @@ pub fn check_interface(
                 .fix("use an address `ip -br addr` shows, or add it (`ip addr add ADDR/PREFIX dev IFACE`)"),
         }];
     };
+    link_findings(link, has(link), listen, max_blksize)
+}
+
+/// The state of the boot interface `link`; `has_listen`: it holds the --listen address.
+fn link_findings(
+    link: &iplink::Link,
+    has_listen: bool,
+    listen: IpAddr,
+    max_blksize: u16,
+) -> Vec<Finding> {
+    let p = |what: String, at: &str| Finding::new(Level::Problem, "interface", what, at);
     let at = format!("interface {}", link.ifname);
     let mut out = Vec::new();
     let n = &link.ifname;
@@ -310,7 +321,7 @@ pub fn check_interface(
                 "give {n} an address on the boot network, and --listen it"
             )),
         );
-    } else if !listen.is_unspecified() && !has(link) {
+    } else if !listen.is_unspecified() && !has_listen {
         out.push(
             p(format!("--listen {listen} is not an address of {n}"), &at).fix(format!(
                 "--listen one of {n}'s addresses (`ip -br addr show {n}`)"
@@ -336,7 +347,7 @@ pub fn check_interface(
     out
 }
 
-/// Whether the firewall lets each needed port's first packet in. `None`: no firewall tool.
+/// Whether the firewall lets each needed port's first packet in.
 pub fn check_firewall(needs: &[Need], set: &Ruleset) -> Vec<Finding> {
     let mut out = Vec::new();
     for need in needs {
