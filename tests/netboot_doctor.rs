@@ -72,6 +72,34 @@ fn finds(ns: &NetNs, work: &Path, extra: &[&str], want: &str) -> String {
     out
 }
 
+/// Runs a `netboot serve` that should refuse to start: its exit code and output. One that
+/// starts after all is killed (the namespace's drop would too) and fails the test.
+fn refused(mut cmd: std::process::Command, work: &Path) -> (i32, String) {
+    let log = work.join("refused.log");
+    let f = std::fs::File::create(&log).unwrap();
+    let mut child = cmd
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve started:\n{}", std::fs::read_to_string(&log).unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (
+        status.code().unwrap_or(-1),
+        std::fs::read_to_string(&log).unwrap(),
+    )
+}
+
 fn ready() -> bool {
     support::netns::available()
         && require_tool("nft")
@@ -381,7 +409,7 @@ fn doctor_names_each_problem_and_is_clean_without_them() {
         "problem seeds: node pc-1: `netboot serve` would not start, its seed cannot be rendered: secret",
     );
     assert!(out.contains("[nodes.toml:3]; fix: add `"), "{out}");
-    let (code, _, err) = run(&mut serve_command(Some(&ns), w, "10.33.0.1", &proxy));
+    let (code, err) = refused(serve_command(Some(&ns), w, "10.33.0.1", &proxy), w);
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("nodes.toml:3: the seed of node \"pc-1\""),
