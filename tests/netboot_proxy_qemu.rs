@@ -4,7 +4,8 @@
 //! from our proxy offer (user class iPXE), then the node's kernel and initrds. Firmware, iPXE and
 //! dnsmasq are nobody's here: the proof is what they fetched (our log) and the kernel's console.
 //! The second test is the same machine with OVMF's PXE switched off, so it boots by UEFI HTTP
-//! Boot: snponly.efi comes by HTTP from the URL in our offer, and TFTP is never used.
+//! Boot (snponly.efi by HTTP from the URL in our offer, no TFTP), on the Pi-hole host's layout:
+//! dnsmasq on our own host holds UDP 67 and our proxy reads through its raw socket.
 
 mod support;
 
@@ -167,7 +168,7 @@ fn ovmf_pxe_boots_through_the_proxy_beside_a_router_dhcp() {
 }
 
 #[test]
-fn ovmf_uefi_http_boot_through_the_proxy_beside_a_router_dhcp() {
+fn ovmf_uefi_http_boot_through_the_proxy_with_dnsmasq_holding_67_on_our_host() {
     if !ready() || !qemu_ready() {
         return;
     }
@@ -177,7 +178,8 @@ fn ovmf_uefi_http_boot_through_the_proxy_beside_a_router_dhcp() {
     let scratch = support::scratch();
     let boot = support::qemu::extract_boot_files(&base, scratch.path());
     let work = workdir_with(1, Some(Path::new(IPXE)), Some((&boot.kernel, &boot.initrd)));
-    let lab = Lab::new(work.path(), Dnsmasq::Router, &["tap0"]);
+    // The Pi-hole host: dnsmasq on our own host holds UDP 67, so the proxy reads by raw socket.
+    let lab = Lab::new(work.path(), Dnsmasq::SameHost, &["tap0"]);
     // OVMF's fw_cfg switches turn its PXE boot options off, so the firmware's only network
     // boot is HTTP Boot (DHCP with vendor class HTTPClient, then the URL in our offer).
     let no_pxe = [
@@ -214,9 +216,10 @@ fn ovmf_uefi_http_boot_through_the_proxy_beside_a_router_dhcp() {
         !log.contains("tftp: sent") && !log.contains("port=Pxe"),
         "{log}"
     );
+    assert!(log.contains("proxyDHCP on UDP 67: raw"), "{log}");
     let d = lab.dnsmasq_log();
     assert!(
-        d.contains("DHCPACK(rt1) 10.33.0.1") && d.contains("52:54:00:00:00:02"),
+        d.contains("DHCPACK(br0) 10.33.0.1") && d.contains("52:54:00:00:00:02"),
         "{d}"
     );
     assert!(
