@@ -183,7 +183,7 @@ pub fn udp_sockets(ns: &NetNs) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn wait_for_port_67(ns: &NetNs, work: &std::path::Path) {
+pub fn wait_for_port_67(ns: &NetNs, work: &std::path::Path) {
     let t0 = Instant::now();
     while !udp_sockets(ns).contains(":67 ") {
         assert!(
