@@ -8,12 +8,13 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use imgbuild_netboot::ipxe::Unknown;
 use imgbuild_netboot::tftp::{server as tftp, transfer::Limits};
-use imgbuild_netboot::{Catalog, dhcp, http};
+use imgbuild_netboot::{Admission, Catalog, dhcp, http};
 use tokio::sync::watch;
 
 use super::Context;
-use crate::netboot::catalog::{NetbootCatalog, Summary};
-use crate::netboot::{DhcpArgs, DhcpMode, Endpoint};
+use crate::netboot::catalog::{Lookup, NetbootCatalog, Summary};
+use crate::netboot::state::StateDir;
+use crate::netboot::{DhcpArgs, DhcpMode, Endpoint, StateArgs, neigh};
 use crate::node::inputs::NodeSource;
 use crate::node::inventory::Node;
 use crate::node::seed::{self, Seed};
@@ -54,6 +55,8 @@ pub struct Args {
     pub max_windowsize: u16,
     #[command(flatten)]
     pub dhcp: DhcpArgs,
+    #[command(flatten)]
+    pub state: StateArgs,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy)]
@@ -63,9 +66,14 @@ pub enum UnknownArg {
 }
 
 pub fn run(args: &Args, ctx: &Context) -> Result<()> {
-    let (catalog, summary) = NetbootCatalog::load(&args.nodes.inventory, &args.images, |node| {
-        node_seed(args, ctx, node)
-    })?;
+    let lookup = Lookup {
+        state: StateDir::new(&args.state.state_dir),
+        neighbours: Box::new(|ip| neigh::mac_of(&std::fs::read_to_string("/proc/net/arp").ok()?, ip)),
+    };
+    let (catalog, summary) =
+        NetbootCatalog::load(&args.nodes.inventory, &args.images, lookup, |node| {
+            node_seed(args, ctx, node)
+        })?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -95,8 +103,8 @@ async fn serve(args: &Args, catalog: Arc<dyn Catalog>, summary: &Summary) -> Res
     // Bound before the "serving" line, which tells tests and users everything listens.
     let (stop_tx, stop_rx) = watch::channel(false);
     let dhcp_tasks = start_dhcp(args, &e, &catalog, &stop_rx)?;
-    for (node, mac, profile) in &summary.nodes {
-        tracing::info!(%node, %mac, %profile, "netboot: serving node");
+    for (node, ids, profile, policy) in &summary.nodes {
+        tracing::info!(%node, %ids, %profile, ?policy, "netboot: serving node");
     }
     eprintln!(
         "imgbuild netboot: serving {} node(s), {} file(s) on tftp://{} and {}; Ctrl-C stops",
@@ -164,9 +172,18 @@ fn start_dhcp(
     let has_file: dhcp::server::HasFile = Arc::new(move |name| c.artifact(name).is_some());
     let c = catalog.clone();
     let shell = matches!(args.unknown, UnknownArg::Shell);
-    let policy: dhcp::server::Policy = Arc::new(move |client, _class| {
-        (!shell && c.node_boot(client.mac).is_none())
-            .then(|| "MAC not in the inventory (--unknown shell answers every machine)".into())
+    let policy: dhcp::server::Policy = Arc::new(move |client, class| {
+        match c.admit(&client.ids(class)) {
+            Admission::Boot { boot, why } => {
+                tracing::info!(mac = %client.mac, node = %boot.node, "dhcp: matched ({why})");
+                None
+            }
+            Admission::Refused { node, why } => Some(format!("node {node}: {why}")),
+            Admission::Unknown(_) if shell => None,
+            Admission::Unknown(why) => {
+                Some(format!("{why} (--unknown shell answers every machine)"))
+            }
+        }
     });
     let mut tasks = Vec::new();
     for port in [dhcp::server::DHCP_PORT, dhcp::server::PXE_PORT] {
