@@ -78,12 +78,9 @@ impl NetbootCatalog {
                 summary.skipped.push(node.name.clone());
                 continue;
             };
-            summary.nodes.push((
-                node.name.clone(),
-                ids,
-                node.profile.clone(),
-                node.netboot,
-            ));
+            summary
+                .nodes
+                .push((node.name.clone(), ids, node.profile.clone(), node.netboot));
             cat.nodes.push(node.clone());
             if node.netboot == NetbootPolicy::Never {
                 continue;
@@ -117,11 +114,15 @@ impl NetbootCatalog {
         at: &str,
     ) -> Result<()> {
         // First: an unknown profile is said as such, not as missing artifacts.
-        let seed = seed_of(node).with_context(|| format!("{at}: the seed of node {:?}", node.name))?;
+        let seed =
+            seed_of(node).with_context(|| format!("{at}: the seed of node {:?}", node.name))?;
         if !sets.contains_key(&node.profile) {
             let dir = images.join(&node.profile).join("netboot");
             let set = ArtifactSet::load(&dir, &node.profile).with_context(|| {
-                format!("{at}: node {:?} netboots profile {:?}", node.name, node.profile)
+                format!(
+                    "{at}: node {:?} netboots profile {:?}",
+                    node.name, node.profile
+                )
             })?;
             sets.insert(node.profile.clone(), set);
         }
@@ -271,8 +272,12 @@ impl Catalog for NetbootCatalog {
             return;
         }
         match self.state.mark_spent(node, client) {
-            Ok(()) => tracing::info!(%node, %client, "netboot: node fetched its seed; netboot = \"once\": refused from now on until `imgbuild netboot arm {node}`"),
-            Err(e) => tracing::error!(%node, "netboot: recording that the node fetched its seed failed: {e:#}"),
+            Ok(()) => {
+                tracing::info!(%node, %client, "netboot: node fetched its seed; netboot = \"once\": refused from now on until `imgbuild netboot arm {node}`")
+            }
+            Err(e) => {
+                tracing::error!(%node, "netboot: recording that the node fetched its seed failed: {e:#}")
+            }
         }
     }
 }

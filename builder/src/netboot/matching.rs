@@ -101,12 +101,21 @@ serial = "10000000abcdef01"
         let uuid = crate::node::inventory::parse_uuid("00112233-4455-6677-8899-aabbccddeeff");
         let (n, why) = found(&ids(Some("52:54:00:00:00:01"), uuid, None)).unwrap();
         assert_eq!(n, "pc");
-        assert!(why.contains("SMBIOS UUID 00112233-4455-6677-8899-aabbccddeeff (as printed)"), "{why}");
-        assert!(why.contains("wins over its MAC (that is node \"card\"'s)"), "{why}");
+        assert!(
+            why.contains("SMBIOS UUID 00112233-4455-6677-8899-aabbccddeeff (as printed)"),
+            "{why}"
+        );
+        assert!(
+            why.contains("wins over its MAC (that is node \"card\"'s)"),
+            "{why}"
+        );
         // Firmware that sends the SMBIOS (little-endian) order matches the same node.
         let swapped = uuid.map(|u| uuid_swapped(&u));
         let (n, why) = found(&ids(None, swapped, None)).unwrap();
-        assert_eq!((n.as_str(), why.contains("SMBIOS byte order")), ("pc", true));
+        assert_eq!(
+            (n.as_str(), why.contains("SMBIOS byte order")),
+            ("pc", true)
+        );
         let (n, why) = found(&ids(Some("52:54:00:00:00:01"), None, Some(0xabcdef01))).unwrap();
         assert_eq!(n, "pi");
         assert!(why.starts_with("Raspberry Pi serial abcdef01"), "{why}");
@@ -124,7 +133,10 @@ serial = "10000000abcdef01"
         // An unknown UUID or serial falls back to the MAC.
         let (n, _) = found(&ids(Some("52:54:00:00:00:01"), Some([9; 16]), Some(7))).unwrap();
         assert_eq!(n, "card");
-        assert_eq!(found(&ids(Some("52:54:00:00:00:99"), Some([9; 16]), Some(7))), None);
+        assert_eq!(
+            found(&ids(Some("52:54:00:00:00:99"), Some([9; 16]), Some(7))),
+            None
+        );
         assert_eq!(found(&ids(None, None, None)), None);
     }
 }

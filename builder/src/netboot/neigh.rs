@@ -21,8 +21,8 @@ pub fn mac_of(table: &str, ip: IpAddr) -> Option<Mac> {
             return None;
         };
         // ATF_COM (0x2): resolved; an incomplete entry shows 00:00:00:00:00:00.
-        let complete = u32::from_str_radix(flags.trim_start_matches("0x"), 16)
-            .is_ok_and(|v| v & 0x2 != 0);
+        let complete =
+            u32::from_str_radix(flags.trim_start_matches("0x"), 16).is_ok_and(|v| v & 0x2 != 0);
         (complete && addr.parse() == Ok(ip)).then(|| mac.parse().ok())?
     })
 }
@@ -38,8 +38,14 @@ mod tests {
                  10.33.0.51       0x1         0x0         00:00:00:00:00:00     *        br0\n\
                  10.33.0.5        0x1         0x6         52:54:00:00:00:05     *        br0\n";
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert_eq!(mac_of(t, ip("10.33.0.50")), Some(Mac([0x52, 0x54, 0, 0, 0, 1])));
-        assert_eq!(mac_of(t, ip("10.33.0.5")), Some(Mac([0x52, 0x54, 0, 0, 0, 5])));
+        assert_eq!(
+            mac_of(t, ip("10.33.0.50")),
+            Some(Mac([0x52, 0x54, 0, 0, 0, 1]))
+        );
+        assert_eq!(
+            mac_of(t, ip("10.33.0.5")),
+            Some(Mac([0x52, 0x54, 0, 0, 0, 5]))
+        );
         assert_eq!(mac_of(t, ip("10.33.0.51")), None);
         assert_eq!(mac_of(t, ip("10.33.0.52")), None);
         assert_eq!(mac_of(t, ip("fd00::1")), None);

@@ -111,7 +111,11 @@ impl NetbootPolicy {
 pub fn parse_uuid(text: &str) -> Option<[u8; 16]> {
     let groups: Vec<&str> = text.split('-').collect();
     let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
-    if lens != [8, 4, 4, 4, 12] || !groups.iter().all(|g| g.bytes().all(|b| b.is_ascii_hexdigit())) {
+    if lens != [8, 4, 4, 4, 12]
+        || !groups
+            .iter()
+            .all(|g| g.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
         return None;
     }
     let hex: String = groups.concat();
@@ -465,7 +469,10 @@ fn duplicate_ids(nodes: &[Node]) -> Vec<(usize, &'static str, String, &'static s
             }
         }
         if let Some(u) = n.uuid.as_deref().and_then(parse_uuid) {
-            let other = uuids.get(&u).or_else(|| uuids.get(&uuid_swapped(&u))).copied();
+            let other = uuids
+                .get(&u)
+                .or_else(|| uuids.get(&uuid_swapped(&u)))
+                .copied();
             uuids.insert(u, &n.name);
             if let Some(other) = other {
                 let msg = format!(
@@ -664,7 +671,9 @@ profile = "droplet-worker"
     #[test]
     fn shared_identifiers_are_refused_at_the_later_node() {
         let text = "[[node]]\nname = \"a\"\nprofile = \"p\"\nmac = \"52:54:00:00:00:01\"\nserial = \"10000000ABCDEF01\"\nuuid = \"00112233-4455-6677-8899-aabbccddeeff\"\n\n[[node]]\nname = \"b\"\nprofile = \"p\"\nmac = \"52-54-00-00-00-01\"\nserial = \"abcdef01\"\nuuid = \"33221100-5544-7766-8899-AABBCCDDEEFF\"\n";
-        let msg = Inventory::parse(text, "nodes.toml").unwrap_err().to_string();
+        let msg = Inventory::parse(text, "nodes.toml")
+            .unwrap_err()
+            .to_string();
         for want in [
             "nodes.toml:11:7: MAC 52:54:00:00:00:01 is also given for node \"a\"",
             "nodes.toml:12:10: serial abcdef01 is also given for node \"a\"",
@@ -682,22 +691,43 @@ profile = "droplet-worker"
         assert_eq!(inv.nodes[1].pi_serial(), Some(0xabcdef02));
         let u = inv.nodes[0].uuid_bytes.unwrap();
         assert_eq!(u[0], 0x00);
-        assert_eq!(uuid_swapped(&u)[..8], [0x33, 0x22, 0x11, 0x00, 0x55, 0x44, 0x77, 0x66]);
+        assert_eq!(
+            uuid_swapped(&u)[..8],
+            [0x33, 0x22, 0x11, 0x00, 0x55, 0x44, 0x77, 0x66]
+        );
         assert_eq!(inv.nodes[0].netboot, NetbootPolicy::Always);
     }
 
     #[test]
     fn netboot_policy_and_uuid_are_checked() {
         let inv = |extra: &str| {
-            Inventory::parse(&format!("[[node]]\nname = \"a\"\nprofile = \"p\"\n{extra}"), "n.toml")
+            Inventory::parse(
+                &format!("[[node]]\nname = \"a\"\nprofile = \"p\"\n{extra}"),
+                "n.toml",
+            )
         };
-        assert_eq!(inv("netboot = \"once\"\n").unwrap().nodes[0].netboot, NetbootPolicy::Once);
-        assert_eq!(inv("netboot = \"never\"\n").unwrap().nodes[0].netboot, NetbootPolicy::Never);
+        assert_eq!(
+            inv("netboot = \"once\"\n").unwrap().nodes[0].netboot,
+            NetbootPolicy::Once
+        );
+        assert_eq!(
+            inv("netboot = \"never\"\n").unwrap().nodes[0].netboot,
+            NetbootPolicy::Never
+        );
         let err = inv("netboot = \"sometimes\"\n").unwrap_err().to_string();
-        assert!(err.contains("n.toml:4:11: unknown variant `sometimes`"), "{err}");
+        assert!(
+            err.contains("n.toml:4:11: unknown variant `sometimes`"),
+            "{err}"
+        );
         let err = inv("uuid = \"0011-2233\"\n").unwrap_err().to_string();
-        assert!(err.contains("n.toml:4:8: uuid \"0011-2233\" is not a UUID"), "{err}");
-        assert_eq!(parse_uuid("00112233-4455-6677-8899-aabbccddeeff").unwrap()[15], 0xff);
+        assert!(
+            err.contains("n.toml:4:8: uuid \"0011-2233\" is not a UUID"),
+            "{err}"
+        );
+        assert_eq!(
+            parse_uuid("00112233-4455-6677-8899-aabbccddeeff").unwrap()[15],
+            0xff
+        );
         assert_eq!(parse_uuid("00112233-4455-6677-8899-aabbccddeefg"), None);
         assert_eq!(parse_uuid("001122334455-6677-8899-aabb-ccddeeff"), None);
         assert_eq!(parse_uuid("+0112233-4455-6677-8899-aabbccddeeff"), None);

@@ -68,7 +68,9 @@ pub enum UnknownArg {
 pub fn run(args: &Args, ctx: &Context) -> Result<()> {
     let lookup = Lookup {
         state: StateDir::new(&args.state.state_dir),
-        neighbours: Box::new(|ip| neigh::mac_of(&std::fs::read_to_string("/proc/net/arp").ok()?, ip)),
+        neighbours: Box::new(|ip| {
+            neigh::mac_of(&std::fs::read_to_string("/proc/net/arp").ok()?, ip)
+        }),
     };
     let (catalog, summary) =
         NetbootCatalog::load(&args.nodes.inventory, &args.images, lookup, |node| {
@@ -172,8 +174,8 @@ fn start_dhcp(
     let has_file: dhcp::server::HasFile = Arc::new(move |name| c.artifact(name).is_some());
     let c = catalog.clone();
     let shell = matches!(args.unknown, UnknownArg::Shell);
-    let policy: dhcp::server::Policy = Arc::new(move |client, class| {
-        match c.admit(&client.ids(class)) {
+    let policy: dhcp::server::Policy =
+        Arc::new(move |client, class| match c.admit(&client.ids(class)) {
             Admission::Boot { boot, why } => {
                 tracing::info!(mac = %client.mac, node = %boot.node, "dhcp: matched ({why})");
                 None
@@ -183,8 +185,7 @@ fn start_dhcp(
             Admission::Unknown(why) => {
                 Some(format!("{why} (--unknown shell answers every machine)"))
             }
-        }
-    });
+        });
     let mut tasks = Vec::new();
     for port in [dhcp::server::DHCP_PORT, dhcp::server::PXE_PORT] {
         let l = dhcp::server::Listener::bind(server, port).map_err(|err| {

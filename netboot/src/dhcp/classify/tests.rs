@@ -155,7 +155,10 @@ fn ids_carry_the_pi_serial_or_the_pxe_uuid() {
         c.ids(&classify(&c).unwrap().0)
     };
     let pi = ids(&Request::pi(true, MAC, 0x00c03111, 0x1234abcd));
-    assert_eq!((pi.mac, pi.pi_serial, pi.guid), (Some(MAC), Some(0x1234abcd), None));
+    assert_eq!(
+        (pi.mac, pi.pi_serial, pi.guid),
+        (Some(MAC), Some(0x1234abcd), None)
+    );
     let uuid: [u8; 16] = std::array::from_fn(|i| i as u8 + 1);
     let pxe = Request {
         guid: Some([&[0u8][..], &uuid].concat()),
