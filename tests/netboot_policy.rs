@@ -254,3 +254,62 @@ fn a_duplicate_mac_is_refused_at_start_and_the_fixed_inventory_serves() {
     let log = server.stop();
     assert!(log.contains("serving 2 node(s)"), "{log}");
 }
+
+/// `--unknown-profile`: a machine not in the inventory boots that profile as its own node (name
+/// from its MAC, its own seed), while inventory nodes keep theirs; a profile that does not
+/// exist stops the start.
+#[test]
+fn unknown_machines_boot_the_default_profile_when_one_is_set() {
+    if !support::require_tool("curl") {
+        return;
+    }
+    let work = workdir(1);
+    let base = [
+        "--tftp-port",
+        "0",
+        "--http-port",
+        "0",
+        "--state-dir",
+        "state",
+    ];
+    let with = |p: &'static str| [&base[..], &["--unknown-profile", p]].concat();
+    let (code, _, err) = run(&mut serve_command(
+        None,
+        work.path(),
+        "127.0.0.1",
+        &with("no-such-profile"),
+    ));
+    assert!(
+        code == 2 && err.contains("--unknown-profile no-such-profile"),
+        "{err}"
+    );
+    let s = Server::start(None, work.path(), "127.0.0.1", &with("amd64-worker"));
+    let get = |url: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-sf", url])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{url}:\n{}", s.log());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let script = get(&format!("{}/boot.ipxe?mac=52-54-00-00-00-99", s.url()));
+    assert!(
+        script.contains("# imgbuild: node amd64-worker-525400000099, profile amd64-worker"),
+        "{script}"
+    );
+    let at = script.find("s=http").unwrap() + 2;
+    let seed = script[at..].split_whitespace().next().unwrap().to_string();
+    let meta = get(&format!("{seed}meta-data"));
+    assert!(meta.contains("amd64-worker-525400000099"), "{meta}");
+    assert!(!get(&format!("{seed}user-data")).is_empty());
+    let pc1 = get(&format!("{}/boot.ipxe?mac=52-54-00-00-00-01", s.url()));
+    assert!(pc1.contains("# imgbuild: node pc-1,"), "{pc1}");
+    let log = s.stop();
+    assert!(
+        log.contains("--unknown-profile amd64-worker boots it as node amd64-worker-525400000099"),
+        "{log}"
+    );
+    for secret in secret_values() {
+        assert!(!log.contains(&secret), "a secret in the log");
+    }
+}

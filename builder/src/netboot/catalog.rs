@@ -32,6 +32,7 @@ pub struct NetbootCatalog {
     neighbours: Neighbours,
     /// Address → MAC, from requests that carried both (`/boot.ipxe?mac=`).
     learnt: Mutex<HashMap<IpAddr, Mac>>,
+    fallback: Option<Fallback>,
 }
 
 /// Summary for the start-up message: (node, how it is matched, profile, policy).
@@ -46,6 +47,22 @@ pub struct Summary {
 pub struct Lookup {
     pub state: StateDir,
     pub neighbours: Neighbours,
+    /// What a machine not in the inventory boots, if anything.
+    pub default: Option<DefaultProfile>,
+}
+
+/// `--unknown-profile`: machines not in the inventory boot this profile as node
+/// `<profile>-<mac as 12 hex digits>`, their seed rendered when they first ask.
+pub struct DefaultProfile {
+    pub profile: String,
+    pub render: Box<dyn Fn(&Node) -> Result<Seed> + Send + Sync>,
+}
+
+/// The default profile with its boot (for a probe node) and the seeds rendered so far.
+struct Fallback {
+    profile: DefaultProfile,
+    boot: NodeBoot,
+    seeds: Mutex<HashMap<String, Seed>>,
 }
 
 impl NetbootCatalog {
@@ -70,6 +87,7 @@ impl NetbootCatalog {
             state: lookup.state,
             neighbours: lookup.neighbours,
             learnt: Mutex::default(),
+            fallback: None,
         };
         let mut summary = Summary::default();
         let mut problems = Vec::new();
@@ -91,10 +109,15 @@ impl NetbootCatalog {
                 Err(e) => problems.push(format!("{e:#}")),
             }
         }
+        if let Some(d) = lookup.default
+            && let Err(e) = cat.add_fallback(d, images, &mut sets)
+        {
+            problems.push(format!("{e:#}"));
+        }
         if !problems.is_empty() {
             bail!("{}", problems.join("\n"));
         }
-        if cat.boots.is_empty() {
+        if cat.boots.is_empty() && cat.fallback.is_none() {
             bail!(
                 "{shown} has no node with a `mac`, `serial` or `uuid` that may netboot, so there is nothing to serve\n  help: add mac = \"…\" to the [[node]] entries of the machines that boot from the network"
             );
@@ -116,6 +139,20 @@ impl NetbootCatalog {
         // First: an unknown profile is said as such, not as missing artifacts.
         let seed =
             seed_of(node).with_context(|| format!("{at}: the seed of node {:?}", node.name))?;
+        let boot = self.boot_of(node, images, sets, at)?;
+        self.boots.insert(node.name.clone(), boot);
+        self.seeds.insert(node.name.clone(), seed);
+        Ok(())
+    }
+
+    /// `node`'s boot from its profile's artifact set (loaded once per profile).
+    fn boot_of(
+        &self,
+        node: &Node,
+        images: &Path,
+        sets: &mut BTreeMap<String, ArtifactSet>,
+        at: &str,
+    ) -> Result<NodeBoot> {
         if !sets.contains_key(&node.profile) {
             let dir = images.join(&node.profile).join("netboot");
             let set = ArtifactSet::load(&dir, &node.profile).with_context(|| {
@@ -128,16 +165,58 @@ impl NetbootCatalog {
         }
         let m = &sets[&node.profile].manifest;
         let name = |f: &str| format!("{}/{f}", node.profile);
-        let boot = NodeBoot {
+        Ok(NodeBoot {
             node: node.name.clone(),
             profile: node.profile.clone(),
             kernel: name(&m.kernel),
             initrds: m.initrds.iter().map(|i| name(i)).collect(),
             cmdline: m.cmdline.clone(),
-        };
-        self.boots.insert(node.name.clone(), boot);
-        self.seeds.insert(node.name.clone(), seed);
+        })
+    }
+
+    /// The default profile: its artifact set, and one seed rendered now so that a problem with
+    /// it (a missing secret) shows at start, not at the first unknown machine.
+    fn add_fallback(
+        &mut self,
+        d: DefaultProfile,
+        images: &Path,
+        sets: &mut BTreeMap<String, ArtifactSet>,
+    ) -> Result<()> {
+        let at = format!("--unknown-profile {}", d.profile);
+        let probe = fallback_node(&d.profile, Mac([0; 6]))?;
+        (d.render)(&probe).with_context(|| format!("{at}: the seed of an unknown machine"))?;
+        let boot = self.boot_of(&probe, images, sets, &at)?;
+        self.fallback = Some(Fallback {
+            profile: d,
+            boot,
+            seeds: Mutex::default(),
+        });
         Ok(())
+    }
+
+    /// The boot of an unknown machine with `mac` under the default profile, its seed rendered
+    /// (once per machine), and why; or why not, for the log.
+    fn fallback_boot(&self, mac: Mac) -> Result<(NodeBoot, String), String> {
+        let f = self.fallback.as_ref().ok_or("MAC not in the inventory")?;
+        let node = fallback_node(&f.profile.profile, mac).map_err(|e| format!("{e:#}"))?;
+        let mut seeds = f.seeds.lock().expect("lock");
+        if !seeds.contains_key(&node.name) {
+            let seed = (f.profile.render)(&node).map_err(|e| {
+                format!(
+                    "MAC not in the inventory, and its seed under --unknown-profile failed: {e:#}"
+                )
+            })?;
+            seeds.insert(node.name.clone(), seed);
+        }
+        let why = format!(
+            "MAC not in the inventory: --unknown-profile {} boots it as node {}",
+            f.profile.profile, node.name
+        );
+        let boot = NodeBoot {
+            node: node.name,
+            ..f.boot.clone()
+        };
+        Ok((boot, why))
     }
 
     /// `<profile>/<file>` for every listed file, and the iPXE binaries under the fixed names the
@@ -192,6 +271,16 @@ impl NetbootCatalog {
     }
 }
 
+/// The node an unknown machine is under the default profile, made (and checked) like an
+/// inventory entry.
+fn fallback_node(profile: &str, mac: Mac) -> Result<Node> {
+    let hex: String = mac.0.iter().map(|b| format!("{b:02x}")).collect();
+    let text =
+        format!("[[node]]\nname = \"{profile}-{hex}\"\nprofile = \"{profile}\"\nmac = \"{mac}\"\n");
+    let inv = Inventory::parse(&text, "--unknown-profile")?;
+    Ok(inv.nodes.into_iter().next().expect("one node"))
+}
+
 /// How a node is matched, for the start-up log; None for a node that cannot netboot.
 fn identifiers(n: &Node) -> Option<String> {
     let mut ids = Vec::new();
@@ -218,7 +307,14 @@ impl Catalog for NetbootCatalog {
     }
 
     fn seed(&self, node: &str, file: SeedFile) -> Option<String> {
-        let s = self.seeds.get(node)?;
+        let fallback = self
+            .fallback
+            .as_ref()
+            .map(|f| f.seeds.lock().expect("lock"));
+        let s = self
+            .seeds
+            .get(node)
+            .or_else(|| fallback.as_ref()?.get(node))?;
         Some(match file {
             SeedFile::MetaData => s.meta_data.clone(),
             SeedFile::UserData => s.user_data.clone(),
@@ -239,7 +335,10 @@ impl Catalog for NetbootCatalog {
         }
         let Some(found) = matching::find(&self.nodes, &ids) else {
             return Admission::Unknown(match (ids.mac, ids.ip) {
-                (Some(_), _) => "MAC not in the inventory".into(),
+                (Some(mac), _) => match self.fallback_boot(mac) {
+                    Ok((boot, why)) => return Admission::Boot { boot, why },
+                    Err(why) => why,
+                },
                 (None, Some(ip)) => format!("no MAC known for {ip}"),
                 (None, None) => "no MAC, serial or UUID in the inventory".into(),
             });

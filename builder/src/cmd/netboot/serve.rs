@@ -12,12 +12,13 @@ use imgbuild_netboot::{Admission, Catalog, dhcp, http};
 use tokio::sync::watch;
 
 use super::Context;
-use crate::netboot::catalog::{Lookup, NetbootCatalog, Summary};
+use crate::netboot::catalog::{DefaultProfile, Lookup, NetbootCatalog, Summary};
 use crate::netboot::state::StateDir;
 use crate::netboot::{DhcpArgs, DhcpMode, Endpoint, StateArgs, neigh};
-use crate::node::inputs::NodeSource;
+use crate::node::inputs::{NodeInputs, NodeSource};
 use crate::node::inventory::Node;
 use crate::node::seed::{self, Seed};
+use crate::profile::Resolved;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -33,6 +34,10 @@ pub struct Args {
     /// boot device) or `shell` (the iPXE shell, for debugging at its console).
     #[arg(long, value_enum, default_value_t = UnknownArg::Ignore)]
     pub unknown: UnknownArg,
+    /// Boot machines whose MAC is not in the inventory with this profile instead (each as node
+    /// `<profile>-<MAC as 12 hex digits>`, with its own seed); --unknown then never applies.
+    #[arg(long, value_name = "PROFILE")]
+    pub unknown_profile: Option<String>,
     /// How long a node's seed URL works after its boot script was served.
     #[arg(long, default_value_t = 900, value_name = "SECONDS")]
     pub seed_ttl: u64,
@@ -71,6 +76,7 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
         neighbours: Box::new(|ip| {
             neigh::mac_of(&std::fs::read_to_string("/proc/net/arp").ok()?, ip)
         }),
+        default: default_profile(args, ctx)?,
     };
     let (catalog, summary) =
         NetbootCatalog::load(&args.nodes.inventory, &args.images, lookup, |node| {
@@ -235,13 +241,37 @@ fn node_seed(args: &Args, ctx: &Context, node: &Node) -> Result<Seed> {
     let inputs = args
         .nodes
         .load(&resolved, &node.name, &crate::cmd::env_var)?;
+    render(&resolved, &inputs)
+}
+
+fn render(resolved: &Resolved, inputs: &NodeInputs) -> Result<Seed> {
     Ok(seed::render(
-        &resolved,
+        resolved,
         &inputs.node,
         &inputs.secrets,
         "",
         &inputs.templates,
     )?)
+}
+
+/// `--unknown-profile`: the profile resolved now; each unknown machine's seed is rendered
+/// when it first asks (its secrets read then, from the same secrets file).
+fn default_profile(args: &Args, ctx: &Context) -> Result<Option<DefaultProfile>> {
+    let Some(profile) = &args.unknown_profile else {
+        return Ok(None);
+    };
+    let resolved = ctx
+        .resolve_concrete(profile, &[])
+        .with_context(|| format!("--unknown-profile {profile}"))?;
+    let nodes = args.nodes.clone();
+    let render = Box::new(move |node: &Node| {
+        let inputs = nodes.inputs_for(&resolved, node.clone(), &crate::cmd::env_var)?;
+        render(&resolved, &inputs)
+    });
+    Ok(Some(DefaultProfile {
+        profile: profile.clone(),
+        render,
+    }))
 }
 
 fn bind_error(e: std::io::Error, proto: &str, addr: SocketAddr) -> anyhow::Error {
