@@ -51,11 +51,14 @@ pub struct Lookup {
     pub default: Option<DefaultProfile>,
 }
 
+/// Renders the seed of a node that is not in the inventory.
+pub type RenderSeed = Box<dyn Fn(&Node) -> Result<Seed> + Send + Sync>;
+
 /// `--unknown-profile`: machines not in the inventory boot this profile as node
 /// `<profile>-<mac as 12 hex digits>`, their seed rendered when they first ask.
 pub struct DefaultProfile {
     pub profile: String,
-    pub render: Box<dyn Fn(&Node) -> Result<Seed> + Send + Sync>,
+    pub render: RenderSeed,
 }
 
 /// The default profile with its boot (for a probe node) and the seeds rendered so far.
