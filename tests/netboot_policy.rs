@@ -17,6 +17,16 @@ use support::{imgbuild, run};
 
 const URL: &str = "http://10.33.0.1:8080";
 
+/// `serve` on loopback, any free ports, the state folder in the work folder.
+const LOOPBACK: [&str; 6] = [
+    "--tftp-port",
+    "0",
+    "--http-port",
+    "0",
+    "--state-dir",
+    "state",
+];
+
 /// pc-1 once, pc-2 never, and a Pi known by its serial only (never).
 fn inventory() -> String {
     NODES
@@ -214,14 +224,7 @@ fn a_duplicate_mac_is_refused_at_start_and_the_fixed_inventory_serves() {
     let inv = work.path().join("nodes.toml");
     let good = std::fs::read_to_string(&inv).unwrap();
     std::fs::write(&inv, good.replace("52:54:00:00:00:02", "52:54:00:00:00:01")).unwrap();
-    let args = [
-        "--tftp-port",
-        "0",
-        "--http-port",
-        "0",
-        "--state-dir",
-        "state",
-    ];
+    let args = LOOPBACK;
     let (code, _, err) = run(&mut serve_command(None, work.path(), "127.0.0.1", &args));
     assert_eq!(code, 2, "{err}");
     assert!(
@@ -264,14 +267,7 @@ fn unknown_machines_boot_the_default_profile_when_one_is_set() {
         return;
     }
     let work = workdir(1);
-    let base = [
-        "--tftp-port",
-        "0",
-        "--http-port",
-        "0",
-        "--state-dir",
-        "state",
-    ];
+    let base = LOOPBACK;
     let with = |p: &'static str| [&base[..], &["--unknown-profile", p]].concat();
     let (code, _, err) = run(&mut serve_command(
         None,
