@@ -252,7 +252,20 @@ fn a_duplicate_mac_is_refused_at_start_and_the_fixed_inventory_serves() {
         err.contains("nodes.toml:8:") && err.contains("imgbuild netboot build amd64-server"),
         "{err}"
     );
-    std::fs::write(&inv, &good).unwrap();
+    // A `once` node needs a state folder it can write (else its seed could go out unrecorded).
+    let once = good.replace(
+        "mac = \"52:54:00:00:00:01\"",
+        "mac = \"52:54:00:00:00:01\"\nnetboot = \"once\"",
+    );
+    std::fs::write(&inv, &once).unwrap();
+    std::fs::write(work.path().join("not-a-folder"), "").unwrap();
+    let mut bad = args;
+    bad[5] = "not-a-folder";
+    let (code, _, err) = run(&mut serve_command(None, work.path(), "127.0.0.1", &bad));
+    assert!(
+        code == 2 && err.contains("not-a-folder is not writable"),
+        "{err}"
+    );
     let server = Server::start(None, work.path(), "127.0.0.1", &args);
     let log = server.stop();
     assert!(log.contains("serving 2 node(s)"), "{log}");

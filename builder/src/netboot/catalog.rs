@@ -81,6 +81,9 @@ impl NetbootCatalog {
         let text = std::fs::read_to_string(inventory)
             .with_context(|| format!("reading the inventory {shown}"))?;
         let inv = Inventory::parse(&text, &shown)?;
+        if inv.nodes.iter().any(|n| n.netboot == NetbootPolicy::Once) {
+            lookup.state.check_writable()?;
+        }
         let mut sets: BTreeMap<String, ArtifactSet> = BTreeMap::new();
         let mut cat = NetbootCatalog {
             artifacts: BTreeMap::new(),

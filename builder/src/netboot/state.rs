@@ -45,6 +45,20 @@ impl StateDir {
         Ok(())
     }
 
+    /// Checks at start that spent nodes can be recorded: a `once` node whose seed went out
+    /// unrecorded would boot again.
+    pub fn check_writable(&self) -> Result<()> {
+        let spent = self.dir.join("spent");
+        std::fs::create_dir_all(&spent)
+            .and_then(|()| tempfile::tempfile_in(&spent).map(drop))
+            .with_context(|| {
+                format!(
+                    "the state folder {} is not writable, and the inventory has netboot = \"once\" nodes\n  help: run as the systemd unit does (its StateDirectory), or pass --state-dir DIR",
+                    self.dir.display()
+                )
+            })
+    }
+
     /// Lets `node` netboot again; false when it was armed already.
     pub fn arm(&self, node: &str) -> Result<bool> {
         let path = self.spent_file(node);
@@ -66,6 +80,11 @@ mod tests {
         let dir = tmp.path().join("state");
         let s = StateDir::new(&dir);
         assert!(!s.is_spent("pc-1").unwrap());
+        s.check_writable().unwrap();
+        let file = tmp.path().join("a-file");
+        std::fs::write(&file, "").unwrap();
+        let err = StateDir::new(&file).check_writable().unwrap_err();
+        assert!(format!("{err:#}").contains("is not writable"), "{err:#}");
         s.mark_spent("pc-1", "10.0.0.5".parse().unwrap()).unwrap();
         // Another handle on the folder (a restarted server, `netboot arm`) sees it.
         let again = StateDir::new(&dir);
