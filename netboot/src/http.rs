@@ -314,6 +314,10 @@ impl Drop for Counted {
         let ms = (secs * 1000.0) as u64;
         if self.expected.is_none_or(|e| e == self.bytes) {
             tracing::info!(client = %ip, %node, %file, bytes = self.bytes, ms, %rate, "http: sent");
+        } else if self.bytes == 0 {
+            // EDK2's HTTP Boot reads the headers for the size, drops the connection, then asks
+            // again: normal, not a failed download.
+            tracing::info!(client = %ip, %node, %file, of = self.expected, "http: the client read the headers only");
         } else {
             tracing::warn!(client = %ip, %node, %file, bytes = self.bytes, of = self.expected, ms, "http: the client stopped the download early");
         }

@@ -5,8 +5,10 @@
 
 pub mod artifacts;
 pub mod catalog;
+pub mod doctor;
 pub mod matching;
 pub mod neigh;
+pub mod options;
 pub mod set;
 pub mod state;
 pub mod unit;

@@ -8,6 +8,7 @@ use super::Context;
 pub mod arm;
 pub mod build;
 pub mod dnsmasq;
+pub mod doctor;
 pub mod install_unit;
 pub mod serve;
 
@@ -31,6 +32,10 @@ pub enum Command {
     Dnsmasq(dnsmasq::Args),
     /// Write the systemd unit that runs `netboot serve` on this host.
     InstallUnit(install_unit::Args),
+    /// Check this host for what would stop boot clients reaching `netboot serve` (held ports,
+    /// Pi-hole settings, the interface, firewall rules, missing artifacts); takes serve's options.
+    /// Exit 0: clean, 1: problems found, 2: bad input.
+    Doctor(doctor::Args),
 }
 
 pub fn run(args: &Args, ctx: &Context) -> Result<()> {
@@ -40,5 +45,6 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
         Command::Arm(a) => arm::run(a, ctx),
         Command::Dnsmasq(a) => dnsmasq::run(a, ctx),
         Command::InstallUnit(a) => install_unit::run(a, ctx),
+        Command::Doctor(a) => doctor::run(a, ctx),
     }
 }

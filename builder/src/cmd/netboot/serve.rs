@@ -1,7 +1,6 @@
 //! `imgbuild netboot serve`: TFTP and HTTP for the inventory's nodes until Ctrl-C or SIGTERM.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,62 +12,13 @@ use tokio::sync::watch;
 
 use super::Context;
 use crate::netboot::catalog::{DefaultProfile, Lookup, NetbootCatalog, Summary};
+use crate::netboot::options::render_seed;
 use crate::netboot::state::StateDir;
-use crate::netboot::{DhcpArgs, DhcpMode, Endpoint, StateArgs, neigh};
-use crate::node::inputs::{NodeInputs, NodeSource};
+use crate::netboot::{DhcpMode, Endpoint, neigh};
 use crate::node::inventory::Node;
-use crate::node::seed::{self, Seed};
-use crate::profile::Resolved;
+use crate::node::seed::Seed;
 
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    #[command(flatten)]
-    pub endpoint: Endpoint,
-    /// The inventory (its nodes with a `mac` are served) and the secrets file.
-    #[command(flatten)]
-    pub nodes: NodeSource,
-    /// Folder of built images: a profile's netboot set is <DIR>/<profile>/netboot.
-    #[arg(long, default_value = "images", value_name = "DIR")]
-    pub images: PathBuf,
-    /// What a machine whose MAC is not in the inventory gets: `ignore` (iPXE exits to the next
-    /// boot device) or `shell` (the iPXE shell, for debugging at its console).
-    #[arg(long, value_enum, default_value_t = UnknownArg::Ignore)]
-    pub unknown: UnknownArg,
-    /// Boot machines whose MAC is not in the inventory with this profile instead (each as node
-    /// `<profile>-<MAC as 12 hex digits>`, with its own seed); --unknown then never applies.
-    #[arg(long, value_name = "PROFILE")]
-    pub unknown_profile: Option<String>,
-    /// How long a node's seed URL works after its boot script was served.
-    #[arg(long, default_value_t = 900, value_name = "SECONDS")]
-    pub seed_ttl: u64,
-    /// TFTP transfers at once; more get "server busy".
-    #[arg(long, default_value_t = 512, value_name = "N")]
-    pub max_transfers: usize,
-    /// TFTP transfers at once from one client address; more get "server busy". Default: only
-    /// --max-transfers applies.
-    #[arg(long, value_name = "N")]
-    pub max_transfers_per_client: Option<usize>,
-    /// TFTP bytes per second one client address gets, shared by its transfers (a stuck or
-    /// spoofed client cannot take the LAN). Default: no cap.
-    #[arg(long, value_name = "BYTES")]
-    pub max_rate_per_client: Option<u64>,
-    /// Largest TFTP block size granted; it is lowered further to the path MTU of each client.
-    #[arg(long, default_value_t = 65464, value_name = "BYTES")]
-    pub max_blksize: u16,
-    /// Largest TFTP window granted (RFC 7440).
-    #[arg(long, default_value_t = 64, value_name = "BLOCKS")]
-    pub max_windowsize: u16,
-    #[command(flatten)]
-    pub dhcp: DhcpArgs,
-    #[command(flatten)]
-    pub state: StateArgs,
-}
-
-#[derive(clap::ValueEnum, Debug, Clone, Copy)]
-pub enum UnknownArg {
-    Ignore,
-    Shell,
-}
+pub use crate::netboot::options::{ServeArgs as Args, UnknownArg};
 
 pub fn run(args: &Args, ctx: &Context) -> Result<()> {
     let lookup = Lookup {
@@ -238,20 +188,7 @@ fn http_config(args: &Args, e: &Endpoint) -> http::Config {
 /// The node's seed, rendered now so every problem shows at start; held in memory only.
 fn node_seed(args: &Args, ctx: &Context, node: &Node) -> Result<Seed> {
     let resolved = ctx.resolve_concrete(&node.profile, &[])?;
-    let inputs = args
-        .nodes
-        .load(&resolved, &node.name, &crate::cmd::env_var)?;
-    render(&resolved, &inputs)
-}
-
-fn render(resolved: &Resolved, inputs: &NodeInputs) -> Result<Seed> {
-    Ok(seed::render(
-        resolved,
-        &inputs.node,
-        &inputs.secrets,
-        "",
-        &inputs.templates,
-    )?)
+    args.node_seed(&resolved, node, &crate::cmd::env_var)
 }
 
 /// `--unknown-profile`: the profile resolved now; each unknown machine's seed is rendered
@@ -266,7 +203,7 @@ fn default_profile(args: &Args, ctx: &Context) -> Result<Option<DefaultProfile>>
     let nodes = args.nodes.clone();
     let render = Box::new(move |node: &Node| {
         let inputs = nodes.inputs_for(&resolved, node.clone(), &crate::cmd::env_var)?;
-        render(&resolved, &inputs)
+        render_seed(&resolved, &inputs)
     });
     Ok(Some(DefaultProfile {
         profile: profile.clone(),
