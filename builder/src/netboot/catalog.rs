@@ -106,7 +106,7 @@ impl NetbootCatalog {
                 .nodes
                 .push((node.name.clone(), ids, node.profile.clone(), node.netboot));
             cat.nodes.push(node.clone());
-            if node.netboot == NetbootPolicy::Never {
+            if !node.netboots() {
                 continue;
             }
             let at = format!("{shown}:{}", node_line(&text, i, "profile"));

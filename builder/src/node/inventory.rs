@@ -78,6 +78,14 @@ impl Node {
         self.hostname.as_deref().unwrap_or(&self.name)
     }
 
+    /// Whether the netboot server serves this node: it has a MAC, Pi serial or UUID to be
+    /// matched by, and `netboot` is not `never`.
+    pub fn netboots(&self) -> bool {
+        let identified =
+            self.mac_address.is_some() || self.pi_serial().is_some() || self.uuid_bytes.is_some();
+        identified && self.netboot != NetbootPolicy::Never
+    }
+
     /// The Raspberry Pi serial the bootloader sends (option 97, TFTP folder): the low 32 bits
     /// of `serial` when it is 8 or 16 hex digits (`/proc/cpuinfo` prints 16).
     pub fn pi_serial(&self) -> Option<u32> {
@@ -714,6 +722,19 @@ profile = "droplet-worker"
             inv("netboot = \"never\"\n").unwrap().nodes[0].netboot,
             NetbootPolicy::Never
         );
+        let netboots = |extra: &str| inv(extra).unwrap().nodes[0].netboots();
+        assert!(!netboots(""), "no MAC, serial or UUID");
+        assert!(!netboots("serial = \"ABC-1\"\n"), "not a Pi serial");
+        assert!(netboots("serial = \"abcdef01\"\n"));
+        assert!(netboots(
+            "uuid = \"00112233-4455-6677-8899-aabbccddeeff\"\n"
+        ));
+        assert!(netboots(
+            "mac = \"52:54:00:00:00:01\"\nnetboot = \"once\"\n"
+        ));
+        assert!(!netboots(
+            "mac = \"52:54:00:00:00:01\"\nnetboot = \"never\"\n"
+        ));
         let err = inv("netboot = \"sometimes\"\n").unwrap_err().to_string();
         assert!(
             err.contains("n.toml:4:11: unknown variant `sometimes`"),
