@@ -27,7 +27,8 @@ const LOOPBACK: [&str; 6] = [
     "state",
 ];
 
-/// pc-1 once, pc-2 never, and a Pi known by its serial only (never).
+/// pc-1 once, pc-2 never, a Pi known by its serial only (never) and a PC by its SMBIOS UUID
+/// only.
 fn inventory() -> String {
     NODES
         .replace(
@@ -39,6 +40,7 @@ fn inventory() -> String {
             "mac = \"52:54:00:00:00:02\"\nnetboot = \"never\"",
         )
         + "\n[[node]]\nname = \"pi-1\"\nprofile = \"amd64-worker\"\nserial = \"100000009ffefdef\"\nnetboot = \"never\"\n"
+        + "\n[[node]]\nname = \"efi-1\"\nprofile = \"amd64-worker\"\nuuid = \"00112233-4455-6677-8899-AABBCCDDEEFF\"\n"
 }
 
 /// Our proxy's answer to a BIOS DISCOVER from `mac` (None: silent), after checking that
@@ -209,6 +211,32 @@ fn never_and_unknown(lab: &Lab, work: &std::path::Path) {
     ] {
         assert!(log.contains(want), "{want}:\n{log}");
     }
+    // A PXE client known only by its UUID, sent in SMBIOS (little-endian) order: offered.
+    let uefi = Mac([0x52, 0x54, 0, 0, 0, 0x77]);
+    let printed = [
+        0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee,
+        0xff,
+    ];
+    let smbios = [
+        &[0u8, 0x33, 0x22, 0x11, 0x00, 0x55, 0x44, 0x77, 0x66][..],
+        &printed[8..],
+    ]
+    .concat();
+    let with_uuid = Request {
+        guid: Some(smbios),
+        ..Request::uefi_x64()
+    };
+    let (us, _) = lab.discover(&with_uuid, uefi, 0x4103);
+    let a = us.unwrap_or_else(|| panic!("no offer for efi-1:\n{}", lab.log()));
+    assert_eq!(a.file.as_deref(), Some("efi-x64/snponly.efi"));
+    // The same machine without its GUID is a stranger.
+    let (us, _) = lab.discover(&Request::uefi_x64(), uefi, 0x4104);
+    assert!(us.is_none(), "{us:?}");
+    let log = lab.log();
+    assert!(
+        log.contains("dhcp: matched (SMBIOS UUID 00112233-4455-6677-8899-AABBCCDDEEFF (SMBIOS byte order)) mac=52:54:00:00:00:77 node=efi-1"),
+        "{log}"
+    );
     let (code, err) = arm(work, "pc-2");
     assert!(code == 2 && err.contains("netboot = \"never\""), "{err}");
     let (code, err) = arm(work, "pc-9");
