@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use super::{DhcpArgs, Endpoint};
-use crate::node::inputs::NodeSource;
+use super::{DhcpArgs, Endpoint, StateArgs};
+use crate::node::inputs::{NodeInputs, NodeSource};
 use crate::node::inventory::Node;
 use crate::node::seed::{self, Seed};
 use crate::profile::Resolved;
@@ -24,6 +24,10 @@ pub struct ServeArgs {
     /// boot device) or `shell` (the iPXE shell, for debugging at its console).
     #[arg(long, value_enum, default_value_t = UnknownArg::Ignore)]
     pub unknown: UnknownArg,
+    /// Boot machines whose MAC is not in the inventory with this profile instead (each as node
+    /// `<profile>-<MAC as 12 hex digits>`, with its own seed); --unknown then never applies.
+    #[arg(long, value_name = "PROFILE")]
+    pub unknown_profile: Option<String>,
     /// How long a node's seed URL works after its boot script was served.
     #[arg(long, default_value_t = 900, value_name = "SECONDS")]
     pub seed_ttl: u64,
@@ -46,6 +50,8 @@ pub struct ServeArgs {
     pub max_windowsize: u16,
     #[command(flatten)]
     pub dhcp: DhcpArgs,
+    #[command(flatten)]
+    pub state: StateArgs,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy)]
@@ -64,12 +70,18 @@ impl ServeArgs {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> anyhow::Result<Seed> {
         let inputs = self.nodes.load(resolved, &node.name, env)?;
-        Ok(seed::render(
-            resolved,
-            &inputs.node,
-            &inputs.secrets,
-            "",
-            &inputs.templates,
-        )?)
+        render_seed(resolved, &inputs)
     }
+}
+
+/// The seed of a node from its inputs (for an inventory node, or an unknown machine under
+/// `--unknown-profile`).
+pub fn render_seed(resolved: &Resolved, inputs: &NodeInputs) -> anyhow::Result<Seed> {
+    Ok(seed::render(
+        resolved,
+        &inputs.node,
+        &inputs.secrets,
+        "",
+        &inputs.templates,
+    )?)
 }

@@ -5,6 +5,7 @@ use anyhow::Result;
 
 use super::Context;
 
+pub mod arm;
 pub mod build;
 pub mod dnsmasq;
 pub mod doctor;
@@ -25,6 +26,8 @@ pub enum Command {
     Build(build::Args),
     /// Serve the inventory's nodes over TFTP and HTTP (iPXE scripts, kernels, initrds, seeds).
     Serve(serve::Args),
+    /// Let a `netboot = "once"` node netboot again (works while `netboot serve` runs).
+    Arm(arm::Args),
     /// Write the dnsmasq snippet that makes Pi-hole's DHCP send PXE clients to this server.
     Dnsmasq(dnsmasq::Args),
     /// Write the systemd unit that runs `netboot serve` on this host.
@@ -39,6 +42,7 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
     match &args.command {
         Command::Build(a) => build::run(a, ctx),
         Command::Serve(a) => serve::run(a, ctx),
+        Command::Arm(a) => arm::run(a, ctx),
         Command::Dnsmasq(a) => dnsmasq::run(a, ctx),
         Command::InstallUnit(a) => install_unit::run(a, ctx),
         Command::Doctor(a) => doctor::run(a, ctx),

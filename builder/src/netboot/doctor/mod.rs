@@ -388,7 +388,7 @@ pub fn check_firewall(needs: &[Need], set: &Ruleset) -> Vec<Finding> {
     out
 }
 
-/// Every profile an inventory node with a MAC netboots has a complete, unaltered set; `load`
+/// Every profile an inventory node netboots (`Node::netboots`) has a complete, unaltered set; `load`
 /// checks one profile's set (files present, sizes and SHA-256 as listed) and counts its files.
 pub fn check_artifacts(
     inv: &crate::node::inventory::Inventory,
@@ -399,7 +399,7 @@ pub fn check_artifacts(
     // Profile → (nodes, inventory line of the first).
     let mut profiles: BTreeMap<&str, (Vec<&str>, usize)> = BTreeMap::new();
     for (i, node) in inv.nodes.iter().enumerate() {
-        if node.mac_address.is_some() {
+        if node.netboots() {
             let line = crate::node::inventory::node_line(text, i, "profile");
             let e = profiles.entry(&node.profile).or_insert((Vec::new(), line));
             e.0.push(&node.name);
@@ -432,7 +432,7 @@ pub fn check_artifacts(
     out
 }
 
-/// Every node with a MAC gets its seed rendered as `netboot serve` does at start (`render`:
+/// Every node that netboots gets its seed rendered as `netboot serve` does at start (`render`:
 /// profile, secrets, templates), so a missing secret shows here and not as a server that will
 /// not start.
 pub fn check_seeds(
@@ -443,7 +443,7 @@ pub fn check_seeds(
 ) -> Vec<Finding> {
     let mut out = Vec::new();
     for (i, node) in inv.nodes.iter().enumerate() {
-        if node.mac_address.is_none() {
+        if !node.netboots() {
             continue;
         }
         let at = format!(
