@@ -49,7 +49,9 @@ fn config_drive(work: &Path, user_data: &Path, hostname: &str) -> PathBuf {
     fs::write(latest.join("meta_data.json"), meta.to_string()).unwrap();
     let iso = work.join("config-2.iso");
     let (code, _, err) = run(Command::new("xorriso")
-        .args(["-as", "mkisofs", "-quiet", "-R", "-J", "-V", "config-2", "-o"])
+        .args([
+            "-as", "mkisofs", "-quiet", "-R", "-J", "-V", "config-2", "-o",
+        ])
         .arg(&iso)
         .arg(&root));
     assert_eq!(code, 0, "xorriso: {err}");
@@ -71,15 +73,23 @@ fn assert_first_cloud_boot(seen: &Seen, node: &str) {
     assert_eq!(seen.get("hostname"), node, "{show}");
     assert_eq!(seen.get("boots"), "1", "{show}");
     seen.assert_clean_boot();
-    assert_eq!(seen.get("cloud_init_status"), "done", "{show}");
-    assert!(
-        seen.get("cloud_datasource").contains("ConfigDrive"),
-        "cloud-init did not use the ConfigDrive: {show}"
-    );
+    // cloud-init ran for the ConfigDrive's instance, and is off now that the node has joined.
     assert_eq!(seen.get("cloud_instance_id"), INSTANCE_UUID, "{show}");
+    assert!(
+        seen.cloud_init
+            .contains("Loaded datasource DataSourceConfigDrive - DataSourceConfigDrive"),
+        "cloud-init did not use the ConfigDrive: {show}\n{}",
+        seen.cloud_init
+    );
+    assert_eq!(seen.get("cloud_init_status"), "disabled", "{show}");
     assert_eq!(seen.get("cloud_state_fs"), "tmpfs", "{show}");
     assert_eq!(seen.get("disk_size"), node::DISK_SIZE.to_string(), "{show}");
-    for u in ["k3s-agent", "tailscaled", "imgbuild-mesh-join", "imgbuild-nodeip"] {
+    for u in [
+        "k3s-agent",
+        "tailscaled",
+        "imgbuild-mesh-join",
+        "imgbuild-nodeip",
+    ] {
         assert_eq!(seen.get(&format!("active.{u}")), "active", "{u}: {show}");
     }
     for (f, want) in [
@@ -148,13 +158,18 @@ fn cloud_qcow2_becomes_the_node_from_a_config_drive_and_boots_again_without_a_fi
     let second = boot(&disk, &iso, work, "d-1-second");
     second.assert_later_boot(&first, "d-1", 2);
     let show = second.show();
+    // cloud-init did not run this boot, and its log (on the data partition) shows the one run
+    // of the first boot, for the ConfigDrive's instance.
     assert_eq!(second.get("cloud_init_status"), "disabled", "{show}");
+    assert_eq!(second.get("cloud_instance_id"), "", "{show}");
+    let ci = &second.cloud_init;
     assert_eq!(
-        second.cloud_init.matches("running 'init-local'").count(),
+        ci.matches("running 'init-local'").count(),
         1,
-        "cloud-init ran again: {show}\n{}",
-        second.cloud_init
+        "{show}\n{ci}"
     );
+    let target = format!("init will now be targeting instance id: {INSTANCE_UUID}. new=True");
+    assert_eq!(ci.matches(target.as_str()).count(), 1, "{show}\n{ci}");
 
     // The raw bytes of the data partition, read from a raw copy of the qcow2.
     let raw = work.join("d-1.raw");

@@ -37,7 +37,12 @@ fn in_root_fs(image: &Path, path: &str) -> bool {
         .map(|part| format!("{}?offset={}", image.display(), part.start))
         .filter(|dev| stat(dev, "/usr/sbin/zerotier-one"))
         .collect();
-    assert_eq!(roots.len(), 1, "no root filesystem with zerotier-one in {}", image.display());
+    assert_eq!(
+        roots.len(),
+        1,
+        "no root filesystem with zerotier-one in {}",
+        image.display()
+    );
     stat(&roots[0], path)
 }
 
@@ -62,7 +67,10 @@ fn zerotier_node_generates_its_identity_joins_and_starts_k3s_after_the_mesh() {
 
     // The package and the shared image carry the daemon, never an identity.
     let shared = setup.out.join("zt-node.img");
-    assert!(in_root_fs(&shared, "/usr/lib/systemd/system/zerotier-one.service"));
+    assert!(in_root_fs(
+        &shared,
+        "/usr/lib/systemd/system/zerotier-one.service"
+    ));
     for f in ["identity.secret", "identity.public", "authtoken.secret"] {
         assert!(
             !in_root_fs(&shared, &format!("/var/lib/zerotier-one/{f}")),

@@ -60,10 +60,10 @@ disk=$(lsblk -no PKNAME "$(findfs LABEL=imgbuild-data)")
     # A healthy boot has no failed unit (the time wait, cloud-init's modules, networking).
     echo "failed_units=$(systemctl --failed --no-legend --plain | awk '{print $1}' | tr '\n' ' ')"
     echo "cloud_state_fs=$(findmnt -no FSTYPE /var/lib/cloud)"
-    # cloud-init's own view: done on the first boot, disabled on later ones.
+    # cloud-init's own view (disabled once the first boot is done), and the instance it ran for
+    # this boot, if it ran (/run: the cleanup leaves it, a reboot clears it).
     echo "cloud_init_status=$(cloud-init status 2>/dev/null | sed -n 's/^status: //p')"
-    echo "cloud_instance_id=$(cat /var/lib/cloud/data/instance-id 2>/dev/null)"
-    echo "cloud_datasource=$(sed -n 's/.*"datasource": *"\([^"]*\)".*/\1/p' /run/cloud-init/status.json 2>/dev/null | head -n 1)"
+    echo "cloud_instance_id=$(cat /run/cloud-init/.instance-id 2>/dev/null)"
     # The persistent journal: every boot of this disk, and the first boot's cleanup in it.
     echo "journal_boots=$(journalctl --list-boots --no-pager 2>/dev/null | grep -cE '[0-9a-f]{32}')"
     echo "journal_firstboot_done=$(journalctl --no-pager -o cat -u imgbuild-firstboot-done.service | grep -c 'seed and key files removed')"
@@ -351,7 +351,11 @@ ssh-keys = ["{SSH_KEY}"]
             .current_dir(&self.dir)
             .args(["seed", &self.profile, "--node", node, "-o"])
             .arg(&dir));
-        assert_eq!(code, 0, "imgbuild seed {} --node {node}: {out}{err}", self.profile);
+        assert_eq!(
+            code, 0,
+            "imgbuild seed {} --node {node}: {out}{err}",
+            self.profile
+        );
         dir
     }
 
@@ -491,13 +495,24 @@ impl Seen {
         // The mesh joined (its stand-in logged how), and k3s started after it with the role,
         // server URL, token file, mesh address and interface and labels.
         let (joined, iface, address) = match mesh {
-            Mesh::Tailscale => (self.assert_tailscale_up(node, &show), "tailscale0", "100.64."),
-            Mesh::Zerotier => (self.assert_zerotier_joined(role, &show), "zt0", "10.147.17."),
+            Mesh::Tailscale => (
+                self.assert_tailscale_up(node, &show),
+                "tailscale0",
+                "100.64.",
+            ),
+            Mesh::Zerotier => (
+                self.assert_zerotier_joined(role, &show),
+                "zt0",
+                "10.147.17.",
+            ),
         };
         let log = &self.standin;
         let k3s = self.standin_line(&format!("k3s start role={role}"), &show);
         assert!(joined < k3s, "k3s started before the mesh was up: {show}");
-        assert!(self.standin_line("k3s flags checked", &show) > k3s, "{show}");
+        assert!(
+            self.standin_line("k3s flags checked", &show) > k3s,
+            "{show}"
+        );
         assert!(
             !log.contains(" refused: "),
             "a stand-in refused its flags: {show}"
