@@ -3,6 +3,9 @@
 //! and our port-4011 ACK, fetches snponly.efi over our TFTP, and that iPXE gets our HTTP script
 //! from our proxy offer (user class iPXE), then the node's kernel and initrds. Firmware, iPXE and
 //! dnsmasq are nobody's here: the proof is what they fetched (our log) and the kernel's console.
+//! The second test is the same machine with OVMF's PXE switched off, so it boots by UEFI HTTP
+//! Boot (snponly.efi by HTTP from the URL in our offer, no TFTP), on the Pi-hole host's layout:
+//! dnsmasq on our own host holds UDP 67 and our proxy reads through its raw socket.
 
 mod support;
 
@@ -32,9 +35,10 @@ fn qemu_ready() -> bool {
     ok
 }
 
-/// Runs OVMF on tap0 in the lab with `mac` until `done(server log, console)` or 300 s of
-/// running (the host's QEMU lock may first make it wait). Returns the console.
-fn boot_ovmf(lab: &Lab, mac: &str, done: impl Fn(&str, &str) -> bool) -> String {
+/// Runs OVMF on tap0 in the lab with `mac` (and `extra` QEMU arguments) until
+/// `done(server log, console)` or 300 s of running (the host's QEMU lock may first make it
+/// wait). Returns the console.
+fn boot_ovmf(lab: &Lab, mac: &str, extra: &[&str], done: impl Fn(&str, &str) -> bool) -> String {
     let serial = lab.work.join("serial.log");
     let pidfile = lab.work.join("qemu.pid");
     let vars = lab.work.join("OVMF_VARS.fd");
@@ -72,7 +76,8 @@ fn boot_ovmf(lab: &Lab, mac: &str, done: impl Fn(&str, &str) -> bool) -> String 
     .arg("-device")
     .arg(format!(
         "virtio-net-pci,netdev=n0,mac={mac},romfile=,bootindex=1"
-    ));
+    ))
+    .args(extra);
     let mut vm = lab.lab.spawn(q, &lab.work.join("qemu.log"));
     let queued = Instant::now();
     let mut started: Option<Instant> = None;
@@ -122,7 +127,7 @@ fn ovmf_pxe_boots_through_the_proxy_beside_a_router_dhcp() {
     let boot = support::qemu::extract_boot_files(&base, scratch.path());
     let work = workdir_with(1, Some(Path::new(IPXE)), Some((&boot.kernel, &boot.initrd)));
     let lab = Lab::new(work.path(), Dnsmasq::Router, &["tap0"]);
-    let console = boot_ovmf(&lab, "52:54:00:00:00:02", |log, console| {
+    let console = boot_ovmf(&lab, "52:54:00:00:00:02", &[], |log, console| {
         log.contains("node=pc-2 file=amd64-worker/imgbuild.cpio")
             && console.contains("Linux version")
     });
@@ -154,6 +159,67 @@ fn ovmf_pxe_boots_through_the_proxy_beside_a_router_dhcp() {
     let d = lab.dnsmasq_log();
     assert!(
         d.contains("DHCPACK(rt1) 10.33.0.1") && d.contains("52:54:00:00:00:02"),
+        "{d}"
+    );
+    assert!(
+        console.contains("ds=nocloud-net;s=http://10.33.0.1:8080/seed/"),
+        "{console}"
+    );
+}
+
+#[test]
+fn ovmf_uefi_http_boot_through_the_proxy_with_dnsmasq_holding_67_on_our_host() {
+    if !ready() || !qemu_ready() {
+        return;
+    }
+    let Some(base) = support::qemu::debian_base() else {
+        return;
+    };
+    let scratch = support::scratch();
+    let boot = support::qemu::extract_boot_files(&base, scratch.path());
+    let work = workdir_with(1, Some(Path::new(IPXE)), Some((&boot.kernel, &boot.initrd)));
+    // The Pi-hole host: dnsmasq on our own host holds UDP 67, so the proxy reads by raw socket.
+    let lab = Lab::new(work.path(), Dnsmasq::SameHost, &["tap0"]);
+    // OVMF's fw_cfg switches turn its PXE boot options off, so the firmware's only network
+    // boot is HTTP Boot (DHCP with vendor class HTTPClient, then the URL in our offer).
+    let no_pxe = [
+        "-fw_cfg",
+        "name=opt/org.tianocore/IPv4PXESupport,string=n",
+        "-fw_cfg",
+        "name=opt/org.tianocore/IPv6PXESupport,string=n",
+    ];
+    let console = boot_ovmf(&lab, "52:54:00:00:00:02", &no_pxe, |log, console| {
+        log.contains("node=pc-2 file=amd64-worker/imgbuild.cpio")
+            && console.contains("Linux version")
+    });
+    let log = lab.log();
+    let at = |s: &str| {
+        log.find(s)
+            .unwrap_or_else(|| panic!("{s:?} not in the log:\n{log}"))
+    };
+    // EDK2's HTTP Boot: our offer (class HTTPClient, the URL in the file field), then
+    // snponly.efi by HTTP (EDK2 first reads only the headers, then the whole file).
+    let offer = at(
+        "dhcp: answered (arch 16: UEFI HTTP Boot X64) mac=52:54:00:00:00:02 class=UefiHttp(X64) port=Dhcp",
+    );
+    let efi = at("http: sent client=10.33.0.101 node=- file=efi-x64/snponly.efi bytes=173792");
+    let ipxe = at("dhcp: answered (user class iPXE: the HTTP boot script) mac=52:54:00:00:00:02");
+    let script =
+        at("boot script served; seed token minted client=10.33.0.101 mac=52:54:00:00:00:02");
+    let kernel = at("node=pc-2 file=amd64-worker/vmlinuz bytes=");
+    assert!(
+        offer < efi && efi < ipxe && ipxe < script && script < kernel,
+        "{log}"
+    );
+    // Nothing went over TFTP and nothing asked port 4011: this was not PXE.
+    assert!(
+        !log.contains("tftp: sent") && !log.contains("port=Pxe"),
+        "{log}"
+    );
+    assert!(log.contains("proxyDHCP on UDP 67: raw"), "{log}");
+    let d = lab.dnsmasq_log();
+    assert!(
+        d.contains("DHCPACK(br0) 10.33.0.1") && d.contains("52:54:00:00:00:02"),
         "{d}"
     );
     assert!(

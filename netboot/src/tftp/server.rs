@@ -161,6 +161,13 @@ impl Job<'_> {
                 ));
             }
         };
+        if let Some(why) = refused(self.catalog.as_ref(), &name, peer) {
+            tracing::info!(client = %peer, file = %name, "tftp: refused: {why}");
+            return Some(packet::error(
+                ErrorCode::AccessViolation,
+                &format!("refused: {why}"),
+            ));
+        }
         let Some(art) = self.catalog.artifact(&name).cloned() else {
             tracing::info!(client = %peer, file = %name, "tftp: no such file");
             return Some(packet::error(ErrorCode::FileNotFound, "no such file"));
@@ -271,6 +278,21 @@ impl Job<'_> {
             tracing::info!(client = %peer, file = %name, "tftp: new request from the same port; the old transfer ends, a new one starts");
         }
         false
+    }
+}
+
+/// Why the inventory refuses this client now (its address, or the Pi serial folder it asks
+/// in), if it does. A client the catalog cannot place is served: TFTP holds no secrets, and the
+/// DHCP and boot-script routes already ignore unknown machines.
+fn refused(catalog: &dyn Catalog, name: &str, peer: SocketAddr) -> Option<String> {
+    let ids = crate::ClientIds {
+        pi_serial: path::serial_folder(name),
+        ip: Some(peer.ip()),
+        ..Default::default()
+    };
+    match catalog.admit(&ids) {
+        crate::Admission::Refused { node, why } => Some(format!("node {node}: {why}")),
+        _ => None,
     }
 }
 

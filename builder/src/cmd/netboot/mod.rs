@@ -5,8 +5,10 @@ use anyhow::Result;
 
 use super::Context;
 
+pub mod arm;
 pub mod build;
 pub mod dnsmasq;
+pub mod doctor;
 pub mod install_unit;
 pub mod serve;
 
@@ -24,17 +26,25 @@ pub enum Command {
     Build(build::Args),
     /// Serve the inventory's nodes over TFTP and HTTP (iPXE scripts, kernels, initrds, seeds).
     Serve(serve::Args),
+    /// Let a `netboot = "once"` node netboot again (works while `netboot serve` runs).
+    Arm(arm::Args),
     /// Write the dnsmasq snippet that makes Pi-hole's DHCP send PXE clients to this server.
     Dnsmasq(dnsmasq::Args),
     /// Write the systemd unit that runs `netboot serve` on this host.
     InstallUnit(install_unit::Args),
+    /// Check this host for what would stop boot clients reaching `netboot serve` (held ports,
+    /// Pi-hole settings, the interface, firewall rules, missing artifacts); takes serve's options.
+    /// Exit 0: clean, 1: problems found, 2: bad input.
+    Doctor(doctor::Args),
 }
 
 pub fn run(args: &Args, ctx: &Context) -> Result<()> {
     match &args.command {
         Command::Build(a) => build::run(a, ctx),
         Command::Serve(a) => serve::run(a, ctx),
+        Command::Arm(a) => arm::run(a, ctx),
         Command::Dnsmasq(a) => dnsmasq::run(a, ctx),
         Command::InstallUnit(a) => install_unit::run(a, ctx),
+        Command::Doctor(a) => doctor::run(a, ctx),
     }
 }
