@@ -9,6 +9,13 @@
 //! * pc-2, BIOS (SeaBIOS with QEMU's iPXE ROM, no disk): DHCP user class iPXE → our HTTP script →
 //!   the same artifacts → the other node's first boot, state in RAM.
 //!
+//! The second test is the Pi-hole host whose DHCP knows nothing of PXE (dnsmasq on our host,
+//! addresses only, holding UDP 67), with our server as the proxyDHCP:
+//!
+//! * pc-1, OVMF's PXE: our offer and port-4011 ACK → snponly.efi over TFTP → the same path.
+//! * pc-2, OVMF with its PXE switched off, so **UEFI HTTP Boot**: DHCP vendor class HTTPClient →
+//!   our offer with snponly.efi's URL → iPXE by HTTP → the same path, no TFTP at all.
+//!
 //! Each must reach the first-boot checks of the other node boot tests (identity from the seed,
 //! read-only squashfs root, mesh before k3s, no secret logged, nothing waiting for an ESP), and
 //! the seed URL of a finished boot, replayed, gets 404.
@@ -53,15 +60,25 @@ fn inventory(work: &Path, profile: &str) {
     std::fs::write(work.join("nodes.toml"), text).unwrap();
 }
 
-/// PXE-boots a VM on `tap` to the observer's verdict; returns what it saw and its console.
-fn pxe_boot(lab: &Lab, fw: Firmware, tap: &str, mac: &str, data: Option<&Path>) -> (Seen, String) {
-    let name = format!("{fw:?}").to_lowercase();
+/// PXE-boots a VM on `tap` (with `extra` QEMU arguments) to the observer's verdict; returns
+/// what it saw and its console.
+fn pxe_boot(
+    lab: &Lab,
+    fw: Firmware,
+    (tap, mac): (&str, &str),
+    data: Option<&Path>,
+    extra: &[&str],
+) -> (Seen, String) {
+    let name = format!("{fw:?}-{tap}").to_lowercase();
     let results = ResultsDisk::create(&lab.dir.join(format!("results-{name}.img")));
     let mut b = VmBuilder::pxe(Arch::X86_64, fw)
         .tap(tap, mac)
         .in_netns(&lab.ns.name)
         .host_lock()
         .memory_mib(2048);
+    for a in extra {
+        b = b.arg(a);
+    }
     if let Some(d) = data {
         b = b.disk(d, "data");
     }
@@ -138,7 +155,7 @@ fn pxe_boots_uefi_and_bios_nodes_to_their_first_boot() {
     // UEFI: OVMF's PXE, TFTP for iPXE, the rest over HTTP; a blank data disk keeps the state.
     let data = work.join("data.img");
     node::blank_data_disk(&data);
-    let (uefi, console) = pxe_boot(&lab, Firmware::Uefi, "tap1", UEFI_MAC, Some(&data));
+    let (uefi, console) = pxe_boot(&lab, Firmware::Uefi, ("tap1", UEFI_MAC), Some(&data), &[]);
     let seed_prefix = format!("http://{LAB_ADDR}:8080/seed/");
     uefi.assert_first_netboot("pc-1", &seed_prefix, true);
     let log = lab.log();
@@ -165,7 +182,7 @@ fn pxe_boots_uefi_and_bios_nodes_to_their_first_boot() {
     );
 
     // BIOS: iPXE from the NIC's ROM goes to our HTTP script at once; no disk, state in RAM.
-    let (bios, _) = pxe_boot(&lab, Firmware::Bios, "tap2", BIOS_MAC, None);
+    let (bios, _) = pxe_boot(&lab, Firmware::Bios, ("tap2", BIOS_MAC), None, &[]);
     bios.assert_first_netboot("pc-2", &seed_prefix, false);
     let log = lab.log();
     let after_uefi = log.find("node=pc-1 file=user-data").unwrap();
@@ -178,4 +195,76 @@ fn pxe_boots_uefi_and_bios_nodes_to_their_first_boot() {
     );
     drop(lab);
     eprintln!("netboot e2e wall time: {:.1?}", t0.elapsed());
+}
+
+#[test]
+fn proxy_dhcp_on_the_pihole_host_boots_uefi_pxe_and_http_boot_nodes_to_their_first_boot() {
+    if !ready() {
+        return;
+    }
+    let (Some(base), Some(deb)) = (qemu::debian_base(), netbuild::ipxe_deb()) else {
+        return;
+    };
+    let t0 = Instant::now();
+    let tmp = support::scratch();
+    let work = tmp.path();
+    let (setup, mirror) = netbuild::pc_node(work, &base, &deb);
+    let art = setup.out.join(&setup.profile).join("netboot");
+    netbuild::build(&setup, &mirror, &art, "022", "UTC");
+    drop(mirror);
+    inventory(work, &setup.profile);
+    let lab = Lab::proxy(work, &["tap1", "tap2"]);
+    assert!(
+        lab.log().contains("proxyDHCP on UDP 67: raw"),
+        "{}",
+        lab.log()
+    );
+    let seed_prefix = format!("http://{LAB_ADDR}:8080/seed/");
+
+    // OVMF's PXE through the proxy: offer, 4011 ACK, TFTP of snponly.efi, then HTTP.
+    let data = work.join("data.img");
+    node::blank_data_disk(&data);
+    let (pxe, _) = pxe_boot(&lab, Firmware::Uefi, ("tap1", UEFI_MAC), Some(&data), &[]);
+    pxe.assert_first_netboot("pc-1", &seed_prefix, true);
+    let log = lab.log();
+    assert!(log.contains("class=UefiPxe(X64) port=Pxe"), "{log}");
+    assert_timeline(&log, "pc-1", "tftp: sent");
+
+    // UEFI HTTP Boot: OVMF's PXE options switched off; snponly.efi by URL, no TFTP.
+    let no_pxe = [
+        "-fw_cfg",
+        "name=opt/org.tianocore/IPv4PXESupport,string=n",
+        "-fw_cfg",
+        "name=opt/org.tianocore/IPv6PXESupport,string=n",
+    ];
+    let tftp_before = log.matches("tftp: sent").count();
+    let (http, _) = pxe_boot(&lab, Firmware::Uefi, ("tap2", BIOS_MAC), None, &no_pxe);
+    http.assert_first_netboot("pc-2", &seed_prefix, false);
+    let log = lab.log();
+    let after_pxe = log.find("node=pc-1 file=user-data").unwrap();
+    let rest = &log[after_pxe..];
+    assert!(
+        rest.contains(&format!(
+            "dhcp: answered (arch 16: UEFI HTTP Boot X64) mac={BIOS_MAC} class=UefiHttp(X64)"
+        )),
+        "{log}"
+    );
+    assert_timeline(rest, "pc-2", "http: sent client=10.33.0.");
+    assert!(
+        rest.contains("file=efi-x64/snponly.efi bytes=173792"),
+        "{log}"
+    );
+    assert_eq!(log.matches("tftp: sent").count(), tftp_before, "{log}");
+    assert_ne!(http.get("machine_id"), pxe.get("machine_id"));
+    // Addresses came from dnsmasq alone (the proxy never offers one).
+    let d = lab.dnsmasq_log();
+    for mac in [UEFI_MAC, BIOS_MAC] {
+        assert!(
+            d.lines()
+                .any(|l| l.contains("DHCPACK(br0) 10.33.0.") && l.contains(mac)),
+            "{d}"
+        );
+    }
+    drop(lab);
+    eprintln!("proxy netboot e2e wall time: {:.1?}", t0.elapsed());
 }

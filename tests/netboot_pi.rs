@@ -81,7 +81,7 @@ fn pi_4_and_5_netboot_from_their_serial_folders() {
     check_tree(&a, &base);
     drop(a);
 
-    let lab = Lab::with_nodes(work.path(), Dnsmasq::Router, &[], &inventory());
+    let lab = Lab::with(work.path(), Dnsmasq::Router, &[], &inventory(), &[]);
     let mut seeds = Vec::new();
     for (i, pi) in PIS.iter().enumerate() {
         let tftp = dhcp(&lab, pi, 0x7000 + i as u32 * 16);

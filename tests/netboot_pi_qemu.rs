@@ -41,7 +41,7 @@ fn a_pi_4_netboots_what_it_fetched_to_its_first_boot_checks() {
     };
     let work = support::scratch();
     let (_setup, _) = built_set(work.path(), &base);
-    let lab = Lab::with_nodes(work.path(), Dnsmasq::Router, &["tap0"], &inventory());
+    let lab = Lab::with(work.path(), Dnsmasq::Router, &["tap0"], &inventory(), &[]);
     let pi = &PIS[0];
     assert!(!pi.pi5);
     let tftp = dhcp(&lab, pi, 0x7100);

@@ -3,6 +3,8 @@
 //! and our port-4011 ACK, fetches snponly.efi over our TFTP, and that iPXE gets our HTTP script
 //! from our proxy offer (user class iPXE), then the node's kernel and initrds. Firmware, iPXE and
 //! dnsmasq are nobody's here: the proof is what they fetched (our log) and the kernel's console.
+//! UEFI HTTP Boot and the Pi-hole host's layout (dnsmasq holding 67 beside us) are booted to the
+//! node's first boot by `netboot_e2e_boot.rs`.
 
 mod support;
 

@@ -114,6 +114,7 @@ fn the_unit_passes_systemd_analyze_verify() {
         let text = std::fs::read_to_string(&unit).unwrap();
         for want in [
             "DynamicUser=yes".to_string(),
+            "StateDirectory=imgbuild-netboot".into(),
             format!("AmbientCapabilities={caps}"),
             format!("CapabilityBoundingSet={caps}"),
             "NoNewPrivileges=yes".into(),

@@ -322,6 +322,41 @@ fn a_pi_abort_then_the_identical_request_at_once_gets_a_new_transfer() {
     assert_eq!(log.matches("tftp: sent").count(), 20, "{log}");
 }
 
+/// The same habit with the two datagrams arriving the other way round (they go to two ports, so
+/// two CPUs or two NIC queues may swap them): the new request first looks like a lost-reply
+/// repeat, then the ERROR ends the old transfer, and the request gets its new transfer anyway.
+#[test]
+fn a_pi_abort_that_arrives_after_its_new_request_still_gets_a_new_transfer() {
+    let work = workdir(1);
+    let file = std::fs::read(set_dir(work.path()).join("ipxe/undionly.kpxe")).unwrap();
+    let server = host_server(work.path(), &[]);
+    let c = Client::new(server.tftp);
+    let name = format!("{PROFILE}/ipxe/undionly.kpxe");
+    let opts = [("tsize", "0"), ("blksize", "1468")];
+    c.rrq(name.as_bytes(), &opts);
+    let (_, tid) = c.recv();
+    c.rrq(name.as_bytes(), &opts);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    c.end(tid, packet::ErrorCode::OptionRefused, "abort");
+    // The old transfer may resend its OACK once (it took the request for a repeat): skip it.
+    let tid2 = loop {
+        let (p, from) = c.recv();
+        assert!(matches!(packet::parse(&p).unwrap(), Packet::Oack(_)));
+        if from != tid {
+            break from;
+        }
+    };
+    c.sock.send_to(&packet::ack(0), tid2).unwrap();
+    assert_eq!(c.finish(tid2, 1468), file);
+    let log = server.stop();
+    assert!(log.contains("request repeated before any answer"), "{log}");
+    assert!(
+        log.contains("after asking for it again; its new request starts a new one"),
+        "{log}"
+    );
+    assert_eq!(log.matches("tftp: sent").count(), 1, "{log}");
+}
+
 /// A request repeated before the client heard anything is answered by the same transfer, from
 /// the same port (the client latches onto the first reply it gets); one transfer, one log line.
 #[test]

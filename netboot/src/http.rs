@@ -29,7 +29,7 @@ use tower_http::services::ServeFile;
 
 use crate::ipxe::{self, Unknown};
 use crate::tokens::Tokens;
-use crate::{Catalog, Mac, SeedFile};
+use crate::{Admission, Catalog, ClientIds, Mac, SeedFile};
 
 /// HTTP settings.
 #[derive(Debug, Clone)]
@@ -116,9 +116,24 @@ async fn boot_script(
             return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
         }
     };
-    let Some(boot) = st.catalog.node_boot(mac) else {
-        tracing::info!(client = %ip, %mac, answer = ?st.cfg.unknown, "http: boot.ipxe for a MAC not in the inventory");
-        return script(ipxe::unknown_script(st.cfg.unknown, mac));
+    let ids = ClientIds {
+        mac: Some(mac),
+        ip: Some(ip),
+        ..Default::default()
+    };
+    let boot = match st.catalog.admit(&ids) {
+        Admission::Boot { boot, why } => {
+            tracing::info!(client = %ip, %mac, node = %boot.node, "http: boot.ipxe: matched ({why})");
+            boot
+        }
+        Admission::Refused { node, why } => {
+            tracing::info!(client = %ip, %mac, %node, "http: 403 boot.ipxe refused: {why}");
+            return forbidden(&node, &why);
+        }
+        Admission::Unknown(why) => {
+            tracing::info!(client = %ip, %mac, answer = ?st.cfg.unknown, "http: boot.ipxe for an unknown machine: {why}");
+            return script(ipxe::unknown_script(st.cfg.unknown, mac));
+        }
     };
     let token = mint_token();
     st.tokens
@@ -128,6 +143,16 @@ async fn boot_script(
     st.seen.lock().expect("lock").insert(ip, boot.node.clone());
     tracing::info!(client = %ip, %mac, node = %boot.node, profile = %boot.profile, seed_valid_s = st.cfg.seed_ttl.as_secs(), "http: boot script served; seed token minted");
     script(ipxe::node_script(&st.cfg.base_url, &boot, &token))
+}
+
+/// The answer to a node its netboot policy refuses: iPXE's `chain` fails and the firmware
+/// goes on to its next boot device.
+fn forbidden(node: &str, why: &str) -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        format!("node {node} may not netboot now: {why}\n"),
+    )
+        .into_response()
 }
 
 /// 128 random bits, hex: the seed URL cannot be guessed.
@@ -165,11 +190,20 @@ async fn seed(
             return (StatusCode::NOT_FOUND, "not found\n").into_response();
         }
     };
+    if let Err(why) = st.catalog.seed_allowed(&node) {
+        tracing::info!(client = %ip, %node, file = %f.name(), "http: 403 seed refused: {why}");
+        return forbidden(&node, &why);
+    }
     let Some(body) = st.catalog.seed(&node, f) else {
         tracing::error!(client = %ip, %node, file = %f.name(), "http: the catalog has no seed for this node");
         return StatusCode::NOT_FOUND.into_response();
     };
     tracing::info!(client = %ip, %node, file = %f.name(), bytes = body.len(), "http: seed served (content not logged)");
+    // user-data is the seed proper (what holds the node's secrets); cloud-init fetches it after
+    // meta-data, and not every version asks for network-config.
+    if f == SeedFile::UserData {
+        st.catalog.seed_delivered(&node, ip);
+    }
     (
         [
             (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
@@ -187,6 +221,14 @@ async fn artifact(
     req: Request,
 ) -> Response {
     let ip = peer.ip();
+    let ids = ClientIds {
+        ip: Some(ip),
+        ..Default::default()
+    };
+    if let Admission::Refused { node, why } = st.catalog.admit(&ids) {
+        tracing::info!(client = %ip, %node, file = %name.escape_debug(), "http: 403 artifact refused: {why}");
+        return forbidden(&node, &why);
+    }
     let Some(a) = st.catalog.artifact(&name).cloned() else {
         tracing::info!(client = %ip, file = %name.escape_debug(), "http: 404 no such artifact");
         return (StatusCode::NOT_FOUND, "not found\n").into_response();
@@ -277,6 +319,10 @@ impl Drop for Counted {
         let ms = (secs * 1000.0) as u64;
         if self.expected.is_none_or(|e| e == self.bytes) {
             tracing::info!(client = %ip, %node, %file, bytes = self.bytes, ms, %rate, "http: sent");
+        } else if self.bytes == 0 {
+            // EDK2's HTTP Boot reads the headers for the size, drops the connection, then asks
+            // again: normal, not a failed download.
+            tracing::info!(client = %ip, %node, %file, of = self.expected, "http: the client read the headers only");
         } else {
             tracing::warn!(client = %ip, %node, %file, bytes = self.bytes, of = self.expected, ms, "http: the client stopped the download early");
         }

@@ -5,6 +5,7 @@
 //! It knows nothing of profiles, trees or inventories: the builder answers the questions of the
 //! [`Catalog`] trait (which file is this, which node has this MAC, what is its seed).
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 pub mod dhcp;
@@ -85,4 +86,44 @@ pub trait Catalog: Send + Sync + 'static {
     fn seed_key_node(&self, _key: &str) -> Option<String> {
         None
     }
+    /// Which node `ids` names and whether it may boot now. Asked on every route (DHCP, TFTP,
+    /// HTTP) for every request, so a policy change shows at once. Default: by MAC, always.
+    fn admit(&self, ids: &ClientIds) -> Admission {
+        match ids.mac.and_then(|m| self.node_boot(m)) {
+            Some(boot) => Admission::Boot {
+                why: "MAC in the inventory".into(),
+                boot,
+            },
+            None => Admission::Unknown("MAC not in the inventory".into()),
+        }
+    }
+    /// Whether `node` may still fetch its seed (its token was minted when it could).
+    fn seed_allowed(&self, _node: &str) -> Result<(), String> {
+        Ok(())
+    }
+    /// `node`'s user-data went to `client`: the seed is delivered (`netboot = "once"` ends here).
+    fn seed_delivered(&self, _node: &str, _client: IpAddr) {}
+}
+
+/// What one request tells about its sender; each route fills in what it knows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientIds {
+    pub mac: Option<Mac>,
+    /// Option 97 of a PXE client: the SMBIOS UUID's 16 bytes as the firmware sent them.
+    pub guid: Option<[u8; 16]>,
+    /// A Raspberry Pi's serial (option 97, or the TFTP request's folder).
+    pub pi_serial: Option<u32>,
+    /// The source address (TFTP, HTTP), which the catalog may map to a MAC.
+    pub ip: Option<IpAddr>,
+}
+
+/// The inventory's answer to [`ClientIds`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// A node that may boot now; `why` says which identifier matched, for the log.
+    Boot { boot: NodeBoot, why: String },
+    /// A node of the inventory whose netboot policy refuses it now, and why.
+    Refused { node: String, why: String },
+    /// No node matches (or the route could not tell who asks); why, for the log.
+    Unknown(String),
 }

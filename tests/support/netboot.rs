@@ -227,6 +227,30 @@ pub struct Lab {
 
 impl Lab {
     pub fn new(dir: &Path, taps: &[&str]) -> Lab {
+        let snippet = dir.join("50-imgbuild-netboot.conf");
+        let (code, _, err) = super::run(
+            super::imgbuild()
+                .args(["netboot", "dnsmasq", "--listen", LAB_ADDR, "-o"])
+                .arg(&snippet),
+        );
+        assert_eq!(code, 0, "{err}");
+        let conf = format!("--conf-file={}", snippet.display());
+        Lab::start(dir, taps, &["--bind-interfaces", &conf], &[])
+    }
+
+    /// The Pi-hole host whose DHCP knows nothing of PXE: dnsmasq on the same host gives
+    /// addresses only and holds 0.0.0.0:67 (no `--bind-interfaces`), and our server answers
+    /// the boot clients as a proxyDHCP (through its raw socket, since 67 is taken).
+    pub fn proxy(dir: &Path, taps: &[&str]) -> Lab {
+        Lab::start(
+            dir,
+            taps,
+            &["--conf-file=/dev/null", "--no-ping"],
+            &["--dhcp", "proxy"],
+        )
+    }
+
+    fn start(dir: &Path, taps: &[&str], dnsmasq_args: &[&str], serve_args: &[&str]) -> Lab {
         let ns = NetNs::new("pxe");
         ns.bridge("br0", &format!("{LAB_ADDR}/24"));
         for t in taps {
@@ -238,28 +262,22 @@ impl Lab {
             ns,
             dir: dir.to_path_buf(),
         };
-        let snippet = dir.join("50-imgbuild-netboot.conf");
-        let (code, _, err) = super::run(
-            super::imgbuild()
-                .args(["netboot", "dnsmasq", "--listen", LAB_ADDR, "-o"])
-                .arg(&snippet),
-        );
-        assert_eq!(code, 0, "{err}");
         let mut d = lab.ns.cmd(super::find_tool("dnsmasq").expect("dnsmasq"));
         d.args([
             "--keep-in-foreground",
             "--port=0",
             "--interface=br0",
-            "--bind-interfaces",
             "--dhcp-range=10.33.0.100,10.33.0.150,255.255.255.0,10m",
             "--leasefile-ro",
             "--log-dhcp",
             "--log-facility=-",
             "--user=root",
         ])
-        .arg(format!("--conf-file={}", snippet.display()));
+        .args(dnsmasq_args);
         lab.dnsmasq = Some(lab.ns.spawn(d, &dir.join("dnsmasq.log")));
-        lab.server = Some(Server::start(Some(&lab.ns), dir, LAB_ADDR, &[]));
+        // dnsmasq first: a proxy started before it would take 67 and leave it none.
+        super::proxy::wait_for_port_67(&lab.ns, dir);
+        lab.server = Some(Server::start(Some(&lab.ns), dir, LAB_ADDR, serve_args));
         lab
     }
 

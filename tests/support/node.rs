@@ -60,6 +60,10 @@ disk=$(lsblk -no PKNAME "$(findfs LABEL=imgbuild-data)")
     # A healthy boot has no failed unit (the time wait, cloud-init's modules, networking).
     echo "failed_units=$(systemctl --failed --no-legend --plain | awk '{print $1}' | tr '\n' ' ')"
     echo "cloud_state_fs=$(findmnt -no FSTYPE /var/lib/cloud)"
+    # cloud-init's own view (disabled once the first boot is done), and the instance it ran for
+    # this boot, if it ran (/run: the cleanup leaves it, a reboot clears it).
+    echo "cloud_init_status=$(cloud-init status 2>/dev/null | sed -n 's/^status: //p')"
+    echo "cloud_instance_id=$(cat /run/cloud-init/.instance-id 2>/dev/null)"
     # The persistent journal: every boot of this disk, and the first boot's cleanup in it.
     echo "journal_boots=$(journalctl --list-boots --no-pager 2>/dev/null | grep -cE '[0-9a-f]{32}')"
     echo "journal_firstboot_done=$(journalctl --no-pager -o cat -u imgbuild-firstboot-done.service | grep -c 'seed and key files removed')"
@@ -67,9 +71,15 @@ disk=$(lsblk -no PKNAME "$(findfs LABEL=imgbuild-data)")
     echo "ipv4=$(ip -4 -o addr show scope global | awk '{print $2 "=" $4}' | tr '\n' ' ')"
     echo "default_route=$(ip -4 route show default | head -n 1)"
     echo "caps=$(getcap -r /usr/bin /usr/sbin /usr/local/bin 2>/dev/null | tr '\n' ';')"
-    for u in @K3S_UNIT@ tailscaled imgbuild-mesh-join imgbuild-nodeip imgbuild-firstboot-done; do
+    for u in @K3S_UNIT@ tailscaled imgbuild-mesh-join zerotier-one imgbuild-nodeip imgbuild-firstboot-done; do
         echo "active.$u=$(systemctl is-active "$u.service")"
+        echo "started.$u=$(systemctl show -P ActiveEnterTimestampMonotonic "$u.service")"
     done
+    zt=/var/lib/zerotier-one
+    if [ -s $zt/identity.secret ]; then echo "zt_identity=$(stat -c %a $zt/identity.secret)"; else echo "zt_identity=none"; fi
+    echo "zt_address=$(cut -d : -f 1 $zt/identity.public 2>/dev/null)"
+    echo "zt_networks=$(ls $zt/networks.d 2>/dev/null | tr '\n' ' ')"
+    echo "zt_cli_info=$(zerotier-cli info 2>/dev/null)"
     for f in @BOOT@/user-data @BOOT@/meta-data /run/imgbuild/mesh-authkey \
         /etc/cloud/cloud-init.disabled /var/lib/imgbuild/firstboot-done /etc/rancher/k3s/token; do
         if [ -e "$f" ]; then echo "exists.$f=yes"; else echo "exists.$f=no"; fi
@@ -106,6 +116,41 @@ WantedBy=multi-user.target
 pub const DONE: &str = "IMGBUILD-NODE-OBSERVE-DONE";
 pub const FAILED: &[&str] = &["IMGBUILD-NODE-OBSERVE-FAILED", "Kernel panic"];
 
+/// The mesh a test node joins, through its stand-in.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Mesh {
+    Tailscale,
+    /// ZeroTier, joining [`ZT_NETWORK`] on `zt0` (the stock interface name).
+    Zerotier,
+}
+
+/// The ZeroTier network id a test node joins (16 hex digits, as ZeroTier Central gives them).
+pub const ZT_NETWORK: &str = "8056c2e21c0b1a7e";
+
+impl Mesh {
+    /// The profile's `[mesh]` table; `art` holds the stand-ins' packages.
+    fn toml(self, art: &Path) -> String {
+        match self {
+            Mesh::Tailscale => format!(
+                "[mesh]\nurl = \"file://{}/tailscale_{{version}}_{{arch}}.tgz\"\n",
+                art.display()
+            ),
+            Mesh::Zerotier => format!(
+                "[mesh]\nprovider = \"zerotier\"\nversion = \"1.14.2\"\nnetwork = \"{ZT_NETWORK}\"\ninterface = \"zt0\"\nurl = \"file://{}/zerotier/pool/main/z/zerotier-one/zerotier-one_{{version}}_{{arch}}.deb\"\n",
+                art.display()
+            ),
+        }
+    }
+
+    /// The units the mesh runs on the node (besides imgbuild-nodeip).
+    pub fn units(self) -> &'static [&'static str] {
+        match self {
+            Mesh::Tailscale => &["tailscaled", "imgbuild-mesh-join"],
+            Mesh::Zerotier => &["zerotier-one"],
+        }
+    }
+}
+
 /// The node profile a test builds: `NAME` extends a stock profile, from `base`, for `arch`
 /// (`amd64`, `arm64`), and the boot partition is mounted at `boot_mount` in the guest.
 pub struct NodeProfile<'a> {
@@ -116,6 +161,9 @@ pub struct NodeProfile<'a> {
     pub boot_mount: &'a str,
     /// Extra `[k3s.config]` lines of the profile.
     pub k3s_config: &'a str,
+    pub mesh: Mesh,
+    /// `image.formats` of the profile, as TOML.
+    pub formats: &'a str,
 }
 
 impl<'a> NodeProfile<'a> {
@@ -128,6 +176,8 @@ impl<'a> NodeProfile<'a> {
             arch: "amd64",
             boot_mount: "/boot/efi",
             k3s_config: "",
+            mesh: Mesh::Tailscale,
+            formats: r#"["img"]"#,
         }
     }
 
@@ -158,6 +208,8 @@ impl<'a> NodeProfile<'a> {
             arch: "arm64",
             boot_mount: "/boot/firmware",
             k3s_config: "",
+            mesh: Mesh::Tailscale,
+            formats: r#"["img"]"#,
         }
     }
 }
@@ -212,7 +264,7 @@ extends = "{extends}"
 overlays = ["observer"]
 
 [image]
-formats = ["img"]
+formats = {formats}
 
 [base]
 url = "file://{base}"
@@ -224,9 +276,7 @@ labels = ["node.kubernetes.io/role=worker", "site=test"]
 [k3s.config]
 {k3s_config}
 
-[mesh]
-url = "file://{art}/tailscale_{{version}}_{{arch}}.tgz"
-
+{mesh}
 [[users]]
 name = "ops"
 groups = ["sudo"]
@@ -236,7 +286,8 @@ ssh-keys = ["{SSH_KEY}"]
                 extends = p.extends,
                 k3s_config = p.k3s_config,
                 base = p.base.display(),
-                art = art.display(),
+                mesh = p.mesh.toml(&art),
+                formats = p.formats,
             ),
         )
         .unwrap();
@@ -278,6 +329,34 @@ ssh-keys = ["{SSH_KEY}"]
         let img = self.out.join(format!("nodes/{}-{node}.img", self.profile));
         assert!(img.is_file(), "{out}");
         img
+    }
+
+    /// `imgbuild build PROFILE` (the shared image, no node): the output folder.
+    pub fn build_shared(&self) -> &Path {
+        let (code, out, err) = run(imgbuild()
+            .current_dir(&self.dir)
+            .args(["build", &self.profile, "--out"])
+            .arg(&self.out)
+            .arg("--cache-dir")
+            .arg(self.dir.join("cache")));
+        assert_eq!(code, 0, "imgbuild build {}: {out}{err}", self.profile);
+        &self.out
+    }
+
+    /// `imgbuild seed PROFILE --node NAME -o DIR`: DIR, holding user-data, meta-data and
+    /// network-config.
+    pub fn seed(&self, node: &str) -> PathBuf {
+        let dir = self.dir.join(format!("seed-{node}"));
+        let (code, out, err) = run(imgbuild()
+            .current_dir(&self.dir)
+            .args(["seed", &self.profile, "--node", node, "-o"])
+            .arg(&dir));
+        assert_eq!(
+            code, 0,
+            "imgbuild seed {} --node {node}: {out}{err}",
+            self.profile
+        );
+        dir
     }
 
     /// No secret reached the shared image or the manifest; the node's own image carries its
@@ -350,6 +429,12 @@ impl Seen {
     /// [`Seen::assert_first_boot`] of a node of `role` (`server` or `agent`); the stand-in k3s
     /// checked the flags and config keys it was started with against the pinned release.
     pub fn assert_first_boot_as(&self, node: &str, boot_mount: &str, role: &str) {
+        self.assert_first_boot_on(node, boot_mount, role, Mesh::Tailscale);
+    }
+
+    /// [`Seen::assert_first_boot_as`] of a node joining `mesh`: its units ran, and k3s started
+    /// after the join, on the mesh address and interface.
+    pub fn assert_first_boot_on(&self, node: &str, boot_mount: &str, role: &str, mesh: Mesh) {
         let show = self.show();
         assert_eq!(self.get("hostname"), node, "{show}");
         assert_eq!(self.get("boots"), "1", "{show}");
@@ -394,7 +479,7 @@ impl Seen {
             num("data_fs_size") > num("data_size") * 9 / 10,
             "the data filesystem did not grow: {show}"
         );
-        self.assert_user_and_services(&show, role);
+        self.assert_user_and_services(&show, role, mesh);
         // The seed and the one-off key are gone, cloud-init is off; the k3s token stays (k3s
         // needs it to restart).
         for (f, want) in [
@@ -407,25 +492,27 @@ impl Seen {
         ] {
             assert_eq!(self.get(&format!("exists.{f}")), want, "{f}: {show}");
         }
-        // The mesh stand-in was started with the key file and tags, and k3s after it with the
-        // role, server URL, token file, mesh address and interface and labels.
-        let log = &self.standin;
-        let line = |needle: &str| {
-            log.lines()
-                .position(|l| l.contains(needle))
-                .unwrap_or_else(|| panic!("no {needle:?} in the stand-in log: {show}"))
+        // The mesh joined (its stand-in logged how), and k3s started after it with the role,
+        // server URL, token file, mesh address and interface and labels.
+        let (joined, iface, address) = match mesh {
+            Mesh::Tailscale => (
+                self.assert_tailscale_up(node, &show),
+                "tailscale0",
+                "100.64.",
+            ),
+            Mesh::Zerotier => (
+                self.assert_zerotier_joined(role, &show),
+                "zt0",
+                "10.147.17.",
+            ),
         };
-        let up = line("tailscale up flags=");
-        let up_line = log.lines().nth(up).unwrap();
+        let log = &self.standin;
+        let k3s = self.standin_line(&format!("k3s start role={role}"), &show);
+        assert!(joined < k3s, "k3s started before the mesh was up: {show}");
         assert!(
-            up_line.contains("--auth-key=file:/run/imgbuild/mesh-authkey")
-                && up_line.contains("--advertise-tags=tag:k3s")
-                && up_line.contains(&format!("--hostname={node}")),
-            "{up_line}"
+            self.standin_line("k3s flags checked", &show) > k3s,
+            "{show}"
         );
-        let k3s = line(&format!("k3s start role={role}"));
-        assert!(up < k3s, "k3s started before the mesh was up: {show}");
-        assert!(line("k3s flags checked") > k3s, "{show}");
         assert!(
             !log.contains(" refused: "),
             "a stand-in refused its flags: {show}"
@@ -433,8 +520,8 @@ impl Seen {
         for needle in [
             "server: \"https://k3s-1:6443\"",
             "token-file: \"/etc/rancher/k3s/token\"",
-            "flannel-iface: \"tailscale0\"",
-            "node-ip: \"100.64.",
+            &format!("flannel-iface: \"{iface}\""),
+            &format!("node-ip: \"{address}"),
             "site=test",
             "token-file /etc/rancher/k3s/token present mode=600",
         ] {
@@ -452,17 +539,72 @@ impl Seen {
         }
     }
 
+    /// The line number of the first stand-in log line containing `needle`.
+    fn standin_line(&self, needle: &str, show: &str) -> usize {
+        self.standin
+            .lines()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in the stand-in log: {show}"))
+    }
+
+    /// `tailscale up` ran with the key file, tags and hostname: its log line.
+    fn assert_tailscale_up(&self, node: &str, show: &str) -> usize {
+        let up = self.standin_line("tailscale up flags=", show);
+        let up_line = self.standin.lines().nth(up).unwrap();
+        assert!(
+            up_line.contains("--auth-key=file:/run/imgbuild/mesh-authkey")
+                && up_line.contains("--advertise-tags=tag:k3s")
+                && up_line.contains(&format!("--hostname={node}")),
+            "{up_line}"
+        );
+        up
+    }
+
+    /// zerotier-one generated its identity on the node at its first start (there was none in
+    /// the image), kept it owner-only, and joined [`ZT_NETWORK`] on zt0 before k3s started (by
+    /// the units' start times too): the log line of the join.
+    fn assert_zerotier_joined(&self, role: &str, show: &str) -> usize {
+        let generated = self.standin_line("zerotier-one identity generated address=", show);
+        let line = self.standin.lines().nth(generated).unwrap();
+        let address = line.rsplit('=').next().unwrap();
+        assert_eq!(address.len(), 10, "{line}");
+        assert_eq!(self.get("zt_address"), address, "{show}");
+        assert_eq!(self.get("zt_identity"), "600", "{show}");
+        assert!(
+            self.get("zt_cli_info")
+                .starts_with(&format!("200 info {address} ")),
+            "{show}"
+        );
+        assert_eq!(
+            self.get("zt_networks").trim(),
+            format!("{ZT_NETWORK}.conf"),
+            "{show}"
+        );
+        let joined = self.standin_line(
+            &format!("zerotier-one network {ZT_NETWORK} joined iface=zt0 address=10.147.17."),
+            show,
+        );
+        assert!(generated < joined, "{show}");
+        let started = |u: &str| -> u64 {
+            let t = self.get(&format!("started.{u}")).parse().unwrap_or(0);
+            assert!(t > 0, "{u} has no start time: {show}");
+            t
+        };
+        let k3s = k3s_unit(role);
+        assert!(
+            started("zerotier-one") < started("imgbuild-nodeip")
+                && started("imgbuild-nodeip") <= started(k3s),
+            "zerotier-one, imgbuild-nodeip and {k3s} did not start in that order: {show}"
+        );
+        joined
+    }
+
     /// User and key come from the profile through the seed; the mesh, k3s and our units run.
-    /// User and key come from the profile through the seed; the node's services run.
-    fn assert_user_and_services(&self, show: &str, role: &str) {
+    fn assert_user_and_services(&self, show: &str, role: &str, mesh: Mesh) {
         assert!(self.get("user_ops").contains("sudo"), "{show}");
         assert_eq!(self.get("authorized_keys"), SSH_KEY, "{show}");
-        for u in [
-            k3s_unit(role),
-            "tailscaled",
-            "imgbuild-mesh-join",
-            "imgbuild-nodeip",
-        ] {
+        let units = [k3s_unit(role), "imgbuild-nodeip"];
+        for u in units.iter().chain(mesh.units()) {
             assert_eq!(self.get(&format!("active.{u}")), "active", "{u}: {show}");
         }
     }
@@ -495,7 +637,7 @@ impl Seen {
             self.cloud_init.contains("DataSourceNoCloudNet") && self.cloud_init.contains(seed_url),
             "cloud-init did not take the seed from {seed_url}: {show}"
         );
-        self.assert_user_and_services(&show, "agent");
+        self.assert_user_and_services(&show, "agent", Mesh::Tailscale);
         self.assert_clean_boot();
         for (f, want) in [
             ("/run/imgbuild/mesh-authkey", "no"),
@@ -569,14 +711,18 @@ pub const BOOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120
 /// restricted user network.
 pub fn boot_uefi(disk: &Path, work: &Path, name: &str, mac: Option<&str>) -> Seen {
     use super::qemu::{Arch, VmBuilder};
-    let results = ResultsDisk::create(&work.join(format!("results-{name}.img")));
-    let mut vm = VmBuilder::uefi(Arch::X86_64)
-        .disk(disk, "disk")
-        .disk(&results.image, "results")
-        .memory_mib(2048);
+    let mut vm = VmBuilder::uefi(Arch::X86_64).disk(disk, "disk");
     if let Some(mac) = mac {
         vm = vm.restricted_net(Vec::new()).mac(mac);
     }
+    boot_vm(vm, work, name)
+}
+
+/// Boots `vm` (its disks given) with a results disk added last, until the observer powers it
+/// off, and reads what it saw. `name` names the boot's scratch files in `work`.
+pub fn boot_vm(vm: super::qemu::VmBuilder, work: &Path, name: &str) -> Seen {
+    let results = ResultsDisk::create(&work.join(format!("results-{name}.img")));
+    let vm = vm.disk(&results.image, "results").memory_mib(2048);
     let mut vm = vm.start(&work.join(format!("vm-{name}")));
     vm.wait_for_poweroff(DONE, FAILED, BOOT_TIMEOUT);
     eprintln!("boot {name}: {:.1?}", vm.elapsed());

@@ -47,7 +47,12 @@ pub struct Lab {
     /// dnsmasq's server id.
     pub dhcp_server: Ipv4Addr,
     server: Option<Server>,
+    server_args: Vec<String>,
     dnsmasq: Child,
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }
 
 impl Lab {
@@ -57,11 +62,17 @@ impl Lab {
         let nodes = format!(
             "{NODES}\n[[node]]\nname = \"pi-1\"\nprofile = \"amd64-worker\"\nmac = \"{PI}\"\n"
         );
-        Lab::with_nodes(work, where_, taps, &nodes)
+        Lab::with(work, where_, taps, &nodes, &[])
     }
 
-    /// The same LAN, with `nodes` as the inventory of the work folder `work`.
-    pub fn with_nodes(work: &std::path::Path, where_: Dnsmasq, taps: &[&str], nodes: &str) -> Lab {
+    /// [`Lab::new`] with this inventory and more options for the server.
+    pub fn with(
+        work: &std::path::Path,
+        where_: Dnsmasq,
+        taps: &[&str],
+        nodes: &str,
+        extra: &[&str],
+    ) -> Lab {
         std::fs::write(work.join("nodes.toml"), nodes).unwrap();
         let lab = NetNs::new("proxy");
         lab.bridge("br0", "10.33.0.1/24");
@@ -94,7 +105,12 @@ impl Lab {
         }
         let dnsmasq = ns.spawn(d, &work.join("dnsmasq.log"));
         wait_for_port_67(ns, work);
-        let server = Server::start(Some(&lab), work, "10.33.0.1", &["--dhcp", "proxy"]);
+        let args: Vec<String> = ["--dhcp", "proxy"]
+            .iter()
+            .chain(extra)
+            .map(|a| a.to_string())
+            .collect();
+        let server = Server::start(Some(&lab), work, "10.33.0.1", &strs(&args));
         Lab {
             lab,
             client,
@@ -102,8 +118,21 @@ impl Lab {
             work: work.to_path_buf(),
             dhcp_server,
             server: Some(server),
+            server_args: args,
             dnsmasq,
         }
+    }
+
+    /// Stops our server (SIGTERM, checked) and starts it again with the same options.
+    pub fn restart(&mut self) {
+        self.server.take().unwrap().stop();
+        let args = strs(&self.server_args);
+        self.server = Some(Server::start(
+            Some(&self.lab),
+            &self.work,
+            "10.33.0.1",
+            &args,
+        ));
     }
 
     pub fn log(&self) -> String {
@@ -188,7 +217,7 @@ pub fn udp_sockets(ns: &NetNs) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn wait_for_port_67(ns: &NetNs, work: &std::path::Path) {
+pub fn wait_for_port_67(ns: &NetNs, work: &std::path::Path) {
     let t0 = Instant::now();
     while !udp_sockets(ns).contains(":67 ") {
         assert!(

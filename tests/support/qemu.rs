@@ -141,7 +141,8 @@ pub struct GuestFwd {
 pub struct VmBuilder {
     arch: Arch,
     boot: Boot,
-    disks: Vec<(PathBuf, String)>,
+    /// Image, serial, QEMU image format.
+    disks: Vec<(PathBuf, String, &'static str)>,
     memory_mib: u32,
     cpus: u32,
     net: Net,
@@ -194,7 +195,15 @@ impl VmBuilder {
     /// Adds a raw virtio disk. `serial` names it inside the guest
     /// (`/dev/disk/by-id/virtio-<serial>`); disks appear as vda, vdb, … in the order added.
     pub fn disk(mut self, image: &Path, serial: &str) -> Self {
-        self.disks.push((image.to_path_buf(), serial.to_string()));
+        self.disks
+            .push((image.to_path_buf(), serial.to_string(), "raw"));
+        self
+    }
+
+    /// [`VmBuilder::disk`] of a qcow2 image (a cloud image as a provider boots it).
+    pub fn qcow2_disk(mut self, image: &Path, serial: &str) -> Self {
+        self.disks
+            .push((image.to_path_buf(), serial.to_string(), "qcow2"));
         self
     }
 
@@ -314,7 +323,7 @@ impl VmBuilder {
             Boot::Pxe(Firmware::Bios) => {}
         }
         let uefi = matches!(self.boot, Boot::Uefi);
-        for (i, (image, serial)) in self.disks.iter().enumerate() {
+        for (i, (image, serial, format)) in self.disks.iter().enumerate() {
             // With -kernel, QEMU's loader option ROM holds boot index 0; the firmware boot order
             // matters only for UEFI.
             let bootindex = if uefi {
@@ -325,7 +334,7 @@ impl VmBuilder {
             push(&[
                 "-drive",
                 &format!(
-                    "if=none,id=disk{i},format=raw,cache=unsafe,file={}",
+                    "if=none,id=disk{i},format={format},cache=unsafe,file={}",
                     qemu_escape(&image.display().to_string())
                 ),
                 "-device",

@@ -1,106 +1,139 @@
 //! The server's view of the inventory and the built artifacts: it implements the netboot crate's
-//! [`Catalog`]. Made once at start (every problem is an error then, naming the file and line) and
-//! read-only afterwards.
+//! [`Catalog`]. Made once at start (every problem is an error then, naming the file and line);
+//! afterwards only the netboot policy state changes, and it is read from the state folder on
+//! every request (see [`super::state`]).
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Mutex;
 
 use anyhow::{Context as _, Result, bail};
-use imgbuild_netboot::{Artifact, Catalog, Mac, NodeBoot, SeedFile, dnsmasq};
+use imgbuild_netboot::{Admission, Artifact, Catalog, ClientIds, Mac, NodeBoot, SeedFile, dnsmasq};
 
+use super::matching;
 use super::pitree;
 use super::set::{self, ArtifactSet};
-use crate::node::inventory::{Inventory, Node, node_line};
+use super::state::StateDir;
+use crate::node::inventory::{Inventory, NetbootPolicy, Node, node_line};
 use crate::node::seed::Seed;
 
-/// Artifacts by served name, nodes by MAC, seeds by node, Pi seed keys.
+/// The MAC the LAN says an address has (the kernel's ARP table), for TFTP and HTTP requests.
+pub type Neighbours = Box<dyn Fn(IpAddr) -> Option<Mac> + Send + Sync>;
+
+/// Artifacts by served name, the netboot nodes, boots and seeds by node.
 pub struct NetbootCatalog {
     artifacts: BTreeMap<String, Artifact>,
-    nodes: HashMap<Mac, NodeBoot>,
+    /// Nodes with a MAC, Pi serial or UUID, `netboot = "never"` ones included (they are
+    /// matched, then refused, so the log says why).
+    nodes: Vec<Node>,
+    boots: HashMap<String, NodeBoot>,
     seeds: HashMap<String, Seed>,
+    state: StateDir,
+    neighbours: Neighbours,
+    /// Address → MAC, from requests that carried both (`/boot.ipxe?mac=`).
+    learnt: Mutex<HashMap<IpAddr, Mac>>,
+    fallback: Option<Fallback>,
     /// Seed key (in a Pi node's cmdline.txt) → node.
     pi_keys: HashMap<String, String>,
 }
 
-/// Summary for the start-up message.
+/// Summary for the start-up message: (node, how it is matched, profile, policy).
 #[derive(Debug, Clone, Default)]
 pub struct Summary {
-    pub nodes: Vec<(String, Mac, String)>,
+    pub nodes: Vec<(String, String, String, NetbootPolicy)>,
     pub skipped: Vec<String>,
     pub files: usize,
     /// Raspberry Pi nodes served by their serial folder: (node, folder, profile).
     pub pi: Vec<(String, String, String)>,
 }
 
-impl Summary {
-    /// Nodes served, by MAC or serial folder or both, each once.
-    pub fn node_count(&self) -> usize {
-        let names: std::collections::BTreeSet<&str> = self
-            .nodes
-            .iter()
-            .map(|(n, _, _)| n.as_str())
-            .chain(self.pi.iter().map(|(n, _, _)| n.as_str()))
-            .collect();
-        names.len()
-    }
+/// How the server finds nodes and keeps their policy state.
+pub struct Lookup {
+    pub state: StateDir,
+    pub neighbours: Neighbours,
+    /// What a machine not in the inventory boots, if anything.
+    pub default: Option<DefaultProfile>,
+}
+
+/// Renders the seed of a node that is not in the inventory.
+pub type RenderSeed = Box<dyn Fn(&Node) -> Result<Seed> + Send + Sync>;
+
+/// `--unknown-profile`: machines not in the inventory boot this profile as node
+/// `<profile>-<mac as 12 hex digits>`, their seed rendered when they first ask.
+pub struct DefaultProfile {
+    pub profile: String,
+    pub render: RenderSeed,
+}
+
+/// The default profile with its boot (for a probe node) and the seeds rendered so far.
+struct Fallback {
+    profile: DefaultProfile,
+    boot: NodeBoot,
+    seeds: Mutex<HashMap<String, Seed>>,
 }
 
 impl NetbootCatalog {
-    /// Reads the inventory at `inventory`, the artifact set of every profile a node with a MAC
+    /// Reads the inventory at `inventory`, the artifact set of every profile a netboot node
     /// runs (under `images/<profile>/netboot`), and each such node's seed from `seed_of`.
     pub fn load(
         inventory: &Path,
         images: &Path,
+        lookup: Lookup,
         mut seed_of: impl FnMut(&Node) -> Result<Seed>,
     ) -> Result<(NetbootCatalog, Summary)> {
         let shown = inventory.display().to_string();
         let text = std::fs::read_to_string(inventory)
             .with_context(|| format!("reading the inventory {shown}"))?;
         let inv = Inventory::parse(&text, &shown)?;
+        if inv.nodes.iter().any(|n| n.netboot == NetbootPolicy::Once) {
+            lookup.state.check_writable()?;
+        }
         let mut sets: BTreeMap<String, ArtifactSet> = BTreeMap::new();
         let mut cat = NetbootCatalog {
             artifacts: BTreeMap::new(),
-            nodes: HashMap::new(),
+            nodes: Vec::new(),
+            boots: HashMap::new(),
             seeds: HashMap::new(),
+            state: lookup.state,
+            neighbours: lookup.neighbours,
+            learnt: Mutex::default(),
+            fallback: None,
             pi_keys: HashMap::new(),
         };
         let mut summary = Summary::default();
+        let mut problems = Vec::new();
         for (i, node) in inv.nodes.iter().enumerate() {
-            let line = node_line(&text, i, "profile");
-            if node.serial.is_some() {
-                let at = format!("{shown}:{line}");
-                cat.add_pi_node(node, &at, images, &mut sets, &mut seed_of, &mut summary)?;
-            }
-            // Parsed and checked when the inventory was loaded.
-            let Some(mac) = node.mac_address else {
-                if node.serial.is_none() {
-                    summary.skipped.push(node.name.clone());
-                }
+            let Some(ids) = identifiers(node) else {
+                summary.skipped.push(node.name.clone());
                 continue;
             };
-            let set = load_set(&mut sets, images, node, &format!("{shown}:{line}"))?;
-            let seed = seed_of(node)
-                .with_context(|| format!("{shown}:{line}: the seed of node {:?}", node.name))?;
-            let m = &set.manifest;
-            let name = |f: &str| format!("{}/{f}", node.profile);
-            cat.nodes.insert(
-                mac,
-                NodeBoot {
-                    node: node.name.clone(),
-                    profile: node.profile.clone(),
-                    kernel: name(&m.kernel),
-                    initrds: m.initrds.iter().map(|i| name(i)).collect(),
-                    cmdline: m.cmdline.clone(),
-                },
-            );
-            cat.seeds.insert(node.name.clone(), seed);
             summary
                 .nodes
-                .push((node.name.clone(), mac, node.profile.clone()));
+                .push((node.name.clone(), ids, node.profile.clone(), node.netboot));
+            cat.nodes.push(node.clone());
+            if !node.netboots() {
+                continue;
+            }
+            let at = format!("{shown}:{}", node_line(&text, i, "profile"));
+            let added = cat
+                .add_node(node, images, &mut sets, &mut seed_of, &at)
+                .and_then(|()| cat.add_pi_node(node, &at, &sets, &mut summary));
+            if let Err(e) = added {
+                problems.push(format!("{e:#}"));
+            }
         }
-        if cat.nodes.is_empty() && summary.pi.is_empty() {
+        if let Some(d) = lookup.default
+            && let Err(e) = cat.add_fallback(d, images, &mut sets)
+        {
+            problems.push(format!("{e:#}"));
+        }
+        if !problems.is_empty() {
+            bail!("{}", problems.join("\n"));
+        }
+        if cat.boots.is_empty() && cat.fallback.is_none() {
             bail!(
-                "{shown} has no node with a `mac` (or a Raspberry Pi `serial`), so there is nothing to netboot\n  help: add mac = \"…\" to the [[node]] entries of the machines that boot from the network"
+                "{shown} has no node with a `mac`, `serial` or `uuid` that may netboot, so there is nothing to serve\n  help: add mac = \"…\" to the [[node]] entries of the machines that boot from the network"
             );
         }
         cat.add_files(&sets);
@@ -108,24 +141,118 @@ impl NetbootCatalog {
         Ok((cat, summary))
     }
 
+    /// The boot and seed of `node`; `at` is its `file:line` for messages.
+    fn add_node(
+        &mut self,
+        node: &Node,
+        images: &Path,
+        sets: &mut BTreeMap<String, ArtifactSet>,
+        seed_of: &mut impl FnMut(&Node) -> Result<Seed>,
+        at: &str,
+    ) -> Result<()> {
+        // First: an unknown profile is said as such, not as missing artifacts.
+        let seed =
+            seed_of(node).with_context(|| format!("{at}: the seed of node {:?}", node.name))?;
+        let boot = self.boot_of(node, images, sets, at)?;
+        self.boots.insert(node.name.clone(), boot);
+        self.seeds.insert(node.name.clone(), seed);
+        Ok(())
+    }
+
+    /// `node`'s boot from its profile's artifact set (loaded once per profile).
+    fn boot_of(
+        &self,
+        node: &Node,
+        images: &Path,
+        sets: &mut BTreeMap<String, ArtifactSet>,
+        at: &str,
+    ) -> Result<NodeBoot> {
+        if !sets.contains_key(&node.profile) {
+            let dir = images.join(&node.profile).join("netboot");
+            let set = ArtifactSet::load(&dir, &node.profile).with_context(|| {
+                format!(
+                    "{at}: node {:?} netboots profile {:?}",
+                    node.name, node.profile
+                )
+            })?;
+            sets.insert(node.profile.clone(), set);
+        }
+        let m = &sets[&node.profile].manifest;
+        let name = |f: &str| format!("{}/{f}", node.profile);
+        Ok(NodeBoot {
+            node: node.name.clone(),
+            profile: node.profile.clone(),
+            kernel: name(&m.kernel),
+            initrds: m.initrds.iter().map(|i| name(i)).collect(),
+            cmdline: m.cmdline.clone(),
+        })
+    }
+
+    /// The default profile: its artifact set, and one seed rendered now so that a problem with
+    /// it (a missing secret) shows at start, not at the first unknown machine.
+    fn add_fallback(
+        &mut self,
+        d: DefaultProfile,
+        images: &Path,
+        sets: &mut BTreeMap<String, ArtifactSet>,
+    ) -> Result<()> {
+        let at = format!("--unknown-profile {}", d.profile);
+        let probe = fallback_node(&d.profile, Mac([0; 6]))?;
+        (d.render)(&probe).with_context(|| format!("{at}: the seed of an unknown machine"))?;
+        let boot = self.boot_of(&probe, images, sets, &at)?;
+        self.fallback = Some(Fallback {
+            profile: d,
+            boot,
+            seeds: Mutex::default(),
+        });
+        Ok(())
+    }
+
+    /// The boot of an unknown machine with `mac` under the default profile, its seed rendered
+    /// (once per machine), and why; or why not, for the log.
+    fn fallback_boot(&self, mac: Mac) -> Result<(NodeBoot, String), String> {
+        let f = self.fallback.as_ref().ok_or("MAC not in the inventory")?;
+        let node = fallback_node(&f.profile.profile, mac).map_err(|e| format!("{e:#}"))?;
+        let mut seeds = f.seeds.lock().expect("lock");
+        if !seeds.contains_key(&node.name) {
+            let seed = (f.profile.render)(&node).map_err(|e| {
+                format!(
+                    "MAC not in the inventory, and its seed under --unknown-profile failed: {e:#}"
+                )
+            })?;
+            seeds.insert(node.name.clone(), seed);
+        }
+        let why = format!(
+            "MAC not in the inventory: --unknown-profile {} boots it as node {}",
+            f.profile.profile, node.name
+        );
+        let boot = NodeBoot {
+            node: node.name,
+            ..f.boot.clone()
+        };
+        Ok((boot, why))
+    }
+
     /// A node with a `serial` whose profile's set has a Pi tree: `<folder>/X` resolves to the
     /// node's own `pi/<folder>/X` if the set has it, else to the shared `pi/X` (map entries, no
-    /// copies). Its seed key is checked against the built cmdline.txt (same secrets).
+    /// copies). Its seed key is checked against the built cmdline.txt (same secrets). Called after
+    /// [`Self::add_node`] rendered its seed and loaded its set.
     fn add_pi_node(
         &mut self,
         node: &Node,
         at: &str,
-        images: &Path,
-        sets: &mut BTreeMap<String, ArtifactSet>,
-        seed_of: &mut impl FnMut(&Node) -> Result<Seed>,
+        sets: &BTreeMap<String, ArtifactSet>,
         summary: &mut Summary,
     ) -> Result<()> {
-        let serial = node.serial.as_deref().unwrap_or_default();
+        let Some(serial) = node.serial.as_deref() else {
+            return Ok(());
+        };
         let Ok(folder) = pitree::serial_folder(&node.name, serial) else {
             // A serial that is no Pi's (an SMBIOS UUID): not a Pi node.
             return Ok(());
         };
-        let set = load_set(sets, images, node, at)?;
+        // Loaded by `boot_of` for this node.
+        let set = &sets[&node.profile];
         let Some(pi) = &set.manifest.pi else {
             return Ok(());
         };
@@ -138,9 +265,7 @@ impl NetbootCatalog {
             );
         }
         let own = set::pi_node_file(&folder);
-        let seed =
-            seed_of(node).with_context(|| format!("{at}: the seed of node {:?}", node.name))?;
-        let key = pitree::seed_key(&seed);
+        let key = pitree::seed_key(&self.seeds[&node.name]);
         let cmdline = std::fs::read_to_string(&set.files[&own].path)
             .with_context(|| format!("reading {own} of profile {:?}", node.profile))?;
         if !cmdline.contains(&format!("/seed/{key}/")) {
@@ -163,7 +288,6 @@ impl NetbootCatalog {
             set.files[&own].clone(),
         );
         self.pi_keys.insert(key, node.name.clone());
-        self.seeds.insert(node.name.clone(), seed);
         summary
             .pi
             .push((node.name.clone(), folder, node.profile.clone()));
@@ -192,26 +316,59 @@ impl NetbootCatalog {
             }
         }
     }
+
+    /// Why `node`'s policy refuses it now, if it does.
+    fn refusal(&self, node: &Node) -> Option<String> {
+        match node.netboot {
+            NetbootPolicy::Always => None,
+            NetbootPolicy::Never => Some("netboot = \"never\" in the inventory".into()),
+            NetbootPolicy::Once => match self.state.is_spent(&node.name) {
+                Ok(false) => None,
+                Ok(true) => Some(format!(
+                    "netboot = \"once\" and it fetched its seed already; `imgbuild netboot arm {}` lets it boot again",
+                    node.name
+                )),
+                // Fail closed: a `once` node must not boot twice because the disk is unreadable.
+                Err(e) => Some(format!(
+                    "netboot = \"once\" and its state cannot be read ({e}); refused to be safe"
+                )),
+            },
+        }
+    }
+
+    /// The MAC behind a TFTP or HTTP client address.
+    fn mac_at(&self, ip: IpAddr) -> Option<Mac> {
+        (self.neighbours)(ip).or_else(|| self.learnt.lock().expect("lock").get(&ip).copied())
+    }
+
+    fn named(&self, node: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == node)
+    }
 }
 
-/// The profile's artifact set, read once.
-fn load_set<'s>(
-    sets: &'s mut BTreeMap<String, ArtifactSet>,
-    images: &Path,
-    node: &Node,
-    at: &str,
-) -> Result<&'s ArtifactSet> {
-    if !sets.contains_key(&node.profile) {
-        let dir = images.join(&node.profile).join("netboot");
-        let set = ArtifactSet::load(&dir, &node.profile).with_context(|| {
-            format!(
-                "{at}: node {:?} netboots profile {:?}",
-                node.name, node.profile
-            )
-        })?;
-        sets.insert(node.profile.clone(), set);
+/// The node an unknown machine is under the default profile, made (and checked) like an
+/// inventory entry.
+fn fallback_node(profile: &str, mac: Mac) -> Result<Node> {
+    let hex: String = mac.0.iter().map(|b| format!("{b:02x}")).collect();
+    let text =
+        format!("[[node]]\nname = \"{profile}-{hex}\"\nprofile = \"{profile}\"\nmac = \"{mac}\"\n");
+    let inv = Inventory::parse(&text, "--unknown-profile")?;
+    Ok(inv.nodes.into_iter().next().expect("one node"))
+}
+
+/// How a node is matched, for the start-up log; None for a node that cannot netboot.
+fn identifiers(n: &Node) -> Option<String> {
+    let mut ids = Vec::new();
+    if let Some(m) = n.mac_address {
+        ids.push(format!("mac {m}"));
     }
-    Ok(&sets[&node.profile])
+    if let Some(s) = n.pi_serial() {
+        ids.push(format!("pi serial {s:08x}"));
+    }
+    if let Some(u) = &n.uuid {
+        ids.push(format!("uuid {u}"));
+    }
+    (!ids.is_empty()).then(|| ids.join(", "))
 }
 
 impl Catalog for NetbootCatalog {
@@ -220,11 +377,19 @@ impl Catalog for NetbootCatalog {
     }
 
     fn node_boot(&self, mac: Mac) -> Option<NodeBoot> {
-        self.nodes.get(&mac).cloned()
+        let n = self.nodes.iter().find(|n| n.mac_address == Some(mac))?;
+        self.boots.get(&n.name).cloned()
     }
 
     fn seed(&self, node: &str, file: SeedFile) -> Option<String> {
-        let s = self.seeds.get(node)?;
+        let fallback = self
+            .fallback
+            .as_ref()
+            .map(|f| f.seeds.lock().expect("lock"));
+        let s = self
+            .seeds
+            .get(node)
+            .or_else(|| fallback.as_ref()?.get(node))?;
         Some(match file {
             SeedFile::MetaData => s.meta_data.clone(),
             SeedFile::UserData => s.user_data.clone(),
@@ -234,7 +399,63 @@ impl Catalog for NetbootCatalog {
         })
     }
 
+    fn admit(&self, ids: &ClientIds) -> Admission {
+        let mut ids = ids.clone();
+        match (ids.mac, ids.ip) {
+            (Some(mac), Some(ip)) => {
+                self.learnt.lock().expect("lock").insert(ip, mac);
+            }
+            (None, Some(ip)) => ids.mac = self.mac_at(ip),
+            _ => {}
+        }
+        let Some(found) = matching::find(&self.nodes, &ids) else {
+            return Admission::Unknown(match (ids.mac, ids.ip) {
+                (Some(mac), _) => match self.fallback_boot(mac) {
+                    Ok((boot, why)) => return Admission::Boot { boot, why },
+                    Err(why) => why,
+                },
+                (None, Some(ip)) => format!("no MAC known for {ip}"),
+                (None, None) => "no MAC, serial or UUID in the inventory".into(),
+            });
+        };
+        let node = found.node;
+        if let Some(why) = self.refusal(node) {
+            return Admission::Refused {
+                node: node.name.clone(),
+                why: format!("{why} (matched by {})", found.why),
+            };
+        }
+        match self.boots.get(&node.name) {
+            Some(boot) => Admission::Boot {
+                boot: boot.clone(),
+                why: found.why,
+            },
+            None => Admission::Unknown(format!("node {} has no boot", node.name)),
+        }
+    }
+
     fn seed_key_node(&self, key: &str) -> Option<String> {
         self.pi_keys.get(key).cloned()
+    }
+
+    fn seed_allowed(&self, node: &str) -> Result<(), String> {
+        match self.named(node).and_then(|n| self.refusal(n)) {
+            Some(why) => Err(why),
+            None => Ok(()),
+        }
+    }
+
+    fn seed_delivered(&self, node: &str, client: IpAddr) {
+        if self.named(node).map(|n| n.netboot) != Some(NetbootPolicy::Once) {
+            return;
+        }
+        match self.state.mark_spent(node, client) {
+            Ok(()) => {
+                tracing::info!(%node, %client, "netboot: node fetched its seed; netboot = \"once\": refused from now on until `imgbuild netboot arm {node}`")
+            }
+            Err(e) => {
+                tracing::error!(%node, "netboot: recording that the node fetched its seed failed: {e:#}")
+            }
+        }
     }
 }

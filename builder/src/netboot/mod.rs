@@ -5,8 +5,13 @@
 
 pub mod artifacts;
 pub mod catalog;
+pub mod doctor;
+pub mod matching;
+pub mod neigh;
+pub mod options;
 pub mod pitree;
 pub mod set;
+pub mod state;
 pub mod unit;
 
 use std::net::IpAddr;
@@ -35,6 +40,18 @@ impl Endpoint {
         }
     }
 }
+
+/// The netboot server's state folder (`--state-dir`, the same in `serve` and `arm`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct StateArgs {
+    /// Where the server records which `netboot = "once"` nodes fetched their seed (the
+    /// systemd unit's StateDirectory).
+    #[arg(long, default_value = DEFAULT_STATE_DIR, value_name = "DIR")]
+    pub state_dir: std::path::PathBuf,
+}
+
+/// The default `--state-dir`: systemd's StateDirectory=imgbuild-netboot.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/imgbuild-netboot";
 
 /// Who answers PXE clients' DHCP (`--dhcp`, the same in `serve` and `install-unit`).
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

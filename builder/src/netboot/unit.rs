@@ -54,6 +54,8 @@ ExecStart={bin} netboot serve --listen {addr} --tftp-port {tftp} --http-port {ht
 # The secrets file stays root's (mode 0600); systemd hands this service a private copy.
 LoadCredential=secrets:{secrets}
 DynamicUser=yes
+# --state-dir: which netboot = \"once\" nodes fetched their seed (/var/lib/imgbuild-netboot).
+StateDirectory=imgbuild-netboot
 AmbientCapabilities={caps}
 CapabilityBoundingSet={caps}
 NoNewPrivileges=yes

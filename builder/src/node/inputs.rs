@@ -79,6 +79,17 @@ impl NodeSource {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<NodeInputs, InputsError> {
         let node = self.node(resolved, name)?;
+        self.inputs_for(resolved, node, env)
+    }
+
+    /// [`load`](Self::load) for a node that is not in the inventory (the netboot server's
+    /// default profile for unknown machines): its secrets and templates.
+    pub fn inputs_for(
+        &self,
+        resolved: &Resolved,
+        node: Node,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<NodeInputs, InputsError> {
         let store = load_secrets(&self.secrets)?;
         let mut values = Vec::new();
         let mut missing = Vec::new();

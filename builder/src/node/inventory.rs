@@ -37,9 +37,18 @@ pub struct Node {
     /// `mac`, parsed once when the inventory is loaded.
     #[serde(skip)]
     pub mac_address: Option<Mac>,
-    /// Board serial (Raspberry Pi netboot folder) or SMBIOS UUID.
+    /// Board serial (Raspberry Pi: its netboot folder is the last 8 hex digits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<String>,
+    /// SMBIOS system UUID, as `dmidecode -s system-uuid` prints it (PXE option 97).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    /// `uuid`, parsed once when the inventory is loaded (RFC 4122 byte order, as printed).
+    #[serde(skip)]
+    pub uuid_bytes: Option<[u8; 16]>,
+    /// When the node may boot from the network.
+    #[serde(default, skip_serializing_if = "NetbootPolicy::is_default")]
+    pub netboot: NetbootPolicy,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
     /// Extra node labels (`key=value`), added to the profile's.
@@ -68,6 +77,72 @@ impl Node {
     pub fn hostname(&self) -> &str {
         self.hostname.as_deref().unwrap_or(&self.name)
     }
+
+    /// Whether the netboot server serves this node: it has a MAC, Pi serial or UUID to be
+    /// matched by, and `netboot` is not `never`.
+    pub fn netboots(&self) -> bool {
+        let identified =
+            self.mac_address.is_some() || self.pi_serial().is_some() || self.uuid_bytes.is_some();
+        identified && self.netboot != NetbootPolicy::Never
+    }
+
+    /// The Raspberry Pi serial the bootloader sends (option 97, TFTP folder): the low 32 bits
+    /// of `serial` when it is 8 or 16 hex digits (`/proc/cpuinfo` prints 16).
+    pub fn pi_serial(&self) -> Option<u32> {
+        let s = self.serial.as_deref()?;
+        let hex = (s.len() == 8 || s.len() == 16) && s.bytes().all(|b| b.is_ascii_hexdigit());
+        hex.then(|| u32::from_str_radix(&s[s.len() - 8..], 16).ok())
+            .flatten()
+    }
+}
+
+/// `netboot = "always" | "once" | "never"`: when the netboot server answers a node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NetbootPolicy {
+    /// Every boot (the default: a netbooted node has no disk to fall back to).
+    #[default]
+    Always,
+    /// Until the node fetched its seed; then refused until `imgbuild netboot arm NODE`.
+    Once,
+    /// Never: the node is ignored on every route.
+    Never,
+}
+
+impl NetbootPolicy {
+    fn is_default(&self) -> bool {
+        *self == NetbootPolicy::Always
+    }
+}
+
+/// A UUID in its text form (`8-4-4-4-12` hex digits, either case) as 16 bytes in that order.
+pub fn parse_uuid(text: &str) -> Option<[u8; 16]> {
+    let groups: Vec<&str> = text.split('-').collect();
+    let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+    if lens != [8, 4, 4, 4, 12]
+        || !groups
+            .iter()
+            .all(|g| g.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return None;
+    }
+    let hex: String = groups.concat();
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The other spelling of a UUID: its first three fields byte-swapped. SMBIOS 2.6+ stores them
+/// little-endian and PXE firmware sends those bytes in option 97, while some firmware sends the
+/// printed (big-endian) order; matching either finds the node both ways.
+pub fn uuid_swapped(u: &[u8; 16]) -> [u8; 16] {
+    let mut s = *u;
+    s[..4].reverse();
+    s[4..6].reverse();
+    s[6..8].reverse();
+    s
 }
 
 #[derive(Debug, Deserialize)]
@@ -199,7 +274,7 @@ impl Inventory {
                 message: e.message().trim().to_string(),
                 help: Some(
                     "each node is a [[node]] table with name, profile and optionally mac, serial, \
-                     hostname, labels, taints, mesh-tags, address, gateway, dns"
+                     uuid, netboot, hostname, labels, taints, mesh-tags, address, gateway, dns"
                         .into(),
                 ),
             }])
@@ -221,8 +296,6 @@ impl Inventory {
             });
         };
         let mut names: BTreeMap<&str, usize> = BTreeMap::new();
-        let mut macs: BTreeMap<Mac, &str> = BTreeMap::new();
-        let mut serials: BTreeMap<String, &str> = BTreeMap::new();
         for (i, n) in parsed.node.iter().enumerate() {
             if !is_dns_label(&n.name) {
                 problem(
@@ -257,25 +330,15 @@ impl Inventory {
                     "use dot-separated labels of lowercase letters, digits and `-` (each at most 63 characters, at most 253 in all; RFC 1123)",
                 );
             }
-            if let Some(mac) = &n.mac {
-                match mac.parse::<Mac>().ok() {
-                    None => problem(
-                        i,
-                        "mac",
-                        format!("{mac:?} is not a MAC address"),
-                        "write six hex pairs, e.g. \"dc:a6:32:01:02:03\"",
-                    ),
-                    Some(m) => {
-                        if let Some(other) = macs.insert(m, &n.name) {
-                            problem(
-                                i,
-                                "mac",
-                                format!("MAC {mac} is also given for node {other:?}"),
-                                "each MAC belongs to one node",
-                            );
-                        }
-                    }
-                }
+            if let Some(mac) = &n.mac
+                && mac.parse::<Mac>().is_err()
+            {
+                problem(
+                    i,
+                    "mac",
+                    format!("{mac:?} is not a MAC address"),
+                    "write six hex pairs, e.g. \"dc:a6:32:01:02:03\"",
+                );
             }
             if let Some(serial) = &n.serial {
                 let ok = !serial.is_empty()
@@ -288,16 +351,19 @@ impl Inventory {
                         i,
                         "serial",
                         format!("serial {serial:?} is not valid"),
-                        "write the board serial (Raspberry Pi: 8 or 16 hex digits) or the SMBIOS UUID",
-                    );
-                } else if let Some(other) = serials.insert(serial.to_ascii_lowercase(), &n.name) {
-                    problem(
-                        i,
-                        "serial",
-                        format!("serial {serial} is also given for node {other:?}"),
-                        "each serial belongs to one node",
+                        "write the board serial (Raspberry Pi: 8 or 16 hex digits, from /proc/cpuinfo)",
                     );
                 }
+            }
+            if let Some(uuid) = &n.uuid
+                && parse_uuid(uuid).is_none()
+            {
+                problem(
+                    i,
+                    "uuid",
+                    format!("uuid {uuid:?} is not a UUID"),
+                    "write the SMBIOS UUID as `dmidecode -s system-uuid` prints it, e.g. \"4c4c4544-0042-3510-8048-b4c04f565931\"",
+                );
             }
             for (j, l) in n.labels.iter().enumerate() {
                 let key = format!("labels[{j}]");
@@ -341,12 +407,17 @@ impl Inventory {
                 }
             }
         }
+        for (i, key, message, help) in duplicate_ids(&parsed.node) {
+            problem(i, key, message, help);
+        }
         if !problems.is_empty() {
+            problems.sort_by_key(|p| (p.line, p.column));
             return Err(err(problems));
         }
         let mut nodes = parsed.node;
         for n in &mut nodes {
             n.mac_address = n.mac.as_deref().and_then(|m| m.parse().ok());
+            n.uuid_bytes = n.uuid.as_deref().and_then(parse_uuid);
         }
         Ok(Inventory { nodes })
     }
@@ -378,6 +449,49 @@ impl Inventory {
                 .is_some_and(|s| s.eq_ignore_ascii_case(serial))
         })
     }
+}
+
+/// Identifiers two nodes share (the netboot server could not tell them apart): (node index,
+/// key, message, help) for the later node. MACs compare parsed, serials case-insensitively and
+/// by the Pi folder they select, UUIDs in both byte orders.
+fn duplicate_ids(nodes: &[Node]) -> Vec<(usize, &'static str, String, &'static str)> {
+    let mut out = Vec::new();
+    let mut macs: BTreeMap<Mac, &str> = BTreeMap::new();
+    let mut serials: BTreeMap<String, &str> = BTreeMap::new();
+    let mut pi: BTreeMap<u32, &str> = BTreeMap::new();
+    let mut uuids: BTreeMap<[u8; 16], &str> = BTreeMap::new();
+    for (i, n) in nodes.iter().enumerate() {
+        if let Some(m) = n.mac.as_deref().and_then(|m| m.parse::<Mac>().ok())
+            && let Some(other) = macs.insert(m, &n.name)
+        {
+            let msg = format!("MAC {m} is also given for node {other:?}");
+            out.push((i, "mac", msg, "each MAC belongs to one node"));
+        }
+        if let Some(serial) = &n.serial {
+            let same = serials.insert(serial.to_ascii_lowercase(), &n.name);
+            let folder = n.pi_serial().and_then(|p| pi.insert(p, &n.name));
+            if let Some(other) = same.or(folder) {
+                let msg = format!("serial {serial} is also given for node {other:?}");
+                let help = "each serial belongs to one node (a Raspberry Pi is told apart by its serial's last 8 hex digits)";
+                out.push((i, "serial", msg, help));
+            }
+        }
+        if let Some(u) = n.uuid.as_deref().and_then(parse_uuid) {
+            let other = uuids
+                .get(&u)
+                .or_else(|| uuids.get(&uuid_swapped(&u)))
+                .copied();
+            uuids.insert(u, &n.name);
+            if let Some(other) = other {
+                let msg = format!(
+                    "uuid {} is also given for node {other:?} (or is its byte-swapped spelling)",
+                    n.uuid.as_deref().unwrap_or_default()
+                );
+                out.push((i, "uuid", msg, "each UUID belongs to one node"));
+            }
+        }
+    }
+    out
 }
 
 /// The line (1-based) where node `index` (or its `key`, when given) is written in `text`, for
@@ -560,6 +674,84 @@ profile = "droplet-worker"
             .unwrap_err()
             .to_string();
         assert!(err.contains("n.toml:3:1: unknown field `profil`"), "{err}");
+    }
+
+    #[test]
+    fn shared_identifiers_are_refused_at_the_later_node() {
+        let text = "[[node]]\nname = \"a\"\nprofile = \"p\"\nmac = \"52:54:00:00:00:01\"\nserial = \"10000000ABCDEF01\"\nuuid = \"00112233-4455-6677-8899-aabbccddeeff\"\n\n[[node]]\nname = \"b\"\nprofile = \"p\"\nmac = \"52-54-00-00-00-01\"\nserial = \"abcdef01\"\nuuid = \"33221100-5544-7766-8899-AABBCCDDEEFF\"\n";
+        let msg = Inventory::parse(text, "nodes.toml")
+            .unwrap_err()
+            .to_string();
+        for want in [
+            "nodes.toml:11:7: MAC 52:54:00:00:00:01 is also given for node \"a\"",
+            "nodes.toml:12:10: serial abcdef01 is also given for node \"a\"",
+            "nodes.toml:13:8: uuid 33221100-5544-7766-8899-AABBCCDDEEFF is also given for node \"a\" (or is its byte-swapped spelling)",
+        ] {
+            assert!(msg.contains(want), "{want}\n{msg}");
+        }
+        // The same nodes with their own identifiers load, parsed once.
+        let fixed = text
+            .replace("52-54-00-00-00-01", "52:54:00:00:00:02")
+            .replace("\"abcdef01\"", "\"abcdef02\"")
+            .replace("33221100-5544", "33221100-5545");
+        let inv = Inventory::parse(&fixed, "nodes.toml").unwrap();
+        assert_eq!(inv.nodes[0].pi_serial(), Some(0xabcdef01));
+        assert_eq!(inv.nodes[1].pi_serial(), Some(0xabcdef02));
+        let u = inv.nodes[0].uuid_bytes.unwrap();
+        assert_eq!(u[0], 0x00);
+        assert_eq!(
+            uuid_swapped(&u)[..8],
+            [0x33, 0x22, 0x11, 0x00, 0x55, 0x44, 0x77, 0x66]
+        );
+        assert_eq!(inv.nodes[0].netboot, NetbootPolicy::Always);
+    }
+
+    #[test]
+    fn netboot_policy_and_uuid_are_checked() {
+        let inv = |extra: &str| {
+            Inventory::parse(
+                &format!("[[node]]\nname = \"a\"\nprofile = \"p\"\n{extra}"),
+                "n.toml",
+            )
+        };
+        assert_eq!(
+            inv("netboot = \"once\"\n").unwrap().nodes[0].netboot,
+            NetbootPolicy::Once
+        );
+        assert_eq!(
+            inv("netboot = \"never\"\n").unwrap().nodes[0].netboot,
+            NetbootPolicy::Never
+        );
+        let netboots = |extra: &str| inv(extra).unwrap().nodes[0].netboots();
+        assert!(!netboots(""), "no MAC, serial or UUID");
+        assert!(!netboots("serial = \"ABC-1\"\n"), "not a Pi serial");
+        assert!(netboots("serial = \"abcdef01\"\n"));
+        assert!(netboots(
+            "uuid = \"00112233-4455-6677-8899-aabbccddeeff\"\n"
+        ));
+        assert!(netboots(
+            "mac = \"52:54:00:00:00:01\"\nnetboot = \"once\"\n"
+        ));
+        assert!(!netboots(
+            "mac = \"52:54:00:00:00:01\"\nnetboot = \"never\"\n"
+        ));
+        let err = inv("netboot = \"sometimes\"\n").unwrap_err().to_string();
+        assert!(
+            err.contains("n.toml:4:11: unknown variant `sometimes`"),
+            "{err}"
+        );
+        let err = inv("uuid = \"0011-2233\"\n").unwrap_err().to_string();
+        assert!(
+            err.contains("n.toml:4:8: uuid \"0011-2233\" is not a UUID"),
+            "{err}"
+        );
+        assert_eq!(
+            parse_uuid("00112233-4455-6677-8899-aabbccddeeff").unwrap()[15],
+            0xff
+        );
+        assert_eq!(parse_uuid("00112233-4455-6677-8899-aabbccddeefg"), None);
+        assert_eq!(parse_uuid("001122334455-6677-8899-aabb-ccddeeff"), None);
+        assert_eq!(parse_uuid("+0112233-4455-6677-8899-aabbccddeeff"), None);
     }
 
     #[test]

@@ -122,6 +122,27 @@ pub fn client(msg: &Message) -> Result<Client, Ignored> {
     })
 }
 
+impl Client {
+    /// The identifiers the inventory matches: the MAC, a Pi's serial (from `class`), or else
+    /// the option-97 UUID (type 0 and 16 bytes, RFC 4578).
+    pub fn ids(&self, class: &Class) -> crate::ClientIds {
+        let pi_serial = match class {
+            Class::Pi { serial, .. } => *serial,
+            _ => None,
+        };
+        let guid = match self.guid.as_deref() {
+            Some([0, rest @ ..]) if pi_serial.is_none() => <[u8; 16]>::try_from(rest).ok(),
+            _ => None,
+        };
+        crate::ClientIds {
+            mac: Some(self.mac),
+            guid,
+            pi_serial,
+            ip: None,
+        }
+    }
+}
+
 /// The Pi model and serial in an option-97 GUID: type 0, FourCC "RPi4"/"RPi5", board revision
 /// (4), the MAC's low 4 bytes, the serial (4, little-endian like the FourCC).
 pub fn pi_guid(guid: &[u8]) -> Option<(PiModel, u32)> {

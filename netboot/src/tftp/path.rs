@@ -53,9 +53,35 @@ pub fn check(name: &[u8]) -> Result<String, BadPath> {
     Ok(parts.join("/"))
 }
 
+/// The Raspberry Pi serial a checked name starts with: the bootloader asks for
+/// `<serial>/<file>`, the serial as 8 lower-case hex digits.
+pub fn serial_folder(name: &str) -> Option<u32> {
+    let (first, _) = name.split_once('/')?;
+    let hex = first.len() == 8
+        && first
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    hex.then(|| u32::from_str_radix(first, 16).ok()).flatten()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pi_serial_folders() {
+        assert_eq!(serial_folder("9ffefdef/start4.elf"), Some(0x9ffefdef));
+        assert_eq!(serial_folder("01234567/a/b"), Some(0x01234567));
+        for no in [
+            "9ffefdef",
+            "9FFEFDEF/x",
+            "9ffefde/x",
+            "bios/undionly.kpxe",
+            "+ffefdef/x",
+        ] {
+            assert_eq!(serial_folder(no), None, "{no}");
+        }
+    }
 
     #[test]
     fn accepts_relative_names() {

@@ -11,7 +11,7 @@ use std::time::Instant;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::UdpSocket;
 
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::AbortHandle;
 
 use super::pace::Bucket;
@@ -54,6 +54,8 @@ struct Entry {
     request: Vec<u8>,
     /// Set once the client sent anything to the transfer's port.
     heard: Arc<AtomicBool>,
+    /// Set when the client repeated its request before it was heard (see [`Job::repeated`]).
+    repeat_seen: Arc<AtomicBool>,
     /// Asks the transfer to resend its first reply now.
     nudge: Arc<Notify>,
     /// Tells the transfer a new request replaced it.
@@ -77,6 +79,7 @@ pub async fn serve(
     let buckets: Buckets = Arc::default();
     let mut next_id = 0u64;
     let mut buf = vec![0u8; 65536];
+    let (reinject, mut reinjected) = mpsc::unbounded_channel::<(Vec<u8>, SocketAddr)>();
     loop {
         let (n, peer) = tokio::select! {
             r = socket.recv_from(&mut buf) => match r {
@@ -86,6 +89,10 @@ pub async fn serve(
                     continue;
                 }
             },
+            Some((raw, peer)) = reinjected.recv() => {
+                buf[..raw.len()].copy_from_slice(&raw);
+                (raw.len(), peer)
+            }
             _ = shutdown.changed() => break,
         };
         let reply = match packet::parse(&buf[..n]) {
@@ -97,6 +104,7 @@ pub async fn serve(
                     slots: &slots,
                     running: &running,
                     buckets: &buckets,
+                    reinject: &reinject,
                 };
                 let raw = buf[..n].to_vec();
                 job.start(req, &raw, peer, local, next_id).await
@@ -133,6 +141,8 @@ struct Job<'a> {
     slots: &'a Arc<Semaphore>,
     running: &'a Running,
     buckets: &'a Buckets,
+    /// Requests to handle again (a repeat that turned out to be a new request).
+    reinject: &'a mpsc::UnboundedSender<(Vec<u8>, SocketAddr)>,
 }
 
 impl Job<'_> {
@@ -163,6 +173,13 @@ impl Job<'_> {
                 ));
             }
         };
+        if let Some(why) = refused(self.catalog.as_ref(), &name, peer) {
+            tracing::info!(client = %peer, file = %name, "tftp: refused: {why}");
+            return Some(packet::error(
+                ErrorCode::AccessViolation,
+                &format!("refused: {why}"),
+            ));
+        }
         let Some(art) = self.catalog.artifact(&name).cloned() else {
             tracing::info!(client = %peer, file = %name, "tftp: no such file");
             return Some(packet::error(ErrorCode::FileNotFound, "no such file"));
@@ -212,21 +229,29 @@ impl Job<'_> {
         );
         let running = self.running.clone();
         let heard = Arc::new(AtomicBool::new(false));
+        let repeat_seen = Arc::new(AtomicBool::new(false));
         let nudge = Arc::new(Notify::new());
         let replaced = Arc::new(Notify::new());
         let link = Link {
             heard: heard.clone(),
+            repeat_seen: repeat_seen.clone(),
             nudge: nudge.clone(),
             replaced: replaced.clone(),
             pace: self.bucket(peer.ip()),
         };
         let task_sock = sock.clone();
+        let (reinject, request) = (self.reinject.clone(), raw.to_vec());
         let task = tokio::spawn(async move {
-            run(t, task_sock, peer, &name, art.size, link).await;
+            let asked_again = run(t, task_sock, peer, &name, art.size, link).await;
             drop(permit);
-            let mut r = running.lock().expect("lock");
-            if r.get(&peer).is_some_and(|e| e.id == id) {
-                r.remove(&peer);
+            {
+                let mut r = running.lock().expect("lock");
+                if r.get(&peer).is_some_and(|e| e.id == id) {
+                    r.remove(&peer);
+                }
+            }
+            if asked_again {
+                let _ = reinject.send((request, peer));
             }
         });
         let entry = Entry {
@@ -234,6 +259,7 @@ impl Job<'_> {
             abort: task.abort_handle(),
             request: raw.to_vec(),
             heard,
+            repeat_seen,
             nudge,
             replaced,
             sock,
@@ -260,14 +286,15 @@ impl Job<'_> {
     /// (a second transfer would answer from a second port the client has not latched onto). Any
     /// other repeat means the client gave up on the old transfer (the Raspberry Pi after its
     /// size probe): the old one ends and a new one starts. The Pi's ERROR ending the probe
-    /// reaches the transfer's port just before its identical new request reaches ours, so a
-    /// datagram waiting unread there counts as heard. True when handled.
+    /// is sent just before its identical new request, so a datagram waiting unread at the
+    /// transfer's port counts as heard; and since the two may still arrive the other way round
+    /// (another CPU's queue, another NIC queue), a transfer that the client ends with an ERROR
+    /// after repeating its request hands that request back to the listener. True when handled.
     fn repeated(&self, raw: &[u8], peer: SocketAddr, name: &str) -> bool {
         let mut r = self.running.lock().expect("lock");
         let Some(e) = r.get(&peer) else { return false };
-        let heard =
-            e.heard.load(Ordering::Relaxed) || e.sock.try_peek_sender().is_ok_and(|a| a == peer);
-        if e.request == raw && !heard {
+        if e.request == raw && !heard_from(e, peer) {
+            e.repeat_seen.store(true, Ordering::Relaxed);
             e.nudge.notify_one();
             tracing::info!(client = %peer, file = %name, "tftp: request repeated before any answer; first reply resent");
             return true;
@@ -279,6 +306,38 @@ impl Job<'_> {
             tracing::info!(client = %peer, file = %name, "tftp: new request from the same port; the old transfer ends, a new one starts");
         }
         false
+    }
+}
+
+/// Whether the transfer has read anything from `peer`, or has a datagram of it waiting unread.
+/// The peek asks the kernel itself: tokio's `try_peek_sender` answers from its own readiness
+/// flag, which lags behind the socket's queue until the reactor has run.
+fn heard_from(e: &Entry, peer: SocketAddr) -> bool {
+    use rustix::net::RecvFlags;
+    if e.heard.load(Ordering::Relaxed) {
+        return true;
+    }
+    let mut byte = [0u8; 1];
+    match rustix::net::recvfrom(&*e.sock, &mut byte, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+        Ok((_, _, Some(from))) => SocketAddr::try_from(from).is_ok_and(|a| a == peer),
+        // A connected socket only queues its peer's datagrams.
+        Ok((_, _, None)) => true,
+        Err(_) => false,
+    }
+}
+
+/// Why the inventory refuses this client now (its address, or the Pi serial folder it asks
+/// in), if it does. A client the catalog cannot place is served: TFTP holds no secrets, and the
+/// DHCP and boot-script routes already ignore unknown machines.
+fn refused(catalog: &dyn Catalog, name: &str, peer: SocketAddr) -> Option<String> {
+    let ids = crate::ClientIds {
+        pi_serial: path::serial_folder(name),
+        ip: Some(peer.ip()),
+        ..Default::default()
+    };
+    match catalog.admit(&ids) {
+        crate::Admission::Refused { node, why } => Some(format!("node {node}: {why}")),
+        _ => None,
     }
 }
 
@@ -317,6 +376,7 @@ fn path_limits(limits: &Limits, sock: &UdpSocket, peer: SocketAddr) -> Limits {
 /// What the listening loop shares with a transfer task.
 struct Link {
     heard: Arc<AtomicBool>,
+    repeat_seen: Arc<AtomicBool>,
     nudge: Arc<Notify>,
     replaced: Arc<Notify>,
     /// The client's rate bucket, when rates are capped.
@@ -337,7 +397,7 @@ async fn run<R: io::Read + io::Seek>(
     name: &str,
     size: u64,
     link: Link,
-) {
+) -> bool {
     let start = Instant::now();
     let mut out = Vec::with_capacity(t.blksize() + 4);
     let mut inb = vec![0u8; 2048];
@@ -400,9 +460,16 @@ async fn run<R: io::Read + io::Seek>(
     if replaced {
         let bytes = t.stats().bytes_acked;
         tracing::info!(client = %peer, file = %name, bytes, of = size, "tftp: transfer replaced by a new request from the same port");
-        return;
+        return false;
     }
     log_end(&t, peer, name, size, start.elapsed(), gone);
+    // Its ERROR came after its new request: that request was no repeat but a new transfer.
+    let asked_again = link.repeat_seen.load(Ordering::Relaxed)
+        && matches!(t.outcome(), Some(Outcome::ClientError { .. }));
+    if asked_again {
+        tracing::info!(client = %peer, file = %name, "tftp: the client ended the transfer after asking for it again; its new request starts a new one");
+    }
+    asked_again
 }
 
 fn log_end<R: io::Read + io::Seek>(

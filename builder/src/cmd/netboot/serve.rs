@@ -1,69 +1,36 @@
 //! `imgbuild netboot serve`: TFTP and HTTP for the inventory's nodes until Ctrl-C or SIGTERM.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use imgbuild_netboot::ipxe::Unknown;
 use imgbuild_netboot::tftp::{server as tftp, transfer::Limits};
-use imgbuild_netboot::{Catalog, dhcp, http};
+use imgbuild_netboot::{Admission, Catalog, dhcp, http};
 use tokio::sync::watch;
 
 use super::Context;
-use crate::netboot::catalog::{NetbootCatalog, Summary};
-use crate::netboot::{DhcpArgs, DhcpMode, Endpoint};
-use crate::node::inputs::NodeSource;
+use crate::netboot::catalog::{DefaultProfile, Lookup, NetbootCatalog, Summary};
+use crate::netboot::options::render_seed;
+use crate::netboot::state::StateDir;
+use crate::netboot::{DhcpMode, Endpoint, neigh};
+use crate::node::inventory::Node;
 
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    #[command(flatten)]
-    pub endpoint: Endpoint,
-    /// The inventory (its nodes with a `mac` are served) and the secrets file.
-    #[command(flatten)]
-    pub nodes: NodeSource,
-    /// Folder of built images: a profile's netboot set is <DIR>/<profile>/netboot.
-    #[arg(long, default_value = "images", value_name = "DIR")]
-    pub images: PathBuf,
-    /// What a machine whose MAC is not in the inventory gets: `ignore` (iPXE exits to the next
-    /// boot device) or `shell` (the iPXE shell, for debugging at its console).
-    #[arg(long, value_enum, default_value_t = UnknownArg::Ignore)]
-    pub unknown: UnknownArg,
-    /// How long a node's seed URL works after its boot script was served.
-    #[arg(long, default_value_t = 900, value_name = "SECONDS")]
-    pub seed_ttl: u64,
-    /// TFTP transfers at once; more get "server busy".
-    #[arg(long, default_value_t = 512, value_name = "N")]
-    pub max_transfers: usize,
-    /// TFTP transfers at once from one client address; more get "server busy". Default: only
-    /// --max-transfers applies.
-    #[arg(long, value_name = "N")]
-    pub max_transfers_per_client: Option<usize>,
-    /// TFTP bytes per second one client address gets, shared by its transfers (a stuck or
-    /// spoofed client cannot take the LAN). Default: no cap.
-    #[arg(long, value_name = "BYTES")]
-    pub max_rate_per_client: Option<u64>,
-    /// Largest TFTP block size granted; it is lowered further to the path MTU of each client.
-    #[arg(long, default_value_t = 65464, value_name = "BYTES")]
-    pub max_blksize: u16,
-    /// Largest TFTP window granted (RFC 7440).
-    #[arg(long, default_value_t = 64, value_name = "BLOCKS")]
-    pub max_windowsize: u16,
-    #[command(flatten)]
-    pub dhcp: DhcpArgs,
-}
-
-#[derive(clap::ValueEnum, Debug, Clone, Copy)]
-pub enum UnknownArg {
-    Ignore,
-    Shell,
-}
+pub use crate::netboot::options::{ServeArgs as Args, UnknownArg};
 
 pub fn run(args: &Args, ctx: &Context) -> Result<()> {
-    let (catalog, summary) = NetbootCatalog::load(&args.nodes.inventory, &args.images, |node| {
-        super::node_seed(&args.nodes, ctx, node)
-    })?;
+    let lookup = Lookup {
+        state: StateDir::new(&args.state.state_dir),
+        neighbours: Box::new(|ip| {
+            neigh::mac_of(&std::fs::read_to_string("/proc/net/arp").ok()?, ip)
+        }),
+        default: default_profile(args, ctx)?,
+    };
+    let (catalog, summary) =
+        NetbootCatalog::load(&args.nodes.inventory, &args.images, lookup, |node| {
+            super::node_seed(&args.nodes, ctx, node)
+        })?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -93,15 +60,15 @@ async fn serve(args: &Args, catalog: Arc<dyn Catalog>, summary: &Summary) -> Res
     // Bound before the "serving" line, which tells tests and users everything listens.
     let (stop_tx, stop_rx) = watch::channel(false);
     let dhcp_tasks = start_dhcp(args, &e, &catalog, &stop_rx)?;
-    for (node, mac, profile) in &summary.nodes {
-        tracing::info!(%node, %mac, %profile, "netboot: serving node");
+    for (node, ids, profile, policy) in &summary.nodes {
+        tracing::info!(%node, %ids, %profile, ?policy, "netboot: serving node");
     }
     for (node, folder, profile) in &summary.pi {
         tracing::info!(%node, %folder, %profile, "netboot: serving Raspberry Pi node from its serial folder");
     }
     eprintln!(
         "imgbuild netboot: serving {} node(s), {} file(s) on tftp://{} and {}; Ctrl-C stops",
-        summary.node_count(),
+        summary.nodes.len(),
         summary.files,
         udp.local_addr()?,
         e.base_url()
@@ -165,10 +132,18 @@ fn start_dhcp(
     let has_file: dhcp::server::HasFile = Arc::new(move |name| c.artifact(name).is_some());
     let c = catalog.clone();
     let shell = matches!(args.unknown, UnknownArg::Shell);
-    let policy: dhcp::server::Policy = Arc::new(move |client, _class| {
-        (!shell && c.node_boot(client.mac).is_none())
-            .then(|| "MAC not in the inventory (--unknown shell answers every machine)".into())
-    });
+    let policy: dhcp::server::Policy =
+        Arc::new(move |client, class| match c.admit(&client.ids(class)) {
+            Admission::Boot { boot, why } => {
+                tracing::info!(mac = %client.mac, node = %boot.node, "dhcp: matched ({why})");
+                None
+            }
+            Admission::Refused { node, why } => Some(format!("node {node}: {why}")),
+            Admission::Unknown(_) if shell => None,
+            Admission::Unknown(why) => {
+                Some(format!("{why} (--unknown shell answers every machine)"))
+            }
+        });
     let mut tasks = Vec::new();
     for port in [dhcp::server::DHCP_PORT, dhcp::server::PXE_PORT] {
         let l = dhcp::server::Listener::bind(server, port).map_err(|err| {
@@ -210,6 +185,26 @@ fn http_config(args: &Args, e: &Endpoint) -> http::Config {
         },
         seed_ttl: Duration::from_secs(args.seed_ttl),
     }
+}
+
+/// `--unknown-profile`: the profile resolved now; each unknown machine's seed is rendered
+/// when it first asks (its secrets read then, from the same secrets file).
+fn default_profile(args: &Args, ctx: &Context) -> Result<Option<DefaultProfile>> {
+    let Some(profile) = &args.unknown_profile else {
+        return Ok(None);
+    };
+    let resolved = ctx
+        .resolve_concrete(profile, &[])
+        .with_context(|| format!("--unknown-profile {profile}"))?;
+    let nodes = args.nodes.clone();
+    let render = Box::new(move |node: &Node| {
+        let inputs = nodes.inputs_for(&resolved, node.clone(), &crate::cmd::env_var)?;
+        render_seed(&resolved, &inputs)
+    });
+    Ok(Some(DefaultProfile {
+        profile: profile.clone(),
+        render,
+    }))
 }
 
 fn bind_error(e: std::io::Error, proto: &str, addr: SocketAddr) -> anyhow::Error {

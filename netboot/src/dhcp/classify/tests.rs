@@ -145,3 +145,32 @@ fn a_bad_hardware_address_length_is_refused_not_a_panic() {
         Err(Ignored::NotEthernet { hlen: 200, .. })
     ));
 }
+
+#[test]
+fn ids_carry_the_pi_serial_or_the_pxe_uuid() {
+    let ids = |r: &Request| {
+        let bytes = r.encode(MessageType::Discover, MAC, 7);
+        let msg = Message::decode(&mut Decoder::new(&bytes)).unwrap();
+        let c = client(&msg).unwrap();
+        c.ids(&classify(&c).unwrap().0)
+    };
+    let pi = ids(&Request::pi(true, MAC, 0x00c03111, 0x1234abcd));
+    assert_eq!(
+        (pi.mac, pi.pi_serial, pi.guid),
+        (Some(MAC), Some(0x1234abcd), None)
+    );
+    let uuid: [u8; 16] = std::array::from_fn(|i| i as u8 + 1);
+    let pxe = Request {
+        guid: Some([&[0u8][..], &uuid].concat()),
+        ..Request::uefi_x64()
+    };
+    let got = ids(&pxe);
+    assert_eq!((got.guid, got.pi_serial), (Some(uuid), None));
+    // A GUID of another type or length is no UUID.
+    let odd = Request {
+        guid: Some([&[1u8][..], &uuid].concat()),
+        ..Request::uefi_x64()
+    };
+    assert_eq!(ids(&odd).guid, None);
+    assert_eq!(ids(&Request::bios()).guid, None);
+}
