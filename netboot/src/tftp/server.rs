@@ -295,7 +295,16 @@ impl Job<'_> {
         let Some(e) = r.get(&peer) else { return false };
         if e.request == raw && !heard_from(e, peer) {
             e.repeat_seen.store(true, Ordering::Relaxed);
-            e.nudge.notify_one();
+            // Resent a moment later, and only if the client's ERROR has not come meanwhile: a
+            // Pi that took the stale resent reply for the answer to its new request would latch
+            // onto the transfer it just ended.
+            let (nudge, heard) = (e.nudge.clone(), e.heard.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                if !heard.load(Ordering::Relaxed) {
+                    nudge.notify_one();
+                }
+            });
             tracing::info!(client = %peer, file = %name, "tftp: request repeated before any answer; first reply resent");
             return true;
         }
