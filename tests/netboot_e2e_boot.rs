@@ -60,6 +60,15 @@ fn inventory(work: &Path, profile: &str) {
     std::fs::write(work.join("nodes.toml"), text).unwrap();
 }
 
+/// `netboot build pc-node` from the Debian base into `work`, and the two-node inventory.
+fn built_set(work: &Path, base: &Path, deb: &Path) {
+    let (setup, mirror) = netbuild::pc_node(work, base, deb);
+    let art = setup.out.join(&setup.profile).join("netboot");
+    netbuild::build(&setup, &mirror, &art, "022", "UTC");
+    drop(mirror);
+    inventory(work, &setup.profile);
+}
+
 /// PXE-boots a VM on `tap` (with `extra` QEMU arguments) to the observer's verdict; returns
 /// what it saw and its console.
 fn pxe_boot(
@@ -144,11 +153,7 @@ fn pxe_boots_uefi_and_bios_nodes_to_their_first_boot() {
     let t0 = Instant::now();
     let tmp = support::scratch();
     let work = tmp.path();
-    let (setup, mirror) = netbuild::pc_node(work, &base, &deb);
-    let art = setup.out.join(&setup.profile).join("netboot");
-    netbuild::build(&setup, &mirror, &art, "022", "UTC");
-    drop(mirror);
-    inventory(work, &setup.profile);
+    built_set(work, &base, &deb);
     eprintln!("artifacts built: {:.1?}", t0.elapsed());
     let lab = Lab::new(work, &["tap1", "tap2"]);
 
@@ -208,11 +213,7 @@ fn proxy_dhcp_on_the_pihole_host_boots_uefi_pxe_and_http_boot_nodes_to_their_fir
     let t0 = Instant::now();
     let tmp = support::scratch();
     let work = tmp.path();
-    let (setup, mirror) = netbuild::pc_node(work, &base, &deb);
-    let art = setup.out.join(&setup.profile).join("netboot");
-    netbuild::build(&setup, &mirror, &art, "022", "UTC");
-    drop(mirror);
-    inventory(work, &setup.profile);
+    built_set(work, &base, &deb);
     let lab = Lab::proxy(work, &["tap1", "tap2"]);
     assert!(
         lab.log().contains("proxyDHCP on UDP 67: raw"),

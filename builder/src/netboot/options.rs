@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use super::{DhcpArgs, Endpoint, StateArgs};
 use crate::node::inputs::{NodeInputs, NodeSource};
-use crate::node::inventory::Node;
 use crate::node::seed::{self, Seed};
 use crate::profile::Resolved;
 
@@ -58,20 +57,6 @@ pub struct ServeArgs {
 pub enum UnknownArg {
     Ignore,
     Shell,
-}
-
-impl ServeArgs {
-    /// `node`'s seed as the server renders it (`resolved` is its profile), with secrets from the
-    /// secrets file or `env`: `serve` at start, `doctor` to say whether that start would fail.
-    pub fn node_seed(
-        &self,
-        resolved: &Resolved,
-        node: &Node,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> anyhow::Result<Seed> {
-        let inputs = self.nodes.load(resolved, &node.name, env)?;
-        render_seed(resolved, &inputs)
-    }
 }
 
 /// The seed of a node from its inputs (for an inventory node, or an unknown machine under

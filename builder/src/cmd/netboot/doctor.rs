@@ -32,10 +32,7 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
         pihole_config: &args.pihole_config,
     };
     let findings = host::examine(&opts, &mut |node| {
-        let resolved = ctx.resolve_concrete(&node.profile, &[])?;
-        args.serve
-            .node_seed(&resolved, node, &crate::cmd::env_var)
-            .map(drop)
+        super::node_seed(&args.serve.nodes, ctx, node).map(drop)
     })?;
     let problems = findings
         .iter()

@@ -52,7 +52,8 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
     }
 }
 
-/// The node's seed as `netboot serve` serves it (and `netboot build` keys a Pi's seed URL by):
+/// The node's seed as `netboot serve` serves it (`netboot build` keys a Pi's seed URL by it,
+/// `netboot doctor` checks that it renders):
 /// rendered with no nonce, so both commands get the same bytes; held in memory only.
 pub(crate) fn node_seed(nodes: &NodeSource, ctx: &Context, node: &Node) -> Result<Seed> {
     let resolved = ctx.resolve_concrete(&node.profile, &[])?;
