@@ -1140,3 +1140,22 @@ fn nocloud_before_configdrive_is_flagged() {
     let (_, c, _) = composed("droplet-worker");
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
 }
+
+#[test]
+fn time_sync_wait_of_the_profile_bounds_the_clock_wait() {
+    const DROP_IN: &str = "/etc/systemd/system/systemd-time-wait-sync.service.d/10-imgbuild.conf";
+    let (t, _, _) = composed("pi-worker");
+    let stock = text(&t, DROP_IN);
+    assert!(
+        stock.contains("ExecStart=-/usr/bin/timeout 60 /lib/systemd/systemd-time-wait-sync\n"),
+        "{stock}"
+    );
+    assert!(stock.contains("TimeoutStartSec=90s\n"), "{stock}");
+    let (t, _, _) = composed_with("pi-worker", &["time.sync-wait=7"]);
+    let short = text(&t, DROP_IN);
+    assert!(
+        short.contains("ExecStart=-/usr/bin/timeout 7 /lib/systemd/systemd-time-wait-sync\n"),
+        "{short}"
+    );
+    assert!(short.contains("TimeoutStartSec=37s\n"), "{short}");
+}

@@ -13,6 +13,8 @@ use super::{imgbuild, run, tests_dir};
 
 /// The disk is grown to this before the first boot; the data partition must fill it.
 pub const DISK_SIZE: u64 = 4 << 30;
+/// `time.sync-wait` of the test profiles: nothing answers NTP on a test bridge.
+pub const SYNC_WAIT: u32 = 5;
 /// The fake secrets, distinctive enough that finding one anywhere is a leak, not a coincidence.
 pub const SECRETS: [(&str, &str); 3] = [
     ("k3s-token", "imgbuild-test-server-token-7f3a9c1e"),
@@ -269,6 +271,10 @@ formats = {formats}
 [base]
 url = "file://{base}"
 
+# No NTP on the test bridge: the boot waits only briefly for it (the default is 60 s).
+[time]
+sync-wait = {SYNC_WAIT}
+
 [k3s]
 url = "file://{k3s}"
 labels = ["node.kubernetes.io/role=worker", "site=test"]
@@ -288,6 +294,7 @@ ssh-keys = ["{SSH_KEY}"]
                 base = p.base.display(),
                 mesh = p.mesh.toml(&art),
                 formats = p.formats,
+                SYNC_WAIT = SYNC_WAIT,
             ),
         )
         .unwrap();

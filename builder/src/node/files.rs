@@ -42,8 +42,6 @@ pub mod paths {
 
 /// How long imgbuild-nodeip waits for the mesh address before giving up, in seconds.
 const NODEIP_TIMEOUT_S: u32 = 600;
-/// How long the boot waits for the clock to be synchronised before going on without it.
-const TIME_WAIT_S: u32 = 60;
 /// The persistent journal's size limit on the data partition, in MiB.
 const JOURNAL_MAX_MIB: u32 = 64;
 
@@ -222,7 +220,7 @@ pub fn context(resolved: &Resolved, target: Target<'_>) -> Value {
         "cloud_init": cloud_init,
         "seed_dir": seed_dir,
         "nodeip_timeout": NODEIP_TIMEOUT_S,
-        "time_wait_s": TIME_WAIT_S,
+        "time_wait_s": resolved.profile.time.sync_wait(),
         "journal_max_mib": JOURNAL_MAX_MIB,
         "cloud_state": paths::CLOUD_STATE,
     })

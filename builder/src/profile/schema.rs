@@ -42,6 +42,8 @@ pub struct Profile {
     pub kernel: KernelSpec,
     #[serde(default)]
     pub pi: PiSpec,
+    #[serde(default)]
+    pub time: TimeSpec,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -211,6 +213,27 @@ pub struct KernelSpec {
     /// Kernel command line additions, one argument each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cmdline: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TimeSpec {
+    /// Seconds the boot waits for a synchronised clock (NTP) before the mesh join and k3s start
+    /// without it; 60 when unset. A Raspberry Pi has no RTC: too short a wait starts TLS on a
+    /// clock still in 1970.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_wait: Option<u32>,
+}
+
+impl TimeSpec {
+    /// The default of `time.sync-wait`.
+    pub const DEFAULT_SYNC_WAIT: u32 = 60;
+    /// The longest wait a profile may set (an hour).
+    pub const MAX_SYNC_WAIT: u32 = 3600;
+
+    pub fn sync_wait(&self) -> u32 {
+        self.sync_wait.unwrap_or(Self::DEFAULT_SYNC_WAIT)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

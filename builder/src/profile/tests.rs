@@ -343,3 +343,28 @@ fn k3s_config_of_a_release_without_flag_data_is_warned_about() {
     let (_d, store) = store_with(&[("p", &text)]);
     assert!(store.resolve("p", &[]).is_err());
 }
+
+#[test]
+fn time_sync_wait_defaults_to_60_and_takes_1_to_3600_seconds() {
+    let store = ProfileStore::stock_only();
+    let r = store.resolve("pi-worker", &[]).unwrap();
+    assert_eq!(r.profile.time.sync_wait(), 60);
+    for good in [1, 5, 3600] {
+        let r = store
+            .resolve("pi-worker", &[format!("time.sync-wait={good}")])
+            .unwrap_or_else(|e| panic!("{good}: {e}"));
+        assert_eq!(r.profile.time.sync_wait(), good);
+    }
+    for bad in ["0", "3601", "-1", "\"60s\""] {
+        let err = store
+            .resolve("pi-worker", &[format!("time.sync-wait={bad}")])
+            .unwrap_err();
+        assert!(
+            err.problems
+                .iter()
+                .any(|d| d.key.as_deref() == Some("time.sync-wait")
+                    || d.message.contains("sync-wait")),
+            "{bad}: {err}"
+        );
+    }
+}

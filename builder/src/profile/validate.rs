@@ -92,6 +92,7 @@ pub(super) fn validate(resolved: &mut Resolved, top: &Origin) -> Vec<Diagnostic>
     check_mesh(&mut c, &p, concrete);
     check_users(&mut c, &p);
     check_kernel_and_pi(&mut c, &p, board);
+    check_time(&mut c, &p);
 
     let problems = std::mem::take(&mut c.problems);
     let warnings = std::mem::take(&mut c.warnings);
@@ -102,6 +103,8 @@ pub(super) fn validate(resolved: &mut Resolved, top: &Origin) -> Vec<Diagnostic>
         img.name = Some(resolved.name.clone());
     }
     img.arch = arch.or(img.arch);
+    let time = &mut resolved.profile.time;
+    time.sync_wait = Some(time.sync_wait());
     if let Some(b) = board {
         if img.formats.is_empty() {
             img.formats = b.default_formats().to_vec();
@@ -721,6 +724,21 @@ fn check_kernel_and_pi(c: &mut Checker<'_>, p: &Profile, board: Option<Board>) {
                 );
             }
         }
+    }
+}
+
+fn check_time(c: &mut Checker<'_>, p: &Profile) {
+    let max = TimeSpec::MAX_SYNC_WAIT;
+    if let Some(w) = p.time.sync_wait.filter(|w| !(1..=max).contains(w)) {
+        c.problem(
+            "time.sync-wait",
+            format!("time.sync-wait = {w} is outside 1..={max} seconds"),
+            format!(
+                "set the seconds the boot waits for NTP, e.g. time.sync-wait = {}; 0 would \
+                 make timeout(1) wait forever",
+                TimeSpec::DEFAULT_SYNC_WAIT
+            ),
+        );
     }
 }
 
