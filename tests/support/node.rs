@@ -57,6 +57,7 @@ disk=$(lsblk -no PKNAME "$(findfs LABEL=imgbuild-data)")
     free -m | awk '/^Mem:/ {print "mem_total_mib=" $2 "\nmem_used_mib=" $3 "\nmem_shared_mib=" $5 "\nmem_available_mib=" $7}'
     echo "root_fstype=$(findmnt -no FSTYPE /)"
     echo "host_key=$(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub 2>/dev/null | awk '{print $2}')"
+    echo "host_key_types=$(ls /etc/ssh | sed -n 's/^ssh_host_\(.*\)_key$/\1/p' | sort | paste -sd ' ')"
     echo "user_ops=$(id -nG ops 2>/dev/null)"
     echo "authorized_keys=$(cat ~ops/.ssh/authorized_keys 2>/dev/null | head -n 1)"
     # A healthy boot has no failed unit (the time wait, cloud-init's modules, networking).
@@ -610,6 +611,8 @@ impl Seen {
     fn assert_user_and_services(&self, show: &str, role: &str, mesh: Mesh) {
         assert!(self.get("user_ops").contains("sudo"), "{show}");
         assert_eq!(self.get("authorized_keys"), SSH_KEY, "{show}");
+        // The seed's ssh_genkeytypes: no DSA key, which OpenSSH no longer loads.
+        assert_eq!(self.get("host_key_types"), "ecdsa ed25519 rsa", "{show}");
         let units = [k3s_unit(role), "imgbuild-nodeip"];
         for u in units.iter().chain(mesh.units()) {
             assert_eq!(self.get(&format!("active.{u}")), "active", "{u}: {show}");
