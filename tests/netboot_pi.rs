@@ -28,6 +28,7 @@ use std::process::Command;
 
 use imgbuild_netboot::tokens::TOKEN_SLOT;
 use sha2::{Digest, Sha256};
+use support::netboot::serve_command;
 use support::netbuild::build_with;
 use support::pi::pi_base;
 use support::pi_client::{
@@ -144,6 +145,48 @@ fn pi_4_and_5_netboot_from_their_serial_folders() {
         .collect();
     assert!(missing.len() >= 4, "{log}");
     assert!(missing.iter().all(|l| l.contains("INFO")), "{log}");
+    check_seed_server(&lab, &state_args);
+}
+
+/// The built cmdline.txt names the seed server: `doctor` finds it right for the lab server's
+/// port 8080 and wrong for 8081, and `serve` on 8081 refuses to start, saying to rebuild.
+fn check_seed_server(lab: &Lab, state: &[&str]) {
+    let doctor = |port: &str| {
+        let out = lab
+            .lab
+            .cmd(env!("CARGO_BIN_EXE_imgbuild"))
+            .current_dir(&lab.work)
+            .args(["netboot", "doctor", "--listen", &SERVER.to_string()])
+            .args(["--images", "images", "--http-port", port])
+            .args(["--pihole-config", "/nonexistent"])
+            .args(state)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let good = doctor("8080");
+    let ok = format!(
+        "node pi-1: its serial folder is built, cmdline.txt names the seed URL on http://{SERVER}:8080"
+    );
+    assert!(good.contains(&ok), "{good}");
+    assert!(!good.contains("names the seed server"), "{good}");
+    let bad = doctor("8081");
+    assert!(bad.contains(&format!("node pi-1: its cmdline.txt names the seed server http://{SERVER}:8080, but serve would listen at http://{SERVER}:8081")), "{bad}");
+    let out = serve_command(Some(&lab.lab), &lab.work, &SERVER.to_string(), &[])
+        .args(["--tftp-port", "0", "--http-port", "8081"])
+        .args(state)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "names the seed server http://{SERVER}:8080, but this server is http://{SERVER}:8081"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("help: rebuild"), "{err}");
 }
 
 /// The files the Pi got are the built ones; its cmdline.txt is the built one with a fresh

@@ -147,3 +147,30 @@ pub enum Admission {
     /// No node matches (or the route could not tell who asks); why, for the log.
     Unknown(String),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokens::TOKEN_SLOT;
+
+    #[test]
+    fn a_template_keeps_its_length_for_every_token() {
+        let t = SeedTemplate {
+            node: "pi-1".into(),
+            text: format!(
+                "boot=imgbuild ds=nocloud-net;s=http://10.0.0.1:8080/seed/{TOKEN_SLOT}/\n"
+            ),
+        };
+        let a = t.render(&"a".repeat(32));
+        let b = t.render(&"0".repeat(32));
+        assert_eq!(a.len(), t.text.len());
+        assert_eq!(b.len(), a.len());
+        assert_eq!(
+            String::from_utf8(a).unwrap(),
+            format!(
+                "boot=imgbuild ds=nocloud-net;s=http://10.0.0.1:8080/seed/{}/\n",
+                "a".repeat(32)
+            )
+        );
+    }
+}
