@@ -267,15 +267,8 @@ fn token_of(url: &str) -> String {
 
 /// curl from the client host: (status, body).
 fn get(lab: &Lab, url: &str) -> (u16, String) {
-    let out = lab
-        .client
-        .cmd("curl")
-        .args(["-s", "-w", "\n%{http_code}", url])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap();
-    (code.parse().unwrap(), body.to_string())
+    let (_, code, body) = lab.curl(url);
+    (code.parse().unwrap(), String::from_utf8(body).unwrap())
 }
 
 /// The tree: shared firmware and kernels as the base has them, one folder per node holding only
