@@ -579,3 +579,49 @@ fn log_end<R: io::Read + io::Seek>(
         (None, None) => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SeedFile;
+    use crate::tokens::{Refused, TOKEN_SLOT};
+    use std::io::Read;
+
+    fn served(src: Source, tokens: &Minter) -> Vec<u8> {
+        let peer: SocketAddr = "10.0.0.5:1234".parse().unwrap();
+        let (mut body, size) = src.open(tokens, "9ffefdef/cmdline.txt", peer).ok().unwrap();
+        let mut out = Vec::new();
+        body.read_to_end(&mut out).unwrap();
+        assert_eq!(out.len() as u64, size);
+        out
+    }
+
+    #[test]
+    fn a_seed_template_is_served_with_a_new_live_token_each_time() {
+        let tokens = Minter::new(std::time::Duration::from_secs(60));
+        let t = SeedTemplate {
+            node: "pi-1".into(),
+            text: format!(
+                "boot=imgbuild ds=nocloud-net;s=http://10.0.0.1:8080/seed/{TOKEN_SLOT}/\n"
+            ),
+        };
+        let token = |b: &[u8]| {
+            let s = String::from_utf8(b.to_vec()).unwrap();
+            s.rsplit("/seed/")
+                .next()
+                .unwrap()
+                .trim_end_matches("/\n")
+                .to_string()
+        };
+        let a = served(Source::Minted(t.clone()), &tokens);
+        let b = served(Source::Minted(t.clone()), &tokens);
+        // The size probe and the read agree; the read's token is the one that lives.
+        assert_eq!(a.len(), t.text.len());
+        assert_eq!(b.len(), a.len());
+        let (ta, tb) = (token(&a), token(&b));
+        assert_ne!(ta, tb);
+        assert_ne!(tb, TOKEN_SLOT);
+        assert_eq!(tokens.take(&ta, SeedFile::UserData), Err(Refused::Unknown));
+        assert_eq!(tokens.take(&tb, SeedFile::UserData).unwrap(), "pi-1");
+    }
+}
