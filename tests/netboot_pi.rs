@@ -179,7 +179,7 @@ fn check_seed_server(lab: &Lab, state: &[&str]) {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
         err.contains(&format!(
             "names the seed server http://{SERVER}:8080, but this server is http://{SERVER}:8081"
