@@ -12,7 +12,10 @@
 //!   reference lists it, with the bootloader's habits: tsize probe then abort (Pi 4) or one
 //!   block then "Early terminate" (Pi 5) before each real read, blksize 1468, every ACK sent
 //!   twice, a request sent twice, probes for files that do not exist. What they got is checked
-//!   against the build; cmdline.txt names the node's own seed, which curl then fetches.
+//!   against the build, and cmdline.txt is the built one with a fresh one-shot token in its
+//!   seed URL: curl fetches each seed file once with it (200), a second time 404, the
+//!   long-lived key older builds used 404; reading cmdline.txt again mints a new token and ends
+//!   the first; a `netboot = "once"` node is refused (TFTP and seed) after its seed.
 //!
 //! The client does not configure the address dnsmasq leased (the namespace has a fixed one).
 
@@ -23,9 +26,14 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 
+use imgbuild_netboot::tokens::TOKEN_SLOT;
+use sha2::{Digest, Sha256};
+use support::netboot::serve_command;
 use support::netbuild::build_with;
 use support::pi::pi_base;
-use support::pi_client::{PIS, boot_sequence, built_set, dhcp, inventory, listen_args};
+use support::pi_client::{
+    PIS, Pi, boot_sequence, built_set, dhcp, inventory, listen_args, read_file,
+};
 use support::proxy::{Dnsmasq, Lab, SERVER, ready};
 use support::require_tool;
 
@@ -81,58 +89,55 @@ fn pi_4_and_5_netboot_from_their_serial_folders() {
     check_tree(&a, &base);
     drop(a);
 
-    let lab = Lab::with(work.path(), Dnsmasq::Router, &[], &inventory(), &[]);
+    // pi-2 may netboot once: after its seed it is refused (its state in the work folder).
+    let nodes = inventory().replace(
+        &format!("serial = \"{}\"\n", PIS[1].serial),
+        &format!("serial = \"{}\"\nnetboot = \"once\"\n", PIS[1].serial),
+    );
+    let state = work.path().join("state");
+    let state_args = ["--state-dir", state.to_str().unwrap()];
+    let lab = Lab::with(work.path(), Dnsmasq::Router, &[], &nodes, &state_args);
     let mut seeds = Vec::new();
     for (i, pi) in PIS.iter().enumerate() {
         let tftp = dhcp(&lab, pi, 0x7000 + i as u32 * 16);
-        let got = lab
-            .client
-            .run_in(|| boot_sequence(SocketAddr::new(tftp.into(), 69), pi));
-        for (name, bytes) in &got {
-            let rest = name.strip_prefix(&format!("{}/", pi.folder)).unwrap();
-            let own = set.join("pi").join(pi.folder).join(rest);
-            // The node's own file, else the shared one, else the set's (imgbuild.cpio).
-            let shared = set.join("pi").join(rest);
-            let want = std::fs::read(if own.exists() {
-                own
-            } else if shared.exists() {
-                shared
-            } else {
-                set.join(rest)
-            })
-            .unwrap();
-            assert!(*bytes == want, "{name}: not the built file");
-        }
+        let server = SocketAddr::new(tftp.into(), 69);
+        let got = lab.client.run_in(|| boot_sequence(server, pi));
+        check_fetched(&got, &set, pi);
         let cmdline =
             String::from_utf8(got[&format!("{}/cmdline.txt", pi.folder)].clone()).unwrap();
-        assert!(cmdline.contains("boot=imgbuild"), "{cmdline}");
-        assert!(cmdline.contains("imgbuild.root-sha256="), "{cmdline}");
-        let url = cmdline
-            .split_whitespace()
-            .find_map(|a| a.strip_prefix("ds=nocloud-net;s="))
-            .unwrap_or_else(|| panic!("no seed URL in {cmdline}"))
-            .to_string();
+        let url = seed_url(&cmdline);
         assert!(
             url.starts_with(&format!("http://{SERVER}:8080/seed/")),
             "{url}"
         );
-        let out = lab
-            .client
-            .cmd("curl")
-            .args(["-sf", &format!("{url}meta-data")])
-            .output()
-            .unwrap();
-        let meta = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && meta.contains(pi.node),
-            "{url}: {meta}\n{}",
-            lab.log()
-        );
-        seeds.push(url);
+        let token = check_seed_once(&lab, &url, pi);
+        // The same Pi reads cmdline.txt again (its next boot).
+        let again = lab.client.run_in(|| read_file(server, pi, "cmdline.txt"));
+        if pi.node == "pi-2" {
+            // netboot = "once": it fetched its seed, so every route refuses it now.
+            assert_eq!(again, Err(2), "{}", lab.log());
+            assert_eq!(get(&lab, &format!("{url}vendor-data")).0, 403);
+        } else {
+            let again = seed_url(&String::from_utf8(again.unwrap()).unwrap());
+            assert_ne!(again, url, "a new token for each read");
+            assert_eq!(again.len(), url.len());
+            // The first token's last file is gone, the new one's is served.
+            assert_eq!(get(&lab, &format!("{url}vendor-data")).0, 404);
+            assert_eq!(get(&lab, &format!("{again}vendor-data")).0, 200);
+        }
+        seeds.push(token);
     }
-    assert_ne!(seeds[0], seeds[1], "each node its own seed");
     let log = lab.log();
+    for t in &seeds {
+        assert!(!log.contains(t.as_str()), "a seed token in the log:\n{log}");
+    }
     assert!(log.contains("serving Raspberry Pi node"), "{log}");
+    let mints = log
+        .lines()
+        .filter(|l| l.contains("tftp: served with a new seed token") && l.contains("node=pi-1"))
+        .count();
+    // Size probe and read (Pi 4), twice.
+    assert!(mints >= 4, "{log}");
     // Expected probes for missing files are answered and logged at info, never as problems.
     let missing: Vec<&str> = log
         .lines()
@@ -140,6 +145,130 @@ fn pi_4_and_5_netboot_from_their_serial_folders() {
         .collect();
     assert!(missing.len() >= 4, "{log}");
     assert!(missing.iter().all(|l| l.contains("INFO")), "{log}");
+    check_seed_server(&lab, &state_args);
+}
+
+/// The built cmdline.txt names the seed server: `doctor` finds it right for the lab server's
+/// port 8080 and wrong for 8081, and `serve` on 8081 refuses to start, saying to rebuild.
+fn check_seed_server(lab: &Lab, state: &[&str]) {
+    let doctor = |port: &str| {
+        let out = lab
+            .lab
+            .cmd(env!("CARGO_BIN_EXE_imgbuild"))
+            .current_dir(&lab.work)
+            .args(["netboot", "doctor", "--listen", &SERVER.to_string()])
+            .args(["--images", "images", "--http-port", port])
+            .args(["--pihole-config", "/nonexistent"])
+            .args(state)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let good = doctor("8080");
+    let ok = format!(
+        "node pi-1: its serial folder is built, cmdline.txt names the seed URL on http://{SERVER}:8080"
+    );
+    assert!(good.contains(&ok), "{good}");
+    assert!(!good.contains("names the seed server"), "{good}");
+    let bad = doctor("8081");
+    assert!(bad.contains(&format!("node pi-1: its cmdline.txt names the seed server http://{SERVER}:8080, but serve would listen at http://{SERVER}:8081")), "{bad}");
+    let out = serve_command(Some(&lab.lab), &lab.work, &SERVER.to_string(), &[])
+        .args(["--tftp-port", "0", "--http-port", "8081"])
+        .args(state)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "names the seed server http://{SERVER}:8080, but this server is http://{SERVER}:8081"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("help: rebuild"), "{err}");
+}
+
+/// The files the Pi got are the built ones; its cmdline.txt is the built one with a fresh
+/// token (fixed-length hex) where the build has the token slot.
+fn check_fetched(got: &BTreeMap<String, Vec<u8>>, set: &Path, pi: &Pi) {
+    for (name, bytes) in got {
+        let rest = name.strip_prefix(&format!("{}/", pi.folder)).unwrap();
+        let own = set.join("pi").join(pi.folder).join(rest);
+        // The node's own file, else the shared one, else the set's (imgbuild.cpio).
+        let shared = set.join("pi").join(rest);
+        let want = std::fs::read(if own.exists() {
+            own
+        } else if shared.exists() {
+            shared
+        } else {
+            set.join(rest)
+        })
+        .unwrap();
+        if rest == "cmdline.txt" {
+            let served = String::from_utf8(bytes.clone()).unwrap();
+            let token = token_of(&seed_url(&served));
+            assert_eq!(token.len(), TOKEN_SLOT.len());
+            assert!(token.bytes().all(|b| b.is_ascii_hexdigit()), "{served}");
+            assert_eq!(served.replace(&token, TOKEN_SLOT).into_bytes(), want);
+            assert!(served.contains("boot=imgbuild"), "{served}");
+            assert!(served.contains("imgbuild.root-sha256="), "{served}");
+        } else {
+            assert!(*bytes == want, "{name}: not the built file");
+        }
+    }
+}
+
+/// Each seed file once with the token (200), meta-data a second time 404; the long-lived seed
+/// key older builds put in the URL (SHA-256 over the seed) is 404. Returns the token.
+fn check_seed_once(lab: &Lab, url: &str, pi: &Pi) -> String {
+    let (code, meta) = get(lab, &format!("{url}meta-data"));
+    assert!(
+        code == 200 && meta.contains(pi.node),
+        "{url}: {code} {meta}\n{}",
+        lab.log()
+    );
+    assert_eq!(get(lab, &format!("{url}meta-data")).0, 404, "replayed");
+    let (code, net) = get(lab, &format!("{url}network-config"));
+    assert_eq!(code, 200);
+    let (code, user) = get(lab, &format!("{url}user-data"));
+    assert_eq!(code, 200);
+    let mut h = Sha256::new();
+    h.update(b"imgbuild pi seed key v1\0");
+    for (name, text) in [
+        ("meta-data", &meta),
+        ("network-config", &net),
+        ("user-data", &user),
+    ] {
+        h.update(name.as_bytes());
+        h.update(b"\0");
+        h.update(text.as_bytes());
+        h.update(b"\0");
+    }
+    let key = hex::encode(&h.finalize()[..16]);
+    let old = format!("http://{SERVER}:8080/seed/{key}/meta-data");
+    assert_eq!(get(lab, &old).0, 404, "the long-lived key still works");
+    token_of(url)
+}
+
+/// The seed URL (`…/seed/<token>/`) a cmdline.txt names.
+fn seed_url(cmdline: &str) -> String {
+    cmdline
+        .split_whitespace()
+        .find_map(|a| a.strip_prefix("ds=nocloud-net;s="))
+        .unwrap_or_else(|| panic!("no seed URL in {cmdline}"))
+        .to_string()
+}
+
+fn token_of(url: &str) -> String {
+    let rest = url.split("/seed/").nth(1).unwrap();
+    rest.trim_end_matches('/').to_string()
+}
+
+/// curl from the client host: (status, body).
+fn get(lab: &Lab, url: &str) -> (u16, String) {
+    let (_, code, body) = lab.curl(url);
+    (code.parse().unwrap(), String::from_utf8(body).unwrap())
 }
 
 /// The tree: shared firmware and kernels as the base has them, one folder per node holding only

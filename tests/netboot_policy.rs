@@ -55,23 +55,8 @@ fn offer(lab: &Lab, mac: Mac, xid: u32) -> Option<Answer> {
     us
 }
 
-/// curl on the client host: (exit code, HTTP status or "", body).
-fn curl(lab: &Lab, url: &str) -> (i32, String, Vec<u8>) {
-    let out = lab
-        .client
-        .cmd("curl")
-        .args(["-s", "-w", "\n%{http_code}", url])
-        .output()
-        .unwrap();
-    let mut body = out.stdout;
-    let split = body.iter().rposition(|&b| b == b'\n').unwrap_or(0);
-    let status = String::from_utf8_lossy(&body[split..]).trim().to_string();
-    body.truncate(split);
-    (out.status.code().unwrap_or(-1), status, body)
-}
-
 fn status(lab: &Lab, url: &str) -> String {
-    curl(lab, url).1
+    lab.curl(url).1
 }
 
 fn arm(work: &std::path::Path, node: &str) -> (i32, String) {
@@ -84,7 +69,7 @@ fn arm(work: &std::path::Path, node: &str) -> (i32, String) {
 
 /// The boot script of `mac`: 200 and the seed URL in it.
 fn boot_script(lab: &Lab, mac: Mac) -> String {
-    let (_, st, body) = curl(lab, &format!("{URL}/boot.ipxe?mac={mac}"));
+    let (_, st, body) = lab.curl(&format!("{URL}/boot.ipxe?mac={mac}"));
     let text = String::from_utf8(body).unwrap();
     assert_eq!(st, "200", "{text}\n{}", lab.log());
     let at = text.find("s=http").unwrap_or_else(|| panic!("{text}")) + 2;
@@ -96,12 +81,12 @@ fn pc1_boots(lab: &Lab, xid: u32) -> String {
     let a = offer(lab, PC1, xid).unwrap_or_else(|| panic!("no offer for pc-1:\n{}", lab.log()));
     assert_eq!(a.file.as_deref(), Some("bios/undionly.kpxe"));
     let want = std::fs::read(set_dir(&lab.work).join("ipxe/undionly.kpxe")).unwrap();
-    let (code, _, got) = curl(lab, "tftp://10.33.0.1/bios/undionly.kpxe");
+    let (code, _, got) = lab.curl("tftp://10.33.0.1/bios/undionly.kpxe");
     assert_eq!((code, got.len()), (0, want.len()), "TFTP:\n{}", lab.log());
     let seed = boot_script(lab, PC1);
     assert_eq!(status(lab, &format!("{URL}/a/amd64-worker/vmlinuz")), "200");
     for f in ["meta-data", "user-data"] {
-        let (_, st, body) = curl(lab, &format!("{seed}{f}"));
+        let (_, st, body) = lab.curl(&format!("{seed}{f}"));
         assert_eq!(st, "200", "{f}: {}", String::from_utf8_lossy(&body));
     }
     seed
@@ -110,10 +95,10 @@ fn pc1_boots(lab: &Lab, xid: u32) -> String {
 /// pc-1 is refused on every route; `seed` is the URL of its last boot.
 fn pc1_refused(lab: &Lab, xid: u32, seed: Option<&str>) {
     assert!(offer(lab, PC1, xid).is_none(), "{}", lab.log());
-    let (code, _, got) = curl(lab, "tftp://10.33.0.1/bios/undionly.kpxe");
+    let (code, _, got) = lab.curl("tftp://10.33.0.1/bios/undionly.kpxe");
     // 69: CURLE_TFTP_PERM, our "access violation" ERROR.
     assert_eq!((code, got.len()), (69, 0), "TFTP:\n{}", lab.log());
-    let (_, st, body) = curl(lab, &format!("{URL}/boot.ipxe?mac={PC1}"));
+    let (_, st, body) = lab.curl(&format!("{URL}/boot.ipxe?mac={PC1}"));
     assert_eq!(st, "403", "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("imgbuild netboot arm pc-1"));
     assert_eq!(status(lab, &format!("{URL}/a/amd64-worker/vmlinuz")), "403");
@@ -190,7 +175,7 @@ fn never_and_unknown(lab: &Lab, work: &std::path::Path) {
     assert_eq!(status(lab, &format!("{URL}/boot.ipxe?mac={PC2}")), "403");
     let stranger = Mac([0x52, 0x54, 0, 0, 0, 0x99]);
     assert!(offer(lab, stranger, 0x4102).is_none(), "{}", lab.log());
-    let (_, st, body) = curl(lab, &format!("{URL}/boot.ipxe?mac={stranger}"));
+    let (_, st, body) = lab.curl(&format!("{URL}/boot.ipxe?mac={stranger}"));
     let text = String::from_utf8_lossy(&body);
     assert!(
         st == "200" && text.contains("not in the inventory") && text.contains("\nexit\n"),
@@ -198,10 +183,10 @@ fn never_and_unknown(lab: &Lab, work: &std::path::Path) {
     );
     // The Pi known by its serial only: refused when it asks in its serial's folder, though the
     // address is (armed) pc-1's: the serial is more specific than the MAC.
-    let (code, _, _) = curl(lab, "tftp://10.33.0.1/9ffefdef/start4.elf");
+    let (code, _, _) = lab.curl("tftp://10.33.0.1/9ffefdef/start4.elf");
     assert_eq!(code, 69, "{}", lab.log());
     // Another folder: pc-1 by its MAC, which may boot; the file is just not there (68).
-    let (code, _, _) = curl(lab, "tftp://10.33.0.1/12345678/start4.elf");
+    let (code, _, _) = lab.curl("tftp://10.33.0.1/12345678/start4.elf");
     assert_eq!(code, 68, "{}", lab.log());
     let log = lab.log();
     for want in [

@@ -14,7 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -28,7 +28,8 @@ use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
 use crate::ipxe::{self, Unknown};
-use crate::tokens::Tokens;
+use crate::minter::Minter;
+use crate::tokens::TOKEN_SLOT;
 use crate::{Admission, Catalog, ClientIds, Mac, SeedFile};
 
 /// HTTP settings.
@@ -37,25 +38,25 @@ pub struct Config {
     /// The URL clients reach this server at, `http://ADDR:PORT` (no trailing `/`).
     pub base_url: String,
     pub unknown: Unknown,
-    /// How long a seed token works.
-    pub seed_ttl: Duration,
 }
 
 struct AppState {
     catalog: Arc<dyn Catalog>,
     cfg: Config,
-    tokens: Mutex<Tokens>,
+    /// Shared with the TFTP server (a Pi's cmdline.txt mints there).
+    tokens: Arc<Minter>,
     /// Which node booted from which address, for the log.
     seen: Mutex<HashMap<IpAddr, String>>,
 }
 
 type St = State<Arc<AppState>>;
 
-/// The router; serve it with `into_make_service_with_connect_info::<SocketAddr>()`.
-pub fn router(catalog: Arc<dyn Catalog>, cfg: Config) -> Router {
+/// The router; serve it with `into_make_service_with_connect_info::<SocketAddr>()`. `tokens`
+/// are the seed tokens it mints (boot scripts) and checks (seeds).
+pub fn router(catalog: Arc<dyn Catalog>, cfg: Config, tokens: Arc<Minter>) -> Router {
     let state = Arc::new(AppState {
         catalog,
-        tokens: Mutex::new(Tokens::new(cfg.seed_ttl)),
+        tokens,
         cfg,
         seen: Mutex::default(),
     });
@@ -135,13 +136,9 @@ async fn boot_script(
             return script(ipxe::unknown_script(st.cfg.unknown, mac));
         }
     };
-    let token = mint_token();
-    st.tokens
-        .lock()
-        .expect("lock")
-        .mint(&boot.node, token.clone(), Instant::now());
+    let token = st.tokens.mint(&boot.node);
     st.seen.lock().expect("lock").insert(ip, boot.node.clone());
-    tracing::info!(client = %ip, %mac, node = %boot.node, profile = %boot.profile, seed_valid_s = st.cfg.seed_ttl.as_secs(), "http: boot script served; seed token minted");
+    tracing::info!(client = %ip, %mac, node = %boot.node, profile = %boot.profile, seed_valid_s = st.tokens.ttl().as_secs(), "http: boot script served; seed token minted");
     script(ipxe::node_script(&st.cfg.base_url, &boot, &token))
 }
 
@@ -155,13 +152,6 @@ fn forbidden(node: &str, why: &str) -> Response {
         .into_response()
 }
 
-/// 128 random bits, hex: the seed URL cannot be guessed.
-fn mint_token() -> String {
-    let mut b = [0u8; 16];
-    getrandom::fill(&mut b).expect("the system random number generator failed");
-    hex::encode(b)
-}
-
 async fn seed(
     State(st): St,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -172,18 +162,12 @@ async fn seed(
         tracing::info!(client = %ip, file = %file.escape_debug(), "http: 404 not a seed file");
         return StatusCode::NOT_FOUND.into_response();
     };
-    let taken = st
-        .tokens
-        .lock()
-        .expect("lock")
-        .take(&token, f, Instant::now());
-    // Not a one-shot token: perhaps a Pi node's seed key.
-    let taken = taken.or_else(|why| match why {
-        crate::tokens::Refused::Unknown => st.catalog.seed_key_node(&token).ok_or(why),
-        _ => Err(why),
-    });
-    let node = match taken {
+    let node = match st.tokens.take(&token, f) {
         Ok(n) => n,
+        Err(_) if token == TOKEN_SLOT => {
+            tracing::warn!(client = %ip, file = %f.name(), "http: 404 seed refused: the URL holds the built cmdline.txt's token slot, so the Raspberry Pi read its cmdline.txt from another TFTP server; only `imgbuild netboot serve`'s TFTP mints the token");
+            return (StatusCode::NOT_FOUND, "not found\n").into_response();
+        }
         Err(why) => {
             // The token itself is not logged: while it lives, it is a key to the seed.
             tracing::warn!(client = %ip, file = %f.name(), node = %st.who(ip), "http: 404 seed refused: {why}");

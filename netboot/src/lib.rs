@@ -13,6 +13,7 @@ pub mod dnsmasq;
 pub mod http;
 pub mod ipxe;
 pub mod mac;
+pub mod minter;
 pub mod tftp;
 pub mod tokens;
 
@@ -72,6 +73,24 @@ impl SeedFile {
     }
 }
 
+/// A file naming a node's seed URL, with [`tokens::TOKEN_SLOT`] where the token goes (exactly
+/// once; checked when the catalog was made).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeedTemplate {
+    pub node: String,
+    pub text: String,
+}
+
+impl SeedTemplate {
+    /// The file with `token` in the slot: the same length for every token.
+    pub fn render(&self, token: &str) -> Vec<u8> {
+        debug_assert_eq!(token.len(), tokens::TOKEN_SLOT.len());
+        self.text
+            .replacen(tokens::TOKEN_SLOT, token, 1)
+            .into_bytes()
+    }
+}
+
 /// What the server asks the builder.
 pub trait Catalog: Send + Sync + 'static {
     /// The file served as `name` (TFTP) and `/a/<name>` (HTTP), e.g. `pc-node/vmlinuz` or
@@ -81,9 +100,10 @@ pub trait Catalog: Send + Sync + 'static {
     fn node_boot(&self, mac: Mac) -> Option<NodeBoot>;
     /// The content of one seed file of `node` (may hold secrets: never log it).
     fn seed(&self, node: &str, file: SeedFile) -> Option<String>;
-    /// The node whose long-lived seed key this is (a Raspberry Pi's cmdline.txt names it: the
-    /// Pi runs no iPXE, so no one-shot token can be minted at its boot); None if none.
-    fn seed_key_node(&self, _key: &str) -> Option<String> {
+    /// A file served from memory with a seed token minted for each request (a Raspberry Pi
+    /// node's `<serial>/cmdline.txt`: the Pi runs no iPXE, so its TFTP read is its boot's
+    /// moment); None for any other name. Default: none.
+    fn seed_template(&self, _name: &str) -> Option<SeedTemplate> {
         None
     }
     /// Which node `ids` names and whether it may boot now. Asked on every route (DHCP, TFTP,
@@ -126,4 +146,31 @@ pub enum Admission {
     Refused { node: String, why: String },
     /// No node matches (or the route could not tell who asks); why, for the log.
     Unknown(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokens::TOKEN_SLOT;
+
+    #[test]
+    fn a_template_keeps_its_length_for_every_token() {
+        let t = SeedTemplate {
+            node: "pi-1".into(),
+            text: format!(
+                "boot=imgbuild ds=nocloud-net;s=http://10.0.0.1:8080/seed/{TOKEN_SLOT}/\n"
+            ),
+        };
+        let a = t.render(&"a".repeat(32));
+        let b = t.render(&"0".repeat(32));
+        assert_eq!(a.len(), t.text.len());
+        assert_eq!(b.len(), a.len());
+        assert_eq!(
+            String::from_utf8(a).unwrap(),
+            format!(
+                "boot=imgbuild ds=nocloud-net;s=http://10.0.0.1:8080/seed/{}/\n",
+                "a".repeat(32)
+            )
+        );
+    }
 }

@@ -1,12 +1,23 @@
-//! One-shot seed tokens. A token is minted when a node's boot script is served and names that
-//! node; each seed file may be fetched with it once, within `ttl`; then it is gone (404). Minting a
-//! new token for a node ends the node's older ones. Pure: the caller passes the time and the
-//! random token text.
+//! One-shot seed tokens. A token is minted when a node's boot script (PC) or its `cmdline.txt`
+//! (Raspberry Pi) is served and names that node; each seed file may be fetched with it once,
+//! within `ttl`; then it is gone (404). Minting a new token for a node ends the node's older ones.
+//! Pure: the caller passes the time and the random token text (see [`crate::minter`]).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::SeedFile;
+
+/// A token's length: 128 bits as lower-case hex. Fixed, so a file holding one keeps its size from
+/// one mint to the next (a Raspberry Pi asks a file's size, then reads it under a new mint).
+pub const TOKEN_LEN: usize = 32;
+
+/// What a built file holds where the server puts a freshly minted token when it serves it. Not
+/// hex, so it is never a live token: a node that reads the built file from another TFTP server
+/// gets 404 for its seed (and the log says why).
+pub const TOKEN_SLOT: &str = "minted-by-imgbuild-netboot-serve";
+
+const _: () = assert!(TOKEN_SLOT.len() == TOKEN_LEN);
 
 #[derive(Debug)]
 struct Grant {

@@ -173,6 +173,14 @@ pub fn boot_sequence(server: SocketAddr, pi: &Pi) -> BTreeMap<String, Vec<u8>> {
     got
 }
 
+/// One file of `pi`'s serial folder read as its bootloader reads it (size probe, then the real
+/// read); Err(code) when the server answers ERROR.
+pub fn read_file(server: SocketAddr, pi: &Pi, name: &str) -> Result<Vec<u8>, u16> {
+    let c = Client::from_ip(server, "10.33.0.50");
+    let probe = if pi.pi5 { Probe::OneBlock } else { Probe::Size };
+    fetch(&c, &format!("{}/{name}", pi.folder), probe, false)
+}
+
 /// What the firmware takes from config.txt for `section`: kernel, device tree, initramfs list
 /// (later lines win, as in the firmware).
 pub fn model_files(config: &str, section: &str) -> (String, String, Vec<String>) {

@@ -139,6 +139,21 @@ impl Lab {
         self.server.as_ref().unwrap().log()
     }
 
+    /// curl on the client host: (exit code, HTTP status or "", body).
+    pub fn curl(&self, url: &str) -> (i32, String, Vec<u8>) {
+        let out = self
+            .client
+            .cmd("curl")
+            .args(["-s", "-w", "\n%{http_code}", url])
+            .output()
+            .unwrap();
+        let mut body = out.stdout;
+        let split = body.iter().rposition(|&b| b == b'\n').unwrap_or(0);
+        let status = String::from_utf8_lossy(&body[split..]).trim().to_string();
+        body.truncate(split);
+        (out.status.code().unwrap_or(-1), status, body)
+    }
+
     pub fn dnsmasq_log(&self) -> String {
         std::fs::read_to_string(self.work.join("dnsmasq.log")).unwrap_or_default()
     }

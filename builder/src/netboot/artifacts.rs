@@ -87,10 +87,10 @@ pub struct PiJson {
 }
 
 /// What the Pi tree is made of: the disk image's boot partition and, per node with a serial,
-/// (folder, node name, seed key).
+/// (folder, node name).
 pub struct PiRequest<'a> {
     pub boot: &'a Tree,
-    pub nodes: Vec<(String, String, String)>,
+    pub nodes: Vec<(String, String)>,
     /// `http://ADDR:PORT` of the server the nodes fetch their seeds from.
     pub base_url: String,
 }
@@ -435,8 +435,8 @@ fn write_pi_tree(
     for (name, c) in &files {
         all.push((format!("{}/{name}", pitree::PI_DIR), c.clone()));
     }
-    for (folder, node, key) in &p.nodes {
-        let text = pitree::node_cmdline(&shared_line, &p.base_url, key);
+    for (folder, node) in &p.nodes {
+        let text = pitree::node_cmdline(&shared_line, &p.base_url);
         let name = format!("{}/{folder}/{}", pitree::PI_DIR, pitree::CMDLINE);
         all.push((name, Content::bytes(text.into_bytes())));
         nodes.insert(folder.clone(), node.clone());

@@ -9,7 +9,9 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use anyhow::{Context as _, Result, bail};
-use imgbuild_netboot::{Admission, Artifact, Catalog, ClientIds, Mac, NodeBoot, SeedFile, dnsmasq};
+use imgbuild_netboot::{
+    Admission, Artifact, Catalog, ClientIds, Mac, NodeBoot, SeedFile, SeedTemplate, dnsmasq,
+};
 
 use super::matching;
 use super::pitree;
@@ -34,8 +36,8 @@ pub struct NetbootCatalog {
     /// Address → MAC, from requests that carried both (`/boot.ipxe?mac=`).
     learnt: Mutex<HashMap<IpAddr, Mac>>,
     fallback: Option<Fallback>,
-    /// Seed key (in a Pi node's cmdline.txt) → node.
-    pi_keys: HashMap<String, String>,
+    /// `<folder>/cmdline.txt` of each Pi node, served with a token minted per request.
+    pi_cmdlines: BTreeMap<String, SeedTemplate>,
 }
 
 /// Summary for the start-up message: (node, how it is matched, profile, policy).
@@ -99,7 +101,7 @@ impl NetbootCatalog {
             neighbours: lookup.neighbours,
             learnt: Mutex::default(),
             fallback: None,
-            pi_keys: HashMap::new(),
+            pi_cmdlines: BTreeMap::new(),
         };
         let mut summary = Summary::default();
         let mut problems = Vec::new();
@@ -235,8 +237,8 @@ impl NetbootCatalog {
 
     /// A node with a `serial` whose profile's set has a Pi tree: `<folder>/X` resolves to the
     /// node's own `pi/<folder>/X` if the set has it, else to the shared `pi/X` (map entries, no
-    /// copies). Its seed key is checked against the built cmdline.txt (same secrets). Called after
-    /// [`Self::add_node`] rendered its seed and loaded its set.
+    /// copies); its `cmdline.txt` is served from memory, a new seed token in its slot each time.
+    /// Called after [`Self::add_node`] rendered its seed and loaded its set.
     fn add_pi_node(
         &mut self,
         node: &Node,
@@ -244,37 +246,14 @@ impl NetbootCatalog {
         sets: &BTreeMap<String, ArtifactSet>,
         summary: &mut Summary,
     ) -> Result<()> {
-        let Some(serial) = node.serial.as_deref() else {
-            return Ok(());
-        };
-        let Ok(folder) = pitree::serial_folder(&node.name, serial) else {
-            // A serial that is no Pi's (an SMBIOS UUID): not a Pi node.
-            return Ok(());
-        };
         // Loaded by `boot_of` for this node.
         let set = &sets[&node.profile];
+        let Some((folder, cmdline)) = pi_node_cmdline(node, set, at)? else {
+            return Ok(());
+        };
         let Some(pi) = &set.manifest.pi else {
             return Ok(());
         };
-        if pi.nodes.get(&folder) != Some(&node.name) {
-            bail!(
-                "{at}: node {:?} (serial folder {folder}) has no folder in the Raspberry Pi tree of profile {:?}\n  help: rebuild it with `imgbuild netboot build {} --listen ADDR` (the inventory changed since)",
-                node.name,
-                node.profile,
-                node.profile
-            );
-        }
-        let own = set::pi_node_file(&folder);
-        let key = pitree::seed_key(&self.seeds[&node.name]);
-        let cmdline = std::fs::read_to_string(&set.files[&own].path)
-            .with_context(|| format!("reading {own} of profile {:?}", node.profile))?;
-        if !cmdline.contains(&format!("/seed/{key}/")) {
-            bail!(
-                "{at}: the cmdline.txt of node {:?} names another seed (its seed or secrets changed since the build)\n  help: rebuild with `imgbuild netboot build {} --listen ADDR`",
-                node.name,
-                node.profile
-            );
-        }
         for f in &pi.shared {
             let a = &set.files[&format!("{}/{f}", pitree::PI_DIR)];
             self.artifacts.insert(format!("{folder}/{f}"), a.clone());
@@ -283,14 +262,31 @@ impl NetbootCatalog {
             self.artifacts
                 .insert(format!("{folder}/{f}"), set.files[f].clone());
         }
-        self.artifacts.insert(
+        self.pi_cmdlines.insert(
             format!("{folder}/{}", pitree::CMDLINE),
-            set.files[&own].clone(),
+            SeedTemplate {
+                node: node.name.clone(),
+                text: cmdline,
+            },
         );
-        self.pi_keys.insert(key, node.name.clone());
         summary
             .pi
             .push((node.name.clone(), folder, node.profile.clone()));
+        Ok(())
+    }
+
+    /// Every Pi node's built cmdline.txt names `base_url` (`http://ADDR:PORT`, where serve
+    /// listens) for its seed; asked once the ports are bound (port 0 is known only then).
+    pub fn check_pi_seed_server(&self, base_url: &str) -> Result<()> {
+        for (name, t) in &self.pi_cmdlines {
+            let built = pitree::seed_server(&t.text).unwrap_or_default();
+            if built != base_url {
+                bail!(
+                    "node {:?}: its built {name} names the seed server {built}, but this server is {base_url}\n  help: rebuild its profile with `imgbuild netboot build PROFILE` and the --listen and --http-port given here",
+                    t.node
+                );
+            }
+        }
         Ok(())
     }
 
@@ -344,6 +340,45 @@ impl NetbootCatalog {
     fn named(&self, node: &str) -> Option<&Node> {
         self.nodes.iter().find(|n| n.name == node)
     }
+}
+
+/// The serial folder and built `cmdline.txt` of `node` when its profile's set has a Pi tree,
+/// checked against the inventory: the node has its folder, and the file names one seed URL
+/// with the token slot. None for a node with no Pi serial or a set with no Pi tree. `at` is
+/// the node's `file:line`. (`netboot serve` at start, and `netboot doctor`.)
+pub fn pi_node_cmdline(
+    node: &Node,
+    set: &ArtifactSet,
+    at: &str,
+) -> Result<Option<(String, String)>> {
+    let Some(serial) = node.serial.as_deref() else {
+        return Ok(None);
+    };
+    let Ok(folder) = pitree::serial_folder(&node.name, serial) else {
+        // A serial that is no Pi's (an SMBIOS UUID): not a Pi node.
+        return Ok(None);
+    };
+    let Some(pi) = &set.manifest.pi else {
+        return Ok(None);
+    };
+    if pi.nodes.get(&folder) != Some(&node.name) {
+        bail!(
+            "{at}: node {:?} (serial folder {folder}) has no folder in the Raspberry Pi tree of profile {:?}\n  help: rebuild it with `imgbuild netboot build {} --listen ADDR` (the inventory changed since)",
+            node.name,
+            node.profile,
+            node.profile
+        );
+    }
+    let own = set::pi_node_file(&folder);
+    let cmdline = std::fs::read_to_string(&set.files[&own].path)
+        .with_context(|| format!("reading {own} of profile {:?}", node.profile))?;
+    pitree::seed_server(&cmdline).with_context(|| {
+        format!(
+            "{at}: node {:?}: {own} of profile {:?}",
+            node.name, node.profile
+        )
+    })?;
+    Ok(Some((folder, cmdline)))
 }
 
 /// The node an unknown machine is under the default profile, made (and checked) like an
@@ -434,8 +469,8 @@ impl Catalog for NetbootCatalog {
         }
     }
 
-    fn seed_key_node(&self, key: &str) -> Option<String> {
-        self.pi_keys.get(key).cloned()
+    fn seed_template(&self, name: &str) -> Option<SeedTemplate> {
+        self.pi_cmdlines.get(name).cloned()
     }
 
     fn seed_allowed(&self, node: &str) -> Result<(), String> {

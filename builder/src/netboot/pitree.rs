@@ -10,14 +10,13 @@
 //! Shared files are not copied into the serial folders: the server resolves `<serial>/X` to
 //! `pi/<serial>/X` when the node has its own X, else to `pi/X` (see `catalog`).
 //!
-//! The seed URL holds a key derived from the node's rendered seed (a one-way hash: the secrets
-//! in it cannot be read back, it changes when they change, and two builds agree). The Pi runs
-//! no iPXE, so nothing could mint a one-shot token at boot time; the server recomputes the key
-//! from the same seed and serves that node's seed under it.
+//! The seed URL holds the token slot ([`TOKEN_SLOT`]), not a token: `netboot serve`'s TFTP
+//! mints a one-shot token each time it serves the file and puts it there (same length, so the
+//! Pi's size probe and its read agree). The build stays deterministic and needs no secrets, and
+//! the file names no key to the seed: read from another TFTP server, its seed URL is a 404.
 
-use sha2::{Digest, Sha256};
+use imgbuild_netboot::tokens::TOKEN_SLOT;
 
-use crate::node::seed::Seed;
 use crate::tree::{Content, Kind, Tree};
 
 /// The tree's folder inside the netboot set.
@@ -57,6 +56,10 @@ pub enum PiTreeError {
         "node {node}: serial {serial:?} is not a Raspberry Pi serial\n  help: write the 8 or 16 hex digits `cat /proc/device-tree/serial-number` (or `vcgencmd otp_dump | grep ^28:`) shows on the Pi"
     )]
     BadSerial { node: String, serial: String },
+    #[error(
+        "it names no seed URL `ds=nocloud-net;s=http://ADDR:PORT/seed/{TOKEN_SLOT}/` (built by an older imgbuild, or edited)\n  help: rebuild with `imgbuild netboot build PROFILE --listen ADDR`"
+    )]
+    NoTokenSlot,
     #[error(
         "the boot partition has neither kernel8.img with initramfs8 (Pi 4) nor kernel_2712.img with initramfs_2712 (Pi 5); the Pi netboot tree needs one of them"
     )]
@@ -144,27 +147,30 @@ pub fn shared_cmdline(netboot: &[String]) -> String {
     args.join(" ")
 }
 
-/// A node's `cmdline.txt`: the shared line and its seed URL (`http://ADDR:PORT`-based).
-pub fn node_cmdline(shared: &str, base_url: &str, key: &str) -> String {
-    format!("{shared} {}\n", seed_arg(base_url, key))
+/// A node's `cmdline.txt` as built: the shared line and its seed URL on `base_url`
+/// (`http://ADDR:PORT`) with the token slot.
+pub fn node_cmdline(shared: &str, base_url: &str) -> String {
+    format!("{shared} {}\n", seed_arg(base_url, TOKEN_SLOT))
+}
+
+/// The server (`http://ADDR:PORT`) a built node `cmdline.txt` names for its seed, checked to be
+/// one seed URL with the token slot (which appears nowhere else, so the server fills in only it).
+pub fn seed_server(cmdline: &str) -> Result<&str, PiTreeError> {
+    let mut urls = cmdline
+        .split_whitespace()
+        .filter_map(|a| a.strip_prefix("ds=nocloud-net;s="));
+    let (Some(url), None) = (urls.next(), urls.next()) else {
+        return Err(PiTreeError::NoTokenSlot);
+    };
+    match url.strip_suffix(&format!("/seed/{TOKEN_SLOT}/")) {
+        Some(base) if cmdline.matches(TOKEN_SLOT).count() == 1 => Ok(base),
+        _ => Err(PiTreeError::NoTokenSlot),
+    }
 }
 
 /// `ds=nocloud-net;s=URL/`, as the iPXE script names a PC node's seed.
 pub fn seed_arg(base_url: &str, key: &str) -> String {
     format!("ds=nocloud-net;s={base_url}/seed/{key}/")
-}
-
-/// The node's seed key: 128 bits of SHA-256 over its rendered seed (which holds its secrets).
-pub fn seed_key(seed: &Seed) -> String {
-    let mut h = Sha256::new();
-    h.update(b"imgbuild pi seed key v1\0");
-    for (name, text) in seed.files() {
-        h.update(name.as_bytes());
-        h.update(b"\0");
-        h.update(text.as_bytes());
-        h.update(b"\0");
-    }
-    hex::encode(&h.finalize()[..16])
 }
 
 #[cfg(test)]
@@ -221,24 +227,27 @@ mod tests {
     }
 
     #[test]
-    fn node_cmdline_ends_with_its_seed_and_the_key_follows_the_seed() {
-        let s = |u: &str| Seed {
-            user_data: u.into(),
-            meta_data: "m".into(),
-            network_config: "n".into(),
-        };
-        let k = seed_key(&s("a"));
-        assert_eq!(k.len(), 32);
-        assert_eq!(k, seed_key(&s("a")));
-        assert_ne!(k, seed_key(&s("b")));
+    fn node_cmdline_ends_with_its_seed_url_and_its_token_slot() {
         let shared = shared_cmdline(&["boot=imgbuild".into(), "cgroup_memory=1".into()]);
         assert_eq!(
             shared,
             "console=serial0,115200 console=tty1 cgroup_enable=memory cgroup_memory=1 boot=imgbuild"
         );
+        let line = node_cmdline(&shared, "http://10.0.0.1:8080");
         assert_eq!(
-            node_cmdline(&shared, "http://10.0.0.1:8080", &k),
-            format!("{shared} ds=nocloud-net;s=http://10.0.0.1:8080/seed/{k}/\n")
+            line,
+            format!("{shared} ds=nocloud-net;s=http://10.0.0.1:8080/seed/{TOKEN_SLOT}/\n")
         );
+        assert_eq!(seed_server(&line), Ok("http://10.0.0.1:8080"));
+        // An older build's seed key, no seed URL, two of them, the slot elsewhere too: refused.
+        let key = "0123456789abcdef0123456789abcdef";
+        for bad in [
+            format!("{shared} ds=nocloud-net;s=http://10.0.0.1:8080/seed/{key}/\n"),
+            format!("{shared}\n"),
+            format!("{} {line}", seed_arg("http://10.0.0.2:80", TOKEN_SLOT)),
+            format!("x={TOKEN_SLOT} {line}"),
+        ] {
+            assert_eq!(seed_server(&bad), Err(PiTreeError::NoTokenSlot), "{bad}");
+        }
     }
 }

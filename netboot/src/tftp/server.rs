@@ -18,7 +18,8 @@ use super::pace::Bucket;
 use super::packet::{self, ErrorCode, Packet, Request};
 use super::path;
 use super::transfer::{self, Limits, Outcome, Transfer};
-use crate::{Artifact, Catalog};
+use crate::minter::Minter;
+use crate::{Artifact, Catalog, SeedTemplate};
 
 /// TFTP server settings.
 #[derive(Debug, Clone)]
@@ -66,10 +67,12 @@ struct Entry {
 
 type Running = Arc<Mutex<HashMap<SocketAddr, Entry>>>;
 
-/// Serves read requests on `socket` until `shutdown` turns true.
+/// Serves read requests on `socket` until `shutdown` turns true; `tokens` mints the seed token
+/// of each [`Catalog::seed_template`] file served.
 pub async fn serve(
     socket: UdpSocket,
     catalog: Arc<dyn Catalog>,
+    tokens: Arc<Minter>,
     cfg: Config,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
@@ -100,6 +103,7 @@ pub async fn serve(
                 next_id += 1;
                 let job = Job {
                     catalog: &catalog,
+                    tokens: &tokens,
                     cfg: &cfg,
                     slots: &slots,
                     running: &running,
@@ -137,6 +141,7 @@ pub async fn serve(
 
 struct Job<'a> {
     catalog: &'a Arc<dyn Catalog>,
+    tokens: &'a Arc<Minter>,
     cfg: &'a Config,
     slots: &'a Arc<Semaphore>,
     running: &'a Running,
@@ -180,9 +185,15 @@ impl Job<'_> {
                 &format!("refused: {why}"),
             ));
         }
-        let Some(art) = self.catalog.artifact(&name).cloned() else {
-            tracing::info!(client = %peer, file = %name, "tftp: no such file");
-            return Some(packet::error(ErrorCode::FileNotFound, "no such file"));
+        let source = match self.catalog.artifact(&name) {
+            Some(art) => Source::File(art.clone()),
+            None => match self.catalog.seed_template(&name) {
+                Some(t) => Source::Minted(t),
+                None => {
+                    tracing::info!(client = %peer, file = %name, "tftp: no such file");
+                    return Some(packet::error(ErrorCode::FileNotFound, "no such file"));
+                }
+            },
         };
         if self.repeated(raw, peer, &name) {
             return None;
@@ -204,12 +215,10 @@ impl Job<'_> {
                 "server busy, try again later",
             ));
         };
-        let file = match open_nofollow(&art) {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::error!(client = %peer, file = %name, path = %art.path.display(), "tftp: cannot open: {e}");
-                return Some(packet::error(ErrorCode::NotDefined, "cannot open the file"));
-            }
+        // Minted only now: a repeat or a refusal above must not end the token being served.
+        let (body, size) = match source.open(self.tokens, &name, peer) {
+            Ok(b) => b,
+            Err(reply) => return Some(reply),
         };
         let sock = match bind_transfer(local, peer).await {
             Ok(s) => Arc::new(s),
@@ -219,14 +228,8 @@ impl Job<'_> {
             }
         };
         let limits = path_limits(&self.cfg.limits, &sock, peer);
-        let n = transfer::negotiate(&req, art.size, &limits);
-        let t = Transfer::new(
-            io::BufReader::with_capacity(1 << 16, file),
-            art.size,
-            &n,
-            &limits,
-            Instant::now(),
-        );
+        let n = transfer::negotiate(&req, size, &limits);
+        let t = Transfer::new(body, size, &n, &limits, Instant::now());
         let running = self.running.clone();
         let heard = Arc::new(AtomicBool::new(false));
         let repeat_seen = Arc::new(AtomicBool::new(false));
@@ -242,7 +245,7 @@ impl Job<'_> {
         let task_sock = sock.clone();
         let (reinject, request) = (self.reinject.clone(), raw.to_vec());
         let task = tokio::spawn(async move {
-            let asked_again = run(t, task_sock, peer, &name, art.size, link).await;
+            let asked_again = run(t, task_sock, peer, &name, size, link).await;
             drop(permit);
             {
                 let mut r = running.lock().expect("lock");
@@ -347,6 +350,62 @@ fn refused(catalog: &dyn Catalog, name: &str, peer: SocketAddr) -> Option<String
     match catalog.admit(&ids) {
         crate::Admission::Refused { node, why } => Some(format!("node {node}: {why}")),
         _ => None,
+    }
+}
+
+/// Where a served file's bytes come from.
+enum Source {
+    File(Artifact),
+    /// Made per request, with a new seed token.
+    Minted(SeedTemplate),
+}
+
+impl Source {
+    /// The bytes and their size, or the ERROR to answer.
+    fn open(self, tokens: &Minter, name: &str, peer: SocketAddr) -> Result<(Body, u64), Vec<u8>> {
+        match self {
+            Source::File(art) => match open_nofollow(&art) {
+                Ok(f) => Ok((
+                    Body::File(io::BufReader::with_capacity(1 << 16, f)),
+                    art.size,
+                )),
+                Err(e) => {
+                    tracing::error!(client = %peer, file = %name, path = %art.path.display(), "tftp: cannot open: {e}");
+                    Err(packet::error(ErrorCode::NotDefined, "cannot open the file"))
+                }
+            },
+            Source::Minted(t) => {
+                let bytes = t.render(&tokens.mint(&t.node));
+                // The token itself is never logged: while it lives, it is a key to the seed.
+                tracing::info!(client = %peer, file = %name, node = %t.node, seed_valid_s = tokens.ttl().as_secs(), "tftp: served with a new seed token (the node's older ones end)");
+                let size = bytes.len() as u64;
+                Ok((Body::Memory(io::Cursor::new(bytes)), size))
+            }
+        }
+    }
+}
+
+/// A transfer's data: a listed file, or bytes made for this request.
+enum Body {
+    File(io::BufReader<std::fs::File>),
+    Memory(io::Cursor<Vec<u8>>),
+}
+
+impl io::Read for Body {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Body::File(f) => f.read(buf),
+            Body::Memory(m) => m.read(buf),
+        }
+    }
+}
+
+impl io::Seek for Body {
+    fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
+        match self {
+            Body::File(f) => f.seek(pos),
+            Body::Memory(m) => m.seek(pos),
+        }
     }
 }
 
@@ -518,5 +577,51 @@ fn log_end<R: io::Read + io::Seek>(
             tracing::warn!(client = %peer, file = %name, bytes = s.bytes_acked, of = size, "tftp: the client went away: {e}")
         }
         (None, None) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SeedFile;
+    use crate::tokens::{Refused, TOKEN_SLOT};
+    use std::io::Read;
+
+    fn served(src: Source, tokens: &Minter) -> Vec<u8> {
+        let peer: SocketAddr = "10.0.0.5:1234".parse().unwrap();
+        let (mut body, size) = src.open(tokens, "9ffefdef/cmdline.txt", peer).ok().unwrap();
+        let mut out = Vec::new();
+        body.read_to_end(&mut out).unwrap();
+        assert_eq!(out.len() as u64, size);
+        out
+    }
+
+    #[test]
+    fn a_seed_template_is_served_with_a_new_live_token_each_time() {
+        let tokens = Minter::new(std::time::Duration::from_secs(60));
+        let t = SeedTemplate {
+            node: "pi-1".into(),
+            text: format!(
+                "boot=imgbuild ds=nocloud-net;s=http://10.0.0.1:8080/seed/{TOKEN_SLOT}/\n"
+            ),
+        };
+        let token = |b: &[u8]| {
+            let s = String::from_utf8(b.to_vec()).unwrap();
+            s.rsplit("/seed/")
+                .next()
+                .unwrap()
+                .trim_end_matches("/\n")
+                .to_string()
+        };
+        let a = served(Source::Minted(t.clone()), &tokens);
+        let b = served(Source::Minted(t.clone()), &tokens);
+        // The size probe and the read agree; the read's token is the one that lives.
+        assert_eq!(a.len(), t.text.len());
+        assert_eq!(b.len(), a.len());
+        let (ta, tb) = (token(&a), token(&b));
+        assert_ne!(ta, tb);
+        assert_ne!(tb, TOKEN_SLOT);
+        assert_eq!(tokens.take(&ta, SeedFile::UserData), Err(Refused::Unknown));
+        assert_eq!(tokens.take(&tb, SeedFile::UserData).unwrap(), "pi-1");
     }
 }

@@ -28,7 +28,7 @@ pub struct Args {
     #[command(flatten)]
     pub fetch: FetchArgs,
     /// A Raspberry Pi profile's nodes (those with a `serial`) get a TFTP folder each, their
-    /// cmdline.txt naming their seed on the server.
+    /// cmdline.txt naming their seed URL on the server (its token minted when served).
     #[command(flatten)]
     pub nodes: NodeSource,
     /// The server's address on the boot network, as `netboot serve --listen` (needed for a Pi
@@ -96,7 +96,7 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
     let pi = match resolved.board() {
         Board::Rpi | Board::Rpi4 | Board::Rpi5 => Some(PiRequest {
             boot: &prepared.trees.boot,
-            nodes: pi_nodes(args, ctx, &resolved)?,
+            nodes: pi_nodes(args, &resolved)?,
             base_url: args
                 .listen
                 .map(|listen| Endpoint {
@@ -146,13 +146,10 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
     Ok(())
 }
 
-/// (folder, node, seed key) of each inventory node of this profile with a `serial`, by folder.
-/// No inventory: no node folders (the shared tree is still built).
-fn pi_nodes(
-    args: &Args,
-    ctx: &Context,
-    resolved: &Resolved,
-) -> Result<Vec<(String, String, String)>> {
+/// (folder, node) of each inventory node of this profile with a `serial`, by folder. No
+/// inventory: no node folders (the shared tree is still built). No seed is rendered: the token
+/// in the seed URL is minted by `netboot serve`, so the build needs no secrets.
+fn pi_nodes(args: &Args, resolved: &Resolved) -> Result<Vec<(String, String)>> {
     let path = &args.nodes.inventory;
     let shown = path.display().to_string();
     let text = match std::fs::read_to_string(path) {
@@ -172,9 +169,7 @@ fn pi_nodes(
                 node.name
             );
         }
-        let seed = super::node_seed(&args.nodes, ctx, node)
-            .with_context(|| format!("{shown}: the seed of node {:?}", node.name))?;
-        out.push((folder, node.name.clone(), pitree::seed_key(&seed)));
+        out.push((folder, node.name.clone()));
     }
     out.sort();
     if let Some(w) = out.windows(2).find(|w| w[0].0 == w[1].0) {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use imgbuild_netboot::ipxe::Unknown;
+use imgbuild_netboot::minter::Minter;
 use imgbuild_netboot::tftp::{server as tftp, transfer::Limits};
 use imgbuild_netboot::{Admission, Catalog, dhcp, http};
 use tokio::sync::watch;
@@ -41,7 +42,7 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
     Ok(())
 }
 
-async fn serve(args: &Args, catalog: Arc<dyn Catalog>, summary: &Summary) -> Result<()> {
+async fn serve(args: &Args, pis: Arc<NetbootCatalog>, summary: &Summary) -> Result<()> {
     let e = &args.endpoint;
     let tftp_addr = SocketAddr::new(e.listen, e.tftp_port);
     let http_addr = SocketAddr::new(e.listen, e.http_port);
@@ -57,6 +58,10 @@ async fn serve(args: &Args, catalog: Arc<dyn Catalog>, summary: &Summary) -> Res
         tftp_port: udp.local_addr()?.port(),
         http_port: tcp.local_addr()?.port(),
     };
+    pis.check_pi_seed_server(&e.base_url())?;
+    let catalog: Arc<dyn Catalog> = pis;
+    // One set of seed tokens: minted by a PC's boot script (HTTP) or a Pi's cmdline.txt (TFTP).
+    let tokens = Arc::new(Minter::new(Duration::from_secs(args.seed_ttl)));
     // Bound before the "serving" line, which tells tests and users everything listens.
     let (stop_tx, stop_rx) = watch::channel(false);
     let dhcp_tasks = start_dhcp(args, &e, &catalog, &stop_rx)?;
@@ -76,10 +81,11 @@ async fn serve(args: &Args, catalog: Arc<dyn Catalog>, summary: &Summary) -> Res
     let tftp_task = tokio::spawn(tftp::serve(
         udp,
         catalog.clone(),
+        tokens.clone(),
         tftp_config(args),
         stop_rx.clone(),
     ));
-    let router = http::router(catalog, http_config(args, &e));
+    let router = http::router(catalog, http_config(args, &e), tokens);
     let mut http_stop = stop_rx;
     let http_task = tokio::spawn(async move {
         axum::serve(
@@ -183,7 +189,6 @@ fn http_config(args: &Args, e: &Endpoint) -> http::Config {
             UnknownArg::Ignore => Unknown::Ignore,
             UnknownArg::Shell => Unknown::Shell,
         },
-        seed_ttl: Duration::from_secs(args.seed_ttl),
     }
 }
 

@@ -29,7 +29,7 @@ pub fn examine(o: &Options, seed: &mut RenderSeed) -> Result<Vec<Finding>> {
     let s = o.serve;
     let e = &s.endpoint;
     let needs = super::needs(e.tftp_port, e.http_port, s.dhcp.dhcp);
-    let mut out = inventory(&s.nodes.inventory, &s.images, seed)?;
+    let mut out = inventory(&s.nodes.inventory, &s.images, &e.base_url(), seed)?;
     out.extend(super::check_ports(&needs, e.listen, &sockets()));
     out.extend(interface(o));
     out.extend(match firewall() {
@@ -51,16 +51,44 @@ pub fn examine(o: &Options, seed: &mut RenderSeed) -> Result<Vec<Finding>> {
     Ok(out)
 }
 
-/// The artifact sets and seeds of the inventory's netbooted nodes.
-fn inventory(inventory: &Path, images: &Path, seed: &mut RenderSeed) -> Result<Vec<Finding>> {
+/// The artifact sets, Pi trees and seeds of the inventory's netbooted nodes; `base_url` is where
+/// serve would listen.
+fn inventory(
+    inventory: &Path,
+    images: &Path,
+    base_url: &str,
+    seed: &mut RenderSeed,
+) -> Result<Vec<Finding>> {
     let shown = inventory.display().to_string();
     let text = std::fs::read_to_string(inventory)
         .with_context(|| format!("reading the inventory {shown}"))?;
     let inv = Inventory::parse(&text, &shown)?;
+    // Each set is loaded (every file hashed) once, for both checks.
+    let mut sets = BTreeMap::new();
     let mut out = super::check_artifacts(&inv, &text, &shown, |profile| {
         let dir = images.join(profile).join("netboot");
-        ArtifactSet::load(&dir, profile).map(|set| set.files.len())
+        let set = ArtifactSet::load(&dir, profile)?;
+        let n = set.files.len();
+        sets.insert(profile.to_string(), set);
+        Ok(n)
     });
+    out.extend(super::check_pi(
+        &inv,
+        &text,
+        &shown,
+        base_url,
+        |node, at| {
+            let Some(set) = sets.get(&node.profile) else {
+                return Ok(None);
+            };
+            let built = crate::netboot::catalog::pi_node_cmdline(node, set, at)?;
+            Ok(built.map(|(_, cmdline)| {
+                crate::netboot::pitree::seed_server(&cmdline)
+                    .unwrap_or_default()
+                    .to_string()
+            }))
+        },
+    ));
     out.extend(super::check_seeds(&inv, &text, &shown, seed));
     Ok(out)
 }

@@ -474,6 +474,50 @@ pub fn check_seeds(
     out
 }
 
+/// Every Raspberry Pi node (a netbooting node with a serial, in a set with a Pi tree) has its
+/// serial folder, and its built cmdline.txt names the seed URL `base_url` (where serve listens)
+/// with the token slot serve fills in. `check(node, at)`: the seed server its cmdline.txt names,
+/// None for a node that is no Pi node (or whose set failed to load: `artifacts` says so).
+pub fn check_pi(
+    inv: &crate::node::inventory::Inventory,
+    text: &str,
+    file: &str,
+    base_url: &str,
+    mut check: impl FnMut(&crate::node::inventory::Node, &str) -> anyhow::Result<Option<String>>,
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for (i, node) in inv.nodes.iter().enumerate() {
+        if !node.netboots() || node.serial.is_none() {
+            continue;
+        }
+        let line = crate::node::inventory::node_line(text, i, "profile");
+        let at = format!("{file}:{line}");
+        let n = &node.name;
+        let f = match check(node, &at) {
+            Ok(None) => continue,
+            Ok(Some(built)) if built == base_url => Finding::new(
+                Level::Ok,
+                "pi",
+                format!("node {n}: its serial folder is built, cmdline.txt names the seed URL on {built}, its token minted when served"),
+                at,
+            ),
+            Ok(Some(built)) => Finding::new(
+                Level::Problem,
+                "pi",
+                format!("node {n}: its cmdline.txt names the seed server {built}, but serve would listen at {base_url}"),
+                at,
+            )
+            .fix(format!("rebuild with `imgbuild netboot build {} --listen ADDR --http-port N` as given to serve", node.profile)),
+            Err(e) => {
+                let (what, fix) = split_help(&format!("{e:#}"));
+                Finding::new(Level::Problem, "pi", what, at).with_fix(fix)
+            }
+        };
+        out.push(f);
+    }
+    out
+}
+
 /// Our errors' lines, split into what went wrong and the `  help: ` lines, each joined by "; ".
 fn split_help(text: &str) -> (String, Option<String>) {
     let (mut what, mut help) = (Vec::new(), Vec::new());

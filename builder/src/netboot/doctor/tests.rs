@@ -171,3 +171,38 @@ fn errors_split_into_what_and_fix() {
     assert_eq!(fix.as_deref(), Some("add a; add b"));
     assert_eq!(split_help("plain"), ("plain".to_string(), None));
 }
+
+#[test]
+fn pi_nodes_need_their_folder_and_this_server_in_their_cmdline() {
+    let text = "[[node]]\nname = \"pi-1\"\nprofile = \"p\"\nserial = \"9ffefdef\"\n\n\
+                [[node]]\nname = \"pi-2\"\nprofile = \"p\"\nserial = \"1234abcd\"\n\n\
+                [[node]]\nname = \"pi-3\"\nprofile = \"p\"\nserial = \"0badcafe\"\n\n\
+                [[node]]\nname = \"pc-1\"\nprofile = \"p\"\nmac = \"52:54:00:00:00:01\"\n";
+    let inv = crate::node::inventory::Inventory::parse(text, "nodes.toml").unwrap();
+    let mut asked = Vec::new();
+    let f = check_pi(
+        &inv,
+        text,
+        "nodes.toml",
+        "http://10.0.0.1:8080",
+        |node, at| {
+            asked.push(node.name.clone());
+            match node.name.as_str() {
+                "pi-1" => Ok(Some("http://10.0.0.1:8080".into())),
+                "pi-2" => Ok(Some("http://10.0.0.9:8080".into())),
+                _ => anyhow::bail!("{at}: node \"pi-3\" has no folder\n  help: rebuild it"),
+            }
+        },
+    );
+    assert_eq!(asked, ["pi-1", "pi-2", "pi-3"], "the PC is no Pi node");
+    let lines: Vec<String> = f.iter().map(ToString::to_string).collect();
+    assert_eq!(f[0].level, Level::Ok, "{lines:?}");
+    assert!(lines[0].contains("nodes.toml:3"), "{lines:?}");
+    assert_eq!(f[1].level, Level::Problem, "{lines:?}");
+    assert!(
+        lines[1].contains("names the seed server http://10.0.0.9:8080, but serve would listen at http://10.0.0.1:8080"),
+        "{lines:?}"
+    );
+    assert_eq!(f[2].level, Level::Problem, "{lines:?}");
+    assert_eq!(f[2].fix.as_deref(), Some("rebuild it"), "{lines:?}");
+}
