@@ -1,5 +1,5 @@
 //! Disk images judged by tools nobody here wrote: sgdisk, sfdisk, blkid, bmaptool, sha256sum, xz,
-//! qemu-img (and fsck.fat / e2fsck on the filesystems inside).
+//! zstd, bsdcat (libarchive), qemu-img (and fsck.fat / e2fsck on the filesystems inside).
 
 mod support;
 
@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use imgbuild::blockio::region::Sink;
+use imgbuild::disk::blocks::BlockStore;
 use imgbuild::disk::compare::compare_dirs;
 use imgbuild::disk::contents::{Ext4Content, FatContent};
 use imgbuild::disk::layout::{
@@ -19,7 +20,6 @@ use imgbuild::disk::outputs::{
     BuiltOutputs, Compressed, Formats, OutputRequest, build_outputs, scan,
 };
 use imgbuild::disk::xz::XzSettings;
-use imgbuild::disk::xzstream::BlockStore;
 use imgbuild::disk::zst::ZstSettings;
 use imgbuild::fetch::xzblocks::BlockCache;
 use imgbuild::fs::FileRecord;
@@ -423,6 +423,50 @@ fn outputs_pass_bmaptool_sha256sum_xz_and_qemu_img() {
         let o = tool("zstd").arg("-dc").arg(&zst).output().unwrap();
         assert!(o.status.success());
         assert!(o.stdout == raw, "zstd -dc does not reproduce the raw image");
+        // One independent frame per 1 MiB unit, every one with its content size (else zstd
+        // cannot total it) and an XXH64 checksum.
+        let (code, list, e) = run(tool("zstd").arg("-lv").arg(&zst));
+        assert_eq!(code, 0, "zstd -lv: {e}");
+        let field = |name: &str| {
+            list.lines()
+                .find_map(|l| l.trim().strip_prefix(name))
+                .unwrap_or_else(|| panic!("no {name} in zstd -lv:\n{list}"))
+                .trim()
+                .to_string()
+        };
+        assert_eq!(field("# Zstandard Frames:"), "40");
+        assert!(
+            field("Decompressed Size:").ends_with(&format!("({} B)", 40 * MIB)),
+            "{list}"
+        );
+        assert_eq!(field("Check:"), "XXH64");
+    }
+    // libarchive, which Raspberry Pi Imager decompresses with, reads the frames as one stream.
+    if require_tool("bsdcat") {
+        let o = tool("bsdcat")
+            .arg(out.join("node.img.zst"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(o.stdout == raw, "bsdcat does not reproduce the raw image");
+    }
+    // The thread count changes no byte of either stream.
+    let one = dir.path().join("one-thread");
+    build(
+        &one,
+        &gpt_layout(),
+        &seed(3),
+        5,
+        all_formats(false),
+        1,
+        None,
+    )
+    .unwrap();
+    for f in ["node.img.xz", "node.img.zst"] {
+        assert!(
+            fs::read(one.join(f)).unwrap() == fs::read(out.join(f)).unwrap(),
+            "{f} differs with 1 thread"
+        );
     }
     if require_tool("bmaptool") {
         for src in ["node.img", "node.img.xz", "node.img.zst"] {
@@ -844,7 +888,7 @@ fn bench_assemble() {
             xz: None,
             zst: zst.then(|| std::io::BufWriter::new(&mut f)),
             xz_settings: &xz,
-            zst_settings: ZstSettings::new(xz.threads),
+            zst_settings: ZstSettings::default(),
             blocks: None,
         };
         scan(&mut img, size, &written, c, &Progress::quiet()).unwrap();
@@ -880,28 +924,25 @@ fn file_bytes(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
-/// The `.img.xz` of the ext4 layout, built with `blocks` (or none) into a fresh folder.
-fn xz_of(files: &Path, scratch: &Path, blocks: Option<&dyn BlockStore>) -> Vec<u8> {
+/// The `.img.xz` and `.img.zst` of the ext4 layout, built with `blocks` (or none) into a fresh
+/// folder.
+fn compressed_of(files: &Path, scratch: &Path, blocks: Option<&dyn BlockStore>) -> [Vec<u8>; 2] {
     let out = tempfile::tempdir_in(scratch).unwrap();
     let formats = Formats {
         raw: false,
         xz: true,
-        zst: false,
+        zst: true,
         bmap: false,
         qcow2: false,
     };
     let dir = out.path().join("o");
     build(&dir, &ext4_layout(files), &seed(7), 9, formats, 2, blocks).unwrap();
-    fs::read(dir.join("node.img.xz")).unwrap()
+    ["node.img.xz", "node.img.zst"].map(|f| fs::read(dir.join(f)).unwrap())
 }
 
-fn counts(c: &BlockCache) -> (u64, u64, u64) {
-    use std::sync::atomic::Ordering::Relaxed;
-    (
-        c.hits.load(Relaxed),
-        c.misses.load(Relaxed),
-        c.damaged.load(Relaxed),
-    )
+/// (hits, misses, damaged) of the xz blocks and of the zstd frames.
+fn counts(c: &BlockCache) -> [(u64, u64, u64); 2] {
+    [c.xz.get(), c.zst.get()]
 }
 
 #[test]
@@ -913,51 +954,52 @@ fn block_cache_rebuilds_equal_cold_builds_after_a_change_a_gc_and_a_bit_flip() {
         fs::write(files.join(format!("etc/f{i:02}")), file_bytes(i, 150_000)).unwrap();
     }
     let open = || BlockCache::open(&cache_dir).unwrap();
+    let build = |c: &BlockCache| compressed_of(&files, work.path(), Some(c));
 
     // Cold, with an empty cache: the same bytes as without one.
-    let cold = xz_of(&files, work.path(), None);
+    let cold = compressed_of(&files, work.path(), None);
     let c = open();
-    assert!(
-        xz_of(&files, work.path(), Some(&c)) == cold,
-        "cold build with a cache differs"
-    );
-    let (hits, compressed, _) = counts(&c);
-    assert_eq!(hits, 0);
+    assert!(build(&c) == cold, "cold build with a cache differs");
+    let [(xz_hits, compressed, _), zst] = counts(&c);
+    assert_eq!(xz_hits, 0);
+    assert_eq!(zst, (0, compressed, 0), "one zstd frame per xz block");
     // Warm: nothing compressed.
     let c = open();
-    assert!(
-        xz_of(&files, work.path(), Some(&c)) == cold,
-        "warm build differs"
-    );
+    assert!(build(&c) == cold, "warm build differs");
     assert_eq!(
         counts(&c),
-        (compressed, 0, 0),
+        [(compressed, 0, 0); 2],
         "a warm build compressed blocks"
     );
 
-    // One file changed: only the blocks it touches are compressed; bytes as a cold build's.
+    // One file changed: only the units it touches are compressed; bytes as a cold build's.
     fs::write(files.join("etc/f13"), file_bytes(1013, 150_000)).unwrap();
     let c = open();
-    let changed = xz_of(&files, work.path(), Some(&c));
-    assert!(changed != cold);
+    let changed = build(&c);
+    assert!(changed[0] != cold[0] && changed[1] != cold[1]);
     assert!(
-        changed == xz_of(&files, work.path(), None),
+        changed == compressed_of(&files, work.path(), None),
         "incremental build differs from cold"
     );
-    let (_, touched, _) = counts(&c);
-    println!("one 150 kB file changed: {touched} of {compressed} 1 MiB xz blocks compressed again");
+    let [(_, touched, _), (_, zst_touched, _)] = counts(&c);
+    println!("one 150 kB file changed: {touched} of {compressed} 1 MiB units compressed again");
     assert!(
         (1..=3).contains(&touched),
         "{touched} blocks compressed again"
     );
+    assert_eq!(zst_touched, touched);
 
-    // A flipped bit in a cached block: found by its hash (cache verify, then the build), the
-    // block compressed again, the output still right.
+    // A flipped bit in every cached block and frame: found by its hash (cache verify, then the
+    // build), compressed again, the output still right.
     let entries: Vec<PathBuf> = fs::read_dir(cache_dir.join("xz-blocks"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    assert!(entries.len() as u64 >= compressed);
+    let frames = entries
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "zst"));
+    assert!(frames.count() as u64 >= compressed);
+    assert!(entries.len() as u64 >= 2 * compressed);
     for e in &entries {
         let mut b = fs::read(e).unwrap();
         let mid = b.len() / 2;
@@ -972,20 +1014,19 @@ fn block_cache_rebuilds_equal_cold_builds_after_a_change_a_gc_and_a_bit_flip() {
     let (code, o, e) = verify();
     assert_eq!(code, 1, "{o}{e}");
     assert!(o.contains("corrupt") && o.contains("xz-blocks"), "{o}");
+    assert!(o.contains(".zst"), "damaged zstd frames not reported: {o}");
     let c = open();
-    assert!(
-        xz_of(&files, work.path(), Some(&c)) == changed,
-        "build with damaged blocks differs"
-    );
-    let (hits, _, damaged) = counts(&c);
-    assert_eq!((hits, damaged), (0, compressed), "a damaged block was used");
-    // The build replaced the blocks it needed; the old file's block stays damaged until
-    // `cache verify --repair` removes it.
+    assert!(build(&c) == changed, "build with damaged blocks differs");
+    for (hits, _, damaged) in counts(&c) {
+        assert_eq!((hits, damaged), (0, compressed), "a damaged block was used");
+    }
+    // The build replaced the blocks it needed; the old file's blocks stay damaged until
+    // `cache verify --repair` removes them.
     let (code, o, e) = verify();
     assert_eq!(code, 1, "{o}{e}");
     assert_eq!(
         o.lines().count() as u64,
-        entries.len() as u64 - compressed,
+        entries.len() as u64 - 2 * compressed,
         "{o}"
     );
     let (code, o, e) = run(support::imgbuild()
@@ -1000,17 +1041,14 @@ fn block_cache_rebuilds_equal_cold_builds_after_a_change_a_gc_and_a_bit_flip() {
         .args(["cache", "gc", "--all"])
         .env("IMGBUILD_CACHE_DIR", &cache_dir));
     assert_eq!(code, 0, "{o}{e}");
-    assert!(o.contains("xz-blocks"), "{o}");
+    assert!(o.contains("xz-blocks") && o.contains(".zst"), "{o}");
     assert_eq!(
         fs::read_dir(cache_dir.join("xz-blocks")).unwrap().count(),
         0
     );
     let c = open();
-    assert!(
-        xz_of(&files, work.path(), Some(&c)) == changed,
-        "build after gc differs"
-    );
-    assert_eq!(counts(&c).0, 0);
+    assert!(build(&c) == changed, "build after gc differs");
+    assert_eq!(counts(&c).map(|k| k.0), [0, 0]);
 }
 
 /// Every output of the ext4 layout on a `disk` of that many bytes (24 MiB xz blocks, as built).
@@ -1116,12 +1154,28 @@ fn bench_rebuild() {
         let mut l = layout(label);
         l.disk_size = Some(2 << 30);
         let out = work.path().join(name);
-        let (secs, _) = outputs_with(&l, &out, Some(&blocks));
-        let (hits, misses, _) = counts(&blocks);
-        println!("bench {name} {secs:.3} {misses} {hits}");
-        fs::read(out.join("node.img.xz")).unwrap()
+        let (secs, built) = outputs_with(&l, &out, Some(&blocks));
+        let [(hits, misses, _), (zst_hits, zst_misses, _)] = counts(&blocks);
+        println!("bench {name} {secs:.3} {misses} {hits} {zst_misses} {zst_hits}");
+        let files = ["node.img.xz", "node.img.zst"].map(|f| fs::read(out.join(f)).unwrap());
+        (files, built)
     };
-    let cold = run_once("cold", "home");
-    assert!(run_once("warm", "home") == cold);
-    run_once("change", "lab");
+    let (cold, _) = run_once("cold", "home");
+    assert!(run_once("warm", "home").0 == cold);
+    let (_, built) = run_once("change", "lab");
+
+    // What is left that grows with the image: reading the data, the SHA-256 of every byte
+    // (holes included: the manifest records the image's hash) and of the mapped ranges.
+    let mut img = fs::File::open(work.path().join("change/node.img")).unwrap();
+    let c = Compressed::<fs::File> {
+        xz: None,
+        zst: None,
+        xz_settings: &XzSettings::default(),
+        zst_settings: ZstSettings::default(),
+        blocks: None,
+    };
+    let t = std::time::Instant::now();
+    let size = built.report.size;
+    scan(&mut img, size, &built.report.written, c, &Progress::quiet()).unwrap();
+    println!("bench hash_only {:.3} {size}", t.elapsed().as_secs_f64());
 }

@@ -58,7 +58,7 @@ pub fn build_into(
     let profile_json = serde_json::to_value(&resolved.profile)?;
     let blocks = BlockCache::open(fetcher.cache.root()).with_context(|| {
         format!(
-            "opening the xz block cache in {}",
+            "opening the compressed-block cache in {}",
             fetcher.cache.root().display()
         )
     })?;
@@ -97,15 +97,19 @@ pub fn build_into(
 
 /// Logs what the block cache gave and trims it to its bound (a failure only costs disk space).
 fn report_blocks(blocks: &BlockCache) {
-    use std::sync::atomic::Ordering::Relaxed;
-    tracing::info!(
-        reused = blocks.hits.load(Relaxed),
-        compressed = blocks.misses.load(Relaxed) + blocks.damaged.load(Relaxed),
-        damaged = blocks.damaged.load(Relaxed),
-        "xz blocks"
-    );
+    for (what, counts) in [("xz blocks", &blocks.xz), ("zstd frames", &blocks.zst)] {
+        let (hits, misses, damaged) = counts.get();
+        if hits + misses + damaged > 0 {
+            tracing::info!(
+                reused = hits,
+                compressed = misses + damaged,
+                damaged,
+                "{what}"
+            );
+        }
+    }
     if let Err(e) = blocks.trim() {
-        tracing::warn!("could not trim the xz block cache: {e}");
+        tracing::warn!("could not trim the compressed-block cache: {e}");
     }
 }
 

@@ -25,11 +25,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Remove every entry no lockfile references, all partial downloads and all xz blocks.
+    /// Remove every entry no lockfile references, all partial downloads and all compressed blocks.
     ///
     /// Kept: the blobs pinned by the given lockfiles (default: imgbuild.lock next to the profiles
-    /// folder) and the decompressed copies of those blobs. The xz blocks of earlier builds (which
-    /// make rebuilds fast) are removed; the next build compresses every block again.
+    /// folder) and the decompressed copies of those blobs. The xz blocks and zstd frames of
+    /// earlier builds (which make rebuilds fast) are removed; the next build compresses every
+    /// block again.
     Gc {
         /// Lockfiles whose inputs to keep (repeatable).
         #[arg(long, value_name = "FILE")]
@@ -67,6 +68,7 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
                         crate::fetch::cache::EntryKind::Unxz => "unxz",
                         crate::fetch::cache::EntryKind::Partial => "partial",
                         crate::fetch::cache::EntryKind::XzBlock => "xz-block",
+                        crate::fetch::cache::EntryKind::ZstFrame => "zst-frame",
                     };
                     println!("{kind:<8} {:>14} {}", e.size, e.key);
                 }

@@ -4,6 +4,7 @@
 //! raw image, [`outputs`] writes everything around it (the entry point the build command calls:
 //! [`outputs::build_outputs`]), [`compare`] tells two builds apart, [`probe`] reads images back.
 
+pub mod blocks;
 pub mod bmap;
 pub mod compare;
 pub mod contents;

@@ -3,9 +3,10 @@
 //! complete, `SHA256SUMS` last, so an interrupted build never leaves a file that looks finished
 //! and never leaves a `SHA256SUMS` vouching for a mix of old and new files.
 //!
-//! The image is read once: the same pass hashes it, compresses it (block by block, in parallel:
-//! [`xzstream`]) and hashes each mapped block range for the block map. Holes are not read at
-//! all: their zeros come from memory, and an all-zero xz block is compressed once per pass.
+//! The image is read once: the same pass hashes it, compresses it (unit by unit, in parallel,
+//! into xz blocks and zstd frames: [`blocks`]) and hashes each mapped block range for the block
+//! map. Holes are not read at all: their zeros come from memory, and an all-zero unit is
+//! compressed once per pass.
 //!
 //! qcow2 is converted by `qemu-img convert` (qemu-utils) rather than written by us: it is on
 //! every machine that runs the VMs, its output is deterministic for a given input, and
@@ -20,13 +21,14 @@ use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
 use crate::blockio::region::Ranges;
+use crate::disk::blocks::{self, BlockStore, Encoders};
 use crate::disk::bmap::{self, BlockMap};
 use crate::disk::image::{self, ImageReport};
 use crate::disk::layout::Layout;
 use crate::disk::manifest::{self, ImageEntry, InputRecord, Manifest};
 use crate::disk::xz::XzSettings;
-use crate::disk::xzstream::{self, BlockStore};
-use crate::disk::zst::{self, ZstSettings};
+use crate::disk::xzstream::StreamWriter;
+use crate::disk::zst::ZstSettings;
 use crate::ids::ImageSeed;
 use crate::output::{OutputDir, PendingFile};
 use crate::progress::Progress;
@@ -38,7 +40,7 @@ pub const SUMS_FILE: &str = "SHA256SUMS";
 pub struct Formats {
     pub raw: bool,
     pub xz: bool,
-    /// `.img.zst` (zstd, multithreaded, fixed level).
+    /// `.img.zst` (zstd frames, one per xz block's worth, fixed level).
     pub zst: bool,
     pub bmap: bool,
     pub qcow2: bool,
@@ -63,7 +65,8 @@ pub struct OutputRequest<'a> {
     pub name: &'a str,
     pub formats: Formats,
     pub xz: XzSettings,
-    /// Compressed xz blocks of earlier builds, reused when their input is the same.
+    /// Compressed xz blocks and zstd frames of earlier builds, reused when their input is the
+    /// same.
     pub blocks: Option<&'a dyn BlockStore>,
     /// SOURCE_DATE_EPOCH.
     pub epoch: u64,
@@ -122,7 +125,7 @@ pub fn write_outputs(
             xz: xz_file.as_mut().map(|p| io::BufWriter::new(p.file())),
             zst: zst_file.as_mut().map(|p| io::BufWriter::new(p.file())),
             xz_settings: &req.xz,
-            zst_settings: ZstSettings::new(req.xz.threads),
+            zst_settings: ZstSettings::default(),
             blocks: req.blocks,
         };
         scan(
@@ -221,13 +224,14 @@ pub struct Compressed<'a, W> {
     pub zst: Option<W>,
     pub xz_settings: &'a XzSettings,
     pub zst_settings: ZstSettings,
-    /// xz blocks of earlier builds.
+    /// xz blocks and zstd frames of earlier builds.
     pub blocks: Option<&'a dyn BlockStore>,
 }
 
 /// One pass over a sparse image: its SHA-256, the per-range SHA-256 of the block map, and
-/// (optionally) the `.xz` and `.zst` streams. Written ranges are read from `image`; holes are
-/// zeros from memory, and an xz block that holds only zeros is compressed once and reused.
+/// (optionally) the `.xz` and `.zst` streams, in units of one xz block. Written ranges are read
+/// from `image`; holes are zeros from memory, and a unit that holds only zeros is compressed
+/// once and reused.
 pub fn scan<R: Read + Seek, W: Write>(
     image: &mut R,
     size: u64,
@@ -237,35 +241,47 @@ pub fn scan<R: Read + Seek, W: Write>(
 ) -> io::Result<(String, Vec<bmap::MappedRange>)> {
     const CHUNK: u64 = 4 << 20;
     let mapped = bmap::mapped_blocks(written, bmap::BLOCK_SIZE);
-    let unit = if out.xz.is_some() {
-        out.xz_settings.block_size
-    } else {
-        CHUNK
+    let enc = Encoders {
+        xz: out.xz.is_some().then_some(out.xz_settings),
+        zst: out.zst.is_some().then_some(&out.zst_settings),
+        store: out.blocks,
+        threads: out.xz_settings.threads,
     };
-    let name = match (&out.xz, &out.zst) {
-        (None, None) => "hash",
-        (Some(_), _) => "xz",
-        (None, Some(_)) => "zst",
+    let (unit, name) = match (&out.xz, &out.zst) {
+        (None, None) => (CHUNK, "hash"),
+        (Some(_), _) => (out.xz_settings.block_size, "xz"),
+        (None, Some(_)) => (out.xz_settings.block_size, "zst"),
     };
     let step = progress.step(name, size);
-    let zst = out
-        .zst
-        .map(|w| zst::encoder(w, size, &out.zst_settings))
-        .transpose()?;
-    let mut units = Units::new(image, size, unit, &mapped, zst, step)?;
-    match out.xz {
-        Some(w) => {
-            let inputs = std::iter::from_fn(|| units.next_unit().transpose());
-            xzstream::write_stream(w, out.xz_settings, out.blocks, inputs)?.flush()?;
-        }
-        None => while units.next_unit()?.is_some() {},
+    let mut units = Units::new(image, size, unit, &mapped, step)?;
+    if enc.xz.is_none() && enc.zst.is_none() {
+        while units.next_unit()?.is_some() {}
+        return Ok(units.finish());
     }
-    units.finish()
+    let mut xz = out.xz.map(StreamWriter::new).transpose()?;
+    let mut zst = out.zst;
+    let inputs = std::iter::from_fn(|| units.next_unit().transpose());
+    blocks::compress_units(&enc, inputs, |u| {
+        if let (Some(w), Some(b)) = (&mut xz, &u.xz) {
+            w.push(b)?;
+        }
+        if let (Some(w), Some(f)) = (&mut zst, &u.zst) {
+            w.write_all(&f.bytes)?;
+        }
+        Ok(())
+    })?;
+    if let Some(w) = xz {
+        w.finish()?.flush()?;
+    }
+    if let Some(mut w) = zst {
+        w.flush()?;
+    }
+    Ok(units.finish())
 }
 
 /// Reads a sparse image in units of one xz block, hashing the whole image and each mapped range
 /// on the way.
-struct Units<'a, R, W: Write> {
+struct Units<'a, R> {
     image: &'a mut R,
     size: u64,
     unit: u64,
@@ -277,18 +293,15 @@ struct Units<'a, R, W: Write> {
     ranges: Vec<bmap::MappedRange>,
     whole: Sha256,
     zeros: Vec<u8>,
-    /// The `.zst` stream, fed every unit.
-    zst: Option<zstd::Encoder<'static, W>>,
     step: crate::progress::Step,
 }
 
-impl<'a, R: Read + Seek, W: Write> Units<'a, R, W> {
+impl<'a, R: Read + Seek> Units<'a, R> {
     fn new(
         image: &'a mut R,
         size: u64,
         unit: u64,
         mapped: &'a [(u64, u64)],
-        zst: Option<zstd::Encoder<'static, W>>,
         step: crate::progress::Step,
     ) -> io::Result<Self> {
         let unit_len = usize::try_from(unit).map_err(|_| io::Error::other("xz block too large"))?;
@@ -303,13 +316,12 @@ impl<'a, R: Read + Seek, W: Write> Units<'a, R, W> {
             ranges: Vec::with_capacity(mapped.len()),
             whole: Sha256::new(),
             zeros: vec![0u8; unit_len],
-            zst,
             step,
         })
     }
 
     /// The next unit: zeros (nothing mapped in it, or all its bytes zero) or its data.
-    fn next_unit(&mut self) -> io::Result<Option<xzstream::Input>> {
+    fn next_unit(&mut self) -> io::Result<Option<blocks::Input>> {
         if self.pos >= self.size {
             return Ok(None);
         }
@@ -341,23 +353,17 @@ impl<'a, R: Read + Seek, W: Write> Units<'a, R, W> {
         }
         let bytes = data.as_deref().unwrap_or(&self.zeros[..len]);
         self.whole.update(bytes);
-        if let Some(z) = &mut self.zst {
-            z.write_all(bytes)?;
-        }
         self.step.inc(len as u64);
         self.pos = end;
         Ok(Some(match data {
-            Some(d) if d.iter().any(|&b| b != 0) => xzstream::Input::Data(d),
-            _ => xzstream::Input::Zeros(len as u64),
+            Some(d) if d.iter().any(|&b| b != 0) => blocks::Input::Data(d),
+            _ => blocks::Input::Zeros(len as u64),
         }))
     }
 
-    /// Ends the `.zst` stream; the image's SHA-256 and the mapped ranges with theirs.
-    fn finish(self) -> io::Result<(String, Vec<bmap::MappedRange>)> {
-        if let Some(z) = self.zst {
-            z.finish()?.flush()?;
-        }
-        Ok((hex::encode(self.whole.finalize()), self.ranges))
+    /// The image's SHA-256 and the mapped ranges with theirs.
+    fn finish(self) -> (String, Vec<bmap::MappedRange>) {
+        (hex::encode(self.whole.finalize()), self.ranges)
     }
 }
 

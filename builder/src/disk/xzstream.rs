@@ -4,29 +4,17 @@
 //! own, so a block's bytes depend only on its input and the settings, never on where it sits in
 //! the stream or on the thread count. That lets us compress each block separately (and reuse a
 //! block we compressed before: an all-zero block, or one from the block cache) and still write
-//! exactly the stream `xz -T0 --block-size=N` writes. The blocks themselves still come from
+//! exactly the stream `xz -T0 --block-size=N` writes ([`crate::disk::blocks`] runs the blocks
+//! on worker threads). The blocks themselves still come from
 //! liblzma: we compress one block as a stream of its own and cut the block out of it. No crate
 //! exposes block-level output of liblzma's encoder without `unsafe`, and the container around
 //! the blocks (stream header, index, footer; xz file format 1.2.1 §2, §4) is 60 lines, written
 //! here.
 
-use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
-use std::sync::{Arc, Mutex, mpsc};
-use std::thread;
 
+use crate::disk::blocks::Block;
 use crate::disk::xz::{self, MAGIC, XzSettings};
-
-/// One xz block as liblzma's multithreaded encoder writes it: block header, compressed data,
-/// padding to 4 bytes and the CRC64 check.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Block {
-    pub bytes: Vec<u8>,
-    /// The index's "unpadded size": `bytes` without the padding.
-    pub unpadded: u64,
-    /// Input bytes this block holds.
-    pub uncompressed: u64,
-}
 
 /// Stream flags: no flags, check type 4 (CRC64), as [`xz::encoder`] writes.
 const STREAM_FLAGS: [u8; 2] = [0x00, 0x04];
@@ -38,7 +26,9 @@ fn bad(what: &str) -> io::Error {
     io::Error::other(format!("liblzma wrote an unexpected .xz stream: {what}"))
 }
 
-/// Compresses `data` (at most one block's worth, not empty) into one block.
+/// Compresses `data` (at most one block's worth, not empty) into one block: block header,
+/// compressed data, padding to 4 bytes and the CRC64 check, as liblzma's multithreaded encoder
+/// writes it.
 pub fn compress_block(data: &[u8], s: &XzSettings) -> io::Result<Block> {
     if data.is_empty() || data.len() as u64 > s.block_size {
         return Err(io::Error::other(format!(
@@ -149,21 +139,13 @@ impl<W: Write> StreamWriter<W> {
     }
 }
 
-/// Where blocks compressed before are kept: by [`block_key`], across builds. An entry that does
-/// not hold exactly what was put there must come back as `None`, never as a block.
-pub trait BlockStore: Sync + std::fmt::Debug {
-    fn get(&self, key: &[u8; 32], uncompressed: u64) -> Option<Block>;
-    /// Keeps a block; a failure only costs speed, so it is not an error.
-    fn put(&self, key: &[u8; 32], block: &Block);
-}
-
 /// The encoder whose bytes the block cache holds. The key changes with it, so an upgrade of
 /// liblzma never reuses blocks of the old one (a test ties it to Cargo.lock).
 pub const ENCODER_ID: &str = "liblzma-sys 0.4.9 static";
 
-/// The block cache's key: SHA-256 over the encoder, the settings that change the bytes and the
-/// SHA-256 of the input.
-pub fn block_key(data: &[u8], s: &XzSettings) -> [u8; 32] {
+/// The block cache's key: SHA-256 over the kind, the encoder, the settings that change the bytes
+/// and the SHA-256 of the input (`input_sha256`).
+pub fn block_key(input_sha256: &[u8; 32], s: &XzSettings) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(b"imgbuild xz block 1\0");
@@ -171,138 +153,8 @@ pub fn block_key(data: &[u8], s: &XzSettings) -> [u8; 32] {
     h.update(s.preset.to_le_bytes());
     h.update(s.block_size.to_le_bytes());
     h.update(STREAM_FLAGS);
-    h.update(Sha256::digest(data));
+    h.update(input_sha256);
     h.finalize().into()
-}
-
-/// A block from `store` if it has it, else compressed (and put there).
-fn cached_block(data: &[u8], s: &XzSettings, store: Option<&dyn BlockStore>) -> io::Result<Block> {
-    let Some(store) = store else {
-        return compress_block(data, s);
-    };
-    let key = block_key(data, s);
-    if let Some(b) = store.get(&key, data.len() as u64) {
-        return Ok(b);
-    }
-    let block = compress_block(data, s)?;
-    store.put(&key, &block);
-    Ok(block)
-}
-
-/// One block's input, in stream order.
-#[derive(Debug)]
-pub enum Input {
-    /// `n` zero bytes (a hole, or data that is all zeros).
-    Zeros(u64),
-    Data(Vec<u8>),
-}
-
-/// Compresses `inputs` (each at most `s.block_size` bytes) on `s.threads` threads and writes the
-/// `.xz` stream into `out` in input order. An all-zero block is compressed once per length and
-/// then reused: holes cost nothing but their index record.
-pub fn write_stream<W, I>(
-    out: W,
-    s: &XzSettings,
-    store: Option<&dyn BlockStore>,
-    inputs: I,
-) -> io::Result<W>
-where
-    W: Write,
-    I: Iterator<Item = io::Result<Input>>,
-{
-    let threads = s.threads.max(1) as usize;
-    // Bounded: at most `threads` inputs wait besides the ones being compressed.
-    let (job_tx, job_rx) = mpsc::sync_channel::<(usize, Vec<u8>)>(threads);
-    let job_rx = Mutex::new(job_rx);
-    thread::scope(|scope| {
-        let (done_tx, done_rx) = mpsc::channel::<(usize, io::Result<Arc<Block>>)>();
-        for _ in 0..threads {
-            let (job_rx, done_tx) = (&job_rx, done_tx.clone());
-            scope.spawn(move || {
-                loop {
-                    let job = match job_rx.lock() {
-                        Ok(rx) => rx.recv(),
-                        Err(_) => break,
-                    };
-                    let Ok((i, data)) = job else { break };
-                    let block = cached_block(&data, s, store).map(Arc::new);
-                    if done_tx.send((i, block)).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        drop(done_tx);
-        let mut order = InOrder::new(StreamWriter::new(out)?);
-        let mut zeros: HashMap<u64, Arc<Block>> = HashMap::new();
-        for (i, input) in inputs.enumerate() {
-            match input? {
-                Input::Zeros(n) => {
-                    let block = match zeros.get(&n) {
-                        Some(b) => b.clone(),
-                        None => zero_block(n, s, store, &mut zeros)?,
-                    };
-                    order.put(i, block)?;
-                }
-                Input::Data(d) => job_tx
-                    .send((i, d))
-                    .map_err(|_| io::Error::other("an xz worker stopped"))?,
-            }
-            while let Ok((j, block)) = done_rx.try_recv() {
-                order.put(j, block?)?;
-            }
-        }
-        drop(job_tx);
-        for (j, block) in done_rx {
-            order.put(j, block?)?;
-        }
-        order.finish()
-    })
-}
-
-fn zero_block(
-    n: u64,
-    s: &XzSettings,
-    store: Option<&dyn BlockStore>,
-    memo: &mut HashMap<u64, Arc<Block>>,
-) -> io::Result<Arc<Block>> {
-    let len = usize::try_from(n).map_err(|_| io::Error::other("xz block too large"))?;
-    let block = Arc::new(cached_block(&vec![0u8; len], s, store)?);
-    memo.insert(n, block.clone());
-    Ok(block)
-}
-
-/// Blocks arrive out of order from the workers; they are written in order.
-struct InOrder<W: Write> {
-    w: StreamWriter<W>,
-    next: usize,
-    waiting: BTreeMap<usize, Arc<Block>>,
-}
-
-impl<W: Write> InOrder<W> {
-    fn new(w: StreamWriter<W>) -> Self {
-        InOrder {
-            w,
-            next: 0,
-            waiting: BTreeMap::new(),
-        }
-    }
-
-    fn put(&mut self, i: usize, block: Arc<Block>) -> io::Result<()> {
-        self.waiting.insert(i, block);
-        while let Some(b) = self.waiting.remove(&self.next) {
-            self.w.push(&b)?;
-            self.next += 1;
-        }
-        Ok(())
-    }
-
-    fn finish(self) -> io::Result<W> {
-        if !self.waiting.is_empty() {
-            return Err(io::Error::other("an xz block went missing"));
-        }
-        self.w.finish()
-    }
 }
 
 #[cfg(test)]
@@ -333,30 +185,6 @@ mod tests {
             w.push(&compress_block(chunk, &s).unwrap()).unwrap();
         }
         assert_eq!(w.finish().unwrap(), want);
-
-        // In parallel, zeros from the memo, a zero run given as data: the same bytes.
-        let inputs = data.chunks(s.block_size as usize).map(|c| {
-            Ok(if c.iter().all(|&b| b == 0) {
-                Input::Zeros(c.len() as u64)
-            } else {
-                Input::Data(c.to_vec())
-            })
-        });
-        assert_eq!(write_stream(Vec::new(), &s, None, inputs).unwrap(), want);
-    }
-
-    #[test]
-    fn a_failing_input_stops_the_stream_with_its_error() {
-        let s = settings();
-        let inputs = (0..10).map(|i| {
-            if i == 5 {
-                Err(io::Error::other("read failed"))
-            } else {
-                Ok(Input::Data(vec![i as u8; 1000]))
-            }
-        });
-        let e = write_stream(Vec::new(), &s, None, inputs).unwrap_err();
-        assert_eq!(e.to_string(), "read failed");
     }
 
     #[test]
@@ -375,47 +203,6 @@ mod tests {
         assert!(compress_block(&[], &s).is_err());
         assert!(compress_block(&vec![1u8; (1 << 16) + 1], &s).is_err());
         assert!(compress_block(&vec![1u8; 1 << 16], &s).is_ok());
-    }
-
-    /// Counts what it was asked; hands out what was put, or a damaged copy.
-    #[derive(Default, Debug)]
-    struct MemStore {
-        blocks: Mutex<HashMap<[u8; 32], Block>>,
-        hits: std::sync::atomic::AtomicUsize,
-    }
-
-    impl BlockStore for MemStore {
-        fn get(&self, key: &[u8; 32], _: u64) -> Option<Block> {
-            let b = self.blocks.lock().unwrap().get(key).cloned();
-            if b.is_some() {
-                self.hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            }
-            b
-        }
-        fn put(&self, key: &[u8; 32], block: &Block) {
-            self.blocks.lock().unwrap().insert(*key, block.clone());
-        }
-    }
-
-    #[test]
-    fn stored_blocks_are_reused_and_give_the_same_stream() {
-        let s = settings();
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 241) as u8).collect();
-        let inputs = |d: &[u8]| {
-            d.chunks(s.block_size as usize)
-                .map(|c| Ok(Input::Data(c.to_vec())))
-                .collect::<Vec<_>>()
-                .into_iter()
-        };
-        let store = MemStore::default();
-        let cold = write_stream(Vec::new(), &s, Some(&store), inputs(&data)).unwrap();
-        assert_eq!(store.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
-        let warm = write_stream(Vec::new(), &s, Some(&store), inputs(&data)).unwrap();
-        assert_eq!(warm, cold);
-        assert_eq!(store.hits.load(std::sync::atomic::Ordering::SeqCst), 5);
-        // Another preset is another key: nothing reused.
-        let s9 = XzSettings { preset: 9, ..s };
-        assert_ne!(block_key(&data[..10], &s), block_key(&data[..10], &s9));
     }
 
     #[test]

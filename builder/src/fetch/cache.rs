@@ -11,10 +11,12 @@
 //!   decompressed once and then read in place), with `unxz/<hex>.sha256` holding the hash of the
 //!   decompressed bytes so `imgbuild cache verify` can check it as well.
 //!
-//! * `xz-blocks/<key>`: compressed xz blocks of earlier builds ([`super::xzblocks`]).
+//! * `xz-blocks/<key>` and `xz-blocks/<key>.zst`: compressed xz blocks and zstd frames of
+//!   earlier builds ([`super::xzblocks`]).
 //!
 //! Garbage collection keeps what the given lockfiles reference (and the decompressed copies of
-//! those blobs) and removes everything else, including partial downloads and xz blocks.
+//! those blobs) and removes everything else, including partial downloads, xz blocks and zstd
+//! frames.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -24,6 +26,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest as _, Sha256};
 
 use super::FetchError;
+use crate::disk::blocks::Kind;
 use crate::unpack::{CopyError, UnpackLimit};
 
 /// Buffer for streaming blobs (hashing, copying, decompressing).
@@ -47,6 +50,8 @@ pub enum EntryKind {
     Partial,
     /// A compressed xz block of an earlier build ([`super::xzblocks`]), named by its key.
     XzBlock,
+    /// A compressed zstd frame of an earlier build, named by its key (without the `.zst`).
+    ZstFrame,
 }
 
 /// One file in the cache.
@@ -242,9 +247,15 @@ impl Cache {
             };
             for e in rd {
                 let e = e.map_err(io_err(&dir))?;
-                let name = e.file_name().to_string_lossy().into_owned();
+                let mut name = e.file_name().to_string_lossy().into_owned();
                 if kind == EntryKind::Unxz && name.ends_with(".sha256") {
                     continue;
+                }
+                let mut kind = kind;
+                if kind == EntryKind::XzBlock {
+                    if let Some(key) = name.strip_suffix(super::xzblocks::ZST_SUFFIX) {
+                        (kind, name) = (EntryKind::ZstFrame, key.to_string());
+                    }
                 }
                 let path = e.path();
                 let size = e.metadata().map_err(io_err(&path))?.len();
@@ -276,9 +287,13 @@ impl Cache {
                 }
                 EntryKind::Partial => continue,
                 // A block records the hash of its own bytes.
-                EntryKind::XzBlock => {
+                EntryKind::XzBlock | EntryKind::ZstFrame => {
+                    let block = match e.kind {
+                        EntryKind::XzBlock => Kind::Xz,
+                        _ => Kind::Zst,
+                    };
                     let bytes = fs::read(&e.path).map_err(io_err(&e.path))?;
-                    match super::xzblocks::decode_entry(&bytes) {
+                    match super::xzblocks::decode_entry(block, &bytes) {
                         Ok(_) => continue,
                         Err(pair) => pair,
                     }
@@ -313,7 +328,7 @@ impl Cache {
             let doomed = match e.kind {
                 EntryKind::Blob | EntryKind::Unxz => !keep.contains(&e.key),
                 // Blocks only save time; gc empties their folder.
-                EntryKind::Partial | EntryKind::XzBlock => true,
+                EntryKind::Partial | EntryKind::XzBlock | EntryKind::ZstFrame => true,
             };
             if doomed {
                 if !dry_run {

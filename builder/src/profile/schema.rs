@@ -319,7 +319,8 @@ keyword_enum!(
         Img = "img",
         /// xz-compressed raw image (multithreaded, fixed block size).
         ImgXz = "img.xz",
-        /// zstd-compressed raw image (multithreaded, fixed level): much faster, a little larger.
+        /// zstd-compressed raw image (one frame per 24 MiB, fixed level): much faster, a little
+        /// larger.
         ImgZst = "img.zst",
         /// bmaptool block map.
         Bmap = "bmap",
