@@ -144,9 +144,43 @@ pub fn shared_cmdline(netboot: &[String]) -> String {
     args.join(" ")
 }
 
-/// A node's `cmdline.txt`: the shared line and its seed URL (`http://ADDR:PORT`-based).
-pub fn node_cmdline(shared: &str, base_url: &str, key: &str) -> String {
-    format!("{shared} {}\n", seed_arg(base_url, key))
+/// A node's `cmdline.txt`: the shared line, its seed URL (`http://ADDR:PORT`-based) and its
+/// seed's `network-config` (see [`network_config_arg`]).
+pub fn node_cmdline(shared: &str, base_url: &str, key: &str, network_config: &str) -> String {
+    let mut line = format!("{shared} {}", seed_arg(base_url, key));
+    if let Some(arg) = network_config_arg(network_config) {
+        line.push(' ');
+        line.push_str(&arg);
+    }
+    line.push('\n');
+    line
+}
+
+/// `network-config=` (gzip, then base64, as cloud-init reads it from the kernel command line)
+/// with the seed's `network-config`; `None` when that has no config (no MAC in the inventory).
+///
+/// cloud-init's local stage runs before the network, so it cannot fetch the HTTP seed and would
+/// configure its fallback, DHCP v4 *and* v6, which ifupdown without a DHCPv6 client fails
+/// (a failed networking.service). On the command line the node's own config applies from the
+/// local stage on; it is the seed's, so it agrees with the datasource it takes precedence over.
+pub fn network_config_arg(network_config: &str) -> Option<String> {
+    use base64::Engine;
+    use flate2::{Compression, GzBuilder};
+    use std::io::Write;
+    let has_config = network_config
+        .lines()
+        .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
+    if !has_config {
+        return None;
+    }
+    // mtime 0 (GzBuilder's default) and no file name: the same config gives the same bytes.
+    let mut gz = GzBuilder::new().write(Vec::new(), Compression::best());
+    gz.write_all(network_config.as_bytes()).ok()?;
+    let bytes = gz.finish().ok()?;
+    Some(format!(
+        "network-config={}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    ))
 }
 
 /// `ds=nocloud-net;s=URL/`, as the iPXE script names a PC node's seed.
@@ -237,8 +271,36 @@ mod tests {
             "console=serial0,115200 console=tty1 cgroup_enable=memory cgroup_memory=1 boot=imgbuild"
         );
         assert_eq!(
-            node_cmdline(&shared, "http://10.0.0.1:8080", &k),
+            node_cmdline(&shared, "http://10.0.0.1:8080", &k, "# no MAC: no config\n"),
             format!("{shared} ds=nocloud-net;s=http://10.0.0.1:8080/seed/{k}/\n")
         );
+        let net = "network:\n  version: 2\n";
+        assert_eq!(
+            node_cmdline(&shared, "http://10.0.0.1:8080", &k, net),
+            format!(
+                "{shared} ds=nocloud-net;s=http://10.0.0.1:8080/seed/{k}/ {}\n",
+                network_config_arg(net).unwrap()
+            )
+        );
+    }
+
+    #[test]
+    fn network_config_arg_is_gzip_base64_of_the_config_and_stable() {
+        use base64::Engine;
+        use std::io::Read;
+        assert_eq!(network_config_arg("\n# only a comment\n  \n"), None);
+        let net = "# wired\nnetwork:\n  version: 2\n  ethernets: {}\n";
+        let arg = network_config_arg(net).unwrap();
+        assert_eq!(network_config_arg(net).unwrap(), arg);
+        let b64 = arg.strip_prefix("network-config=").unwrap();
+        assert!(!b64.contains(char::is_whitespace));
+        let gz = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_string(&mut text)
+            .unwrap();
+        assert_eq!(text, net);
     }
 }

@@ -11,7 +11,7 @@ use crate::fetch::plan::InputKind;
 use crate::fetch::{self, FetchArgs};
 use crate::fs::squashfs::SquashfsSettings;
 use crate::netboot::Endpoint;
-use crate::netboot::artifacts::{self, NetbootRequest, PiRequest};
+use crate::netboot::artifacts::{self, NetbootRequest, PiNode, PiRequest};
 use crate::netboot::pitree;
 use crate::node::inputs::NodeSource;
 use crate::node::inventory::Inventory;
@@ -146,13 +146,9 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
     Ok(())
 }
 
-/// (folder, node, seed key) of each inventory node of this profile with a `serial`, by folder.
-/// No inventory: no node folders (the shared tree is still built).
-fn pi_nodes(
-    args: &Args,
-    ctx: &Context,
-    resolved: &Resolved,
-) -> Result<Vec<(String, String, String)>> {
+/// Each inventory node of this profile with a `serial`, by folder. No inventory: no node
+/// folders (the shared tree is still built).
+fn pi_nodes(args: &Args, ctx: &Context, resolved: &Resolved) -> Result<Vec<PiNode>> {
     let path = &args.nodes.inventory;
     let shown = path.display().to_string();
     let text = match std::fs::read_to_string(path) {
@@ -174,15 +170,20 @@ fn pi_nodes(
         }
         let seed = super::node_seed(&args.nodes, ctx, node)
             .with_context(|| format!("{shown}: the seed of node {:?}", node.name))?;
-        out.push((folder, node.name.clone(), pitree::seed_key(&seed)));
+        out.push(PiNode {
+            folder,
+            node: node.name.clone(),
+            key: pitree::seed_key(&seed),
+            network_config: seed.network_config.clone(),
+        });
     }
     out.sort();
-    if let Some(w) = out.windows(2).find(|w| w[0].0 == w[1].0) {
+    if let Some(w) = out.windows(2).find(|w| w[0].folder == w[1].folder) {
         anyhow::bail!(
             "{shown}: nodes {:?} and {:?} have serials with the same low 32 bits ({}), which is all a Pi's TFTP folder is named by\n  help: give one of them TFTP_PREFIX=2 (MAC folders) in its EEPROM and no serial here",
-            w[0].1,
-            w[1].1,
-            w[0].0
+            w[0].node,
+            w[1].node,
+            w[0].folder
         );
     }
     Ok(out)
