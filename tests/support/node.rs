@@ -91,12 +91,12 @@ cp /var/log/imgbuild-standin.log "$r/standin.log" 2>/dev/null
 cp /var/log/cloud-init.log "$r/cloud-init.log" 2>/dev/null
 journalctl -b --no-pager -o short-monotonic > "$r/journal.txt" 2>/dev/null
 systemctl --failed --no-pager > "$r/failed.txt" 2>&1
-# Why a unit did not run: what still waits, and cloud-init's stages as systemd saw them.
+# Why a unit did not run: what still waits, and cloud-init's stages as systemd saw them
+# (no critical-chain: the boot is not finished while this runs).
 {
     echo "--- systemctl list-jobs"; systemctl list-jobs --no-pager
     echo "--- systemctl status cloud-init*"
     systemctl status --no-pager -l cloud-init-main cloud-init-local cloud-init-network cloud-config cloud-final
-    echo "--- systemd-analyze critical-chain"; systemd-analyze critical-chain --no-pager
     echo "--- journalctl -b -u cloud-init*"; journalctl -b --no-pager -o short-monotonic -u 'cloud-init*'
 } > "$r/units.txt" 2>&1
 umount "$r" || fail "cannot unmount the results disk"
@@ -399,8 +399,7 @@ pub struct Seen {
     pub failed: String,
     /// `systemd-analyze blame` at the end of the boot.
     pub blame: String,
-    /// Pending jobs, cloud-init's units' status and journal, the critical chain: why a unit
-    /// did not run.
+    /// Pending jobs, cloud-init's units' status and journal: why a unit did not run.
     pub units: String,
 }
 
