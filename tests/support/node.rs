@@ -94,6 +94,14 @@ cp /var/log/imgbuild-standin.log "$r/standin.log" 2>/dev/null
 cp /var/log/cloud-init.log "$r/cloud-init.log" 2>/dev/null
 journalctl -b --no-pager -o short-monotonic > "$r/journal.txt" 2>/dev/null
 systemctl --failed --no-pager > "$r/failed.txt" 2>&1
+# Why a unit did not run: what still waits, and cloud-init's stages as systemd saw them
+# (no critical-chain: the boot is not finished while this runs).
+{
+    echo "--- systemctl list-jobs"; systemctl list-jobs --no-pager
+    echo "--- systemctl status cloud-init*"
+    systemctl status --no-pager -l cloud-init-main cloud-init-local cloud-init-network cloud-config cloud-final
+    echo "--- journalctl -b -u cloud-init*"; journalctl -b --no-pager -o short-monotonic -u 'cloud-init*'
+} > "$r/units.txt" 2>&1
 umount "$r" || fail "cannot unmount the results disk"
 echo "IMGBUILD-NODE-OBSERVE-DONE" > /dev/console
 "#;
@@ -399,6 +407,8 @@ pub struct Seen {
     pub failed: String,
     /// `systemd-analyze blame` at the end of the boot.
     pub blame: String,
+    /// Pending jobs, cloud-init's units' status and journal: why a unit did not run.
+    pub units: String,
 }
 
 impl Seen {
@@ -411,6 +421,7 @@ impl Seen {
             cloud_init: results.read("cloud-init.log").unwrap_or_default(),
             failed: results.read("failed.txt").unwrap_or_default(),
             blame: results.read("blame.txt").unwrap_or_default(),
+            units: results.read("units.txt").unwrap_or_default(),
         }
     }
 
@@ -420,10 +431,11 @@ impl Seen {
 
     pub fn show(&self) -> String {
         format!(
-            "{:#?}\n--- systemctl --failed ---\n{}\n--- stand-ins ---\n{}\n--- journal (tail) ---\n{}",
+            "{:#?}\n--- systemctl --failed ---\n{}\n--- stand-ins ---\n{}\n--- units (tail) ---\n{}\n--- journal (tail) ---\n{}",
             self.status,
             self.failed,
             self.standin,
+            tail(&self.units, 80),
             tail(&self.journal, 60)
         )
     }

@@ -86,13 +86,22 @@ pub struct PiJson {
     pub nodes: BTreeMap<String, String>,
 }
 
-/// What the Pi tree is made of: the disk image's boot partition and, per node with a serial,
-/// (folder, node name).
+/// What the Pi tree is made of: the disk image's boot partition and the nodes with a serial.
 pub struct PiRequest<'a> {
     pub boot: &'a Tree,
-    pub nodes: Vec<(String, String)>,
+    pub nodes: Vec<PiNode>,
     /// `http://ADDR:PORT` of the server the nodes fetch their seeds from.
     pub base_url: String,
+}
+
+/// A Raspberry Pi node of the inventory, as its `cmdline.txt` needs it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PiNode {
+    /// Its TFTP folder (the serial's low 32 bits).
+    pub folder: String,
+    pub node: String,
+    /// Its seed's `network-config` (also on the command line: see [`pitree::node_cmdline`]).
+    pub network_config: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -435,11 +444,11 @@ fn write_pi_tree(
     for (name, c) in &files {
         all.push((format!("{}/{name}", pitree::PI_DIR), c.clone()));
     }
-    for (folder, node) in &p.nodes {
-        let text = pitree::node_cmdline(&shared_line, &p.base_url);
-        let name = format!("{}/{folder}/{}", pitree::PI_DIR, pitree::CMDLINE);
+    for n in &p.nodes {
+        let text = pitree::node_cmdline(&shared_line, &p.base_url, &n.network_config);
+        let name = format!("{}/{}/{}", pitree::PI_DIR, n.folder, pitree::CMDLINE);
         all.push((name, Content::bytes(text.into_bytes())));
-        nodes.insert(folder.clone(), node.clone());
+        nodes.insert(n.folder.clone(), n.node.clone());
     }
     for (name, c) in all {
         let path = out.path().join(&name);

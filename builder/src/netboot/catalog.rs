@@ -251,6 +251,13 @@ impl NetbootCatalog {
         let Some((folder, cmdline)) = pi_node_cmdline(node, set, at)? else {
             return Ok(());
         };
+        if !pitree::has_network_config(&cmdline, &self.seeds[&node.name].network_config) {
+            bail!(
+                "{at}: node {:?}: the network-config in its built cmdline.txt is not the one the inventory gives it now (its MAC or address changed since the build)\n  help: rebuild with `imgbuild netboot build {} --listen ADDR`",
+                node.name,
+                node.profile
+            );
+        }
         let Some(pi) = &set.manifest.pi else {
             return Ok(());
         };

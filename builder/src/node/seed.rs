@@ -227,6 +227,17 @@ pub fn render(
     })
 }
 
+/// A node's `network-config` alone: it holds no secret, so it is rendered without any (the
+/// Raspberry Pi netboot puts it on the kernel command line at build time).
+pub fn render_network_config(
+    resolved: &Resolved,
+    node: &Node,
+    templates: &Templates,
+) -> Result<String, TemplateError> {
+    let ctx = user_data_context(resolved, node, "First-boot seed", Vec::new(), Vec::new());
+    templates.render("network-config.j2", &ctx)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@ use crate::fetch::plan::InputKind;
 use crate::fetch::{self, FetchArgs};
 use crate::fs::squashfs::SquashfsSettings;
 use crate::netboot::Endpoint;
-use crate::netboot::artifacts::{self, NetbootRequest, PiRequest};
+use crate::netboot::artifacts::{self, NetbootRequest, PiNode, PiRequest};
 use crate::netboot::pitree;
 use crate::node::inputs::NodeSource;
 use crate::node::inventory::Inventory;
@@ -146,10 +146,10 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
     Ok(())
 }
 
-/// (folder, node) of each inventory node of this profile with a `serial`, by folder. No
-/// inventory: no node folders (the shared tree is still built). No seed is rendered: the token
-/// in the seed URL is minted by `netboot serve`, so the build needs no secrets.
-fn pi_nodes(args: &Args, resolved: &Resolved) -> Result<Vec<(String, String)>> {
+/// Each inventory node of this profile with a `serial`, by folder. No inventory: no node
+/// folders (the shared tree is still built). No secret is read: the token in the seed URL is
+/// minted by `netboot serve`, and the network-config on the command line holds none.
+fn pi_nodes(args: &Args, resolved: &Resolved) -> Result<Vec<PiNode>> {
     let path = &args.nodes.inventory;
     let shown = path.display().to_string();
     let text = match std::fs::read_to_string(path) {
@@ -158,6 +158,7 @@ fn pi_nodes(args: &Args, resolved: &Resolved) -> Result<Vec<(String, String)>> {
         Err(e) => return Err(e).with_context(|| format!("reading the inventory {shown}")),
     };
     let inv = Inventory::parse(&text, &shown)?;
+    let templates = crate::node::inputs::load_templates(resolved)?;
     let mut out = Vec::new();
     for node in inv.nodes.iter().filter(|n| n.profile == resolved.name) {
         let Some(serial) = &node.serial else { continue };
@@ -169,15 +170,22 @@ fn pi_nodes(args: &Args, resolved: &Resolved) -> Result<Vec<(String, String)>> {
                 node.name
             );
         }
-        out.push((folder, node.name.clone()));
+        let network_config =
+            crate::node::seed::render_network_config(resolved, node, &templates)
+                .with_context(|| format!("{shown}: the network-config of node {:?}", node.name))?;
+        out.push(PiNode {
+            folder,
+            node: node.name.clone(),
+            network_config,
+        });
     }
     out.sort();
-    if let Some(w) = out.windows(2).find(|w| w[0].0 == w[1].0) {
+    if let Some(w) = out.windows(2).find(|w| w[0].folder == w[1].folder) {
         anyhow::bail!(
             "{shown}: nodes {:?} and {:?} have serials with the same low 32 bits ({}), which is all a Pi's TFTP folder is named by\n  help: give one of them TFTP_PREFIX=2 (MAC folders) in its EEPROM and no serial here",
-            w[0].1,
-            w[1].1,
-            w[0].0
+            w[0].node,
+            w[1].node,
+            w[0].folder
         );
     }
     Ok(out)
