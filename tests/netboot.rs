@@ -29,6 +29,37 @@ fn files_of(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
+/// Regression: with every mtime set to the epoch, each `.pyc` of the base was stale against its
+/// source, so the node's Python recompiled every module it imported on every start (the read-only
+/// root keeps no new `.pyc`): cloud-init's stages took minutes under emulation. Python's own
+/// check judges cloud-init's `util` module here.
+fn assert_base_pyc_files_stay_valid(image: &Path, work: &Path) {
+    let dir = "usr/lib/python3/dist-packages/cloudinit";
+    let pyc = format!("{dir}/__pycache__/util.cpython-311.pyc");
+    let x = work.join("pyc");
+    let (code, _, err) = run(Command::new("unsquashfs")
+        .args(["-q", "-d"])
+        .arg(&x)
+        .arg(image)
+        .arg(format!("{dir}/util.py"))
+        .arg(&pyc));
+    assert_eq!(code, 0, "unsquashfs: {err}");
+    let check = "import importlib._bootstrap_external as b, os, sys\n\
+        src, pyc = sys.argv[1:]\n\
+        st = os.stat(src)\n\
+        data = open(pyc, 'rb').read()\n\
+        b._classify_pyc(data, 'util', {})\n\
+        b._validate_timestamp_pyc(data, int(st.st_mtime), st.st_size, 'util', {})\n";
+    let (code, out, err) = run(Command::new("python3")
+        .args(["-c", check])
+        .arg(x.join(format!("{dir}/util.py")))
+        .arg(x.join(&pyc)));
+    assert_eq!(
+        code, 0,
+        "the base's .pyc is stale in the netboot root: {out}{err}"
+    );
+}
+
 /// `unsquashfs -lln` lines → path → (mode bits, uid, gid, symlink target).
 fn unsquashfs_listing(image: &Path) -> BTreeMap<String, (u32, u32, u32, Option<String>)> {
     let (code, out, err) = run(Command::new("unsquashfs").arg("-lln").arg(image));
@@ -85,6 +116,51 @@ fn mode_bits(perms: &str) -> u32 {
     mode
 }
 
+/// Prints where two artifact sets differ, for a failure seen once in CI and never again since:
+/// the manifests' lines, the appended initrd's members, and the root images' listings and
+/// superblocks (CI keeps only the log).
+fn explain_difference(a: &Path, b: &Path, work: &Path) {
+    let show = |what: &str, cmd: String| {
+        let (_, out, err) = run(Command::new("bash").arg("-c").arg(&cmd));
+        let head: String = out.lines().take(60).collect::<Vec<_>>().join("\n");
+        eprintln!("--- {what}\n{head}{err}");
+    };
+    let (a, b) = (a.display(), b.display());
+    show(
+        "manifest.json",
+        format!("diff '{a}/manifest.json' '{b}/manifest.json'"),
+    );
+    for (set, x) in [(&a, "a.x"), (&b, "b.x")] {
+        let dir = work.join(x);
+        fs::create_dir_all(&dir).unwrap();
+        let (code, _, err) = run(Command::new("sh")
+            .arg("-c")
+            .arg(format!("cpio -id --quiet < '{set}/imgbuild.cpio'"))
+            .current_dir(&dir));
+        assert_eq!(code, 0, "cpio -i: {err}");
+    }
+    let w = work.display();
+    show(
+        "imgbuild.cpio members (sha256)",
+        format!(
+            "cd '{w}' && diff <(cd a.x && find . -type f | sort | xargs sha256sum) <(cd b.x && find . -type f | sort | xargs sha256sum)"
+        ),
+    );
+    let sq = "imgbuild/root.squashfs";
+    show(
+        "root.squashfs: unsquashfs -lln",
+        format!("cd '{w}' && diff <(unsquashfs -lln a.x/{sq}) <(unsquashfs -lln b.x/{sq})"),
+    );
+    show(
+        "root.squashfs: unsquashfs -s",
+        format!("cd '{w}' && diff <(unsquashfs -s a.x/{sq}) <(unsquashfs -s b.x/{sq})"),
+    );
+    show(
+        "root.squashfs: first differing bytes",
+        format!("cd '{w}' && cmp -l a.x/{sq} b.x/{sq} | head -n 20; ls -l a.x/{sq} b.x/{sq}"),
+    );
+}
+
 #[test]
 fn netboot_artifacts_hold_the_disk_images_root_and_reproduce() {
     for t in ["mksquashfs", "unsquashfs", "cpio", "sha256sum", "xz"] {
@@ -131,6 +207,9 @@ fn netboot_artifacts_hold_the_disk_images_root_and_reproduce() {
     let (fa, fb) = (files_of(&a), files_of(&b));
     assert_eq!(fa.keys().collect::<Vec<_>>(), fb.keys().collect::<Vec<_>>());
     let differ: Vec<&String> = fa.keys().filter(|n| fa[*n] != fb[*n]).collect();
+    if !differ.is_empty() {
+        explain_difference(&a, &b, work);
+    }
     assert!(differ.is_empty(), "differ between two builds: {differ:?}");
     for want in [
         "vmlinuz",
@@ -207,6 +286,7 @@ fn netboot_artifacts_hold_the_disk_images_root_and_reproduce() {
     let (code, stat, err) = run(Command::new("unsquashfs").arg("-stat").arg(&image));
     assert_eq!(code, 0, "unsquashfs -stat: {err}");
     assert!(stat.contains("Compression zstd"), "{stat}");
+    assert_base_pyc_files_stay_valid(&image, work);
 
     // The root lists exactly the disk image's root, and unsquashfs agrees with the manifest.
     let manifest: serde_json::Value = serde_json::from_slice(&fa["manifest.json"]).unwrap();
@@ -282,6 +362,7 @@ fn special_tree() -> Tree {
         .insert(b"security.capability".to_vec(), CAP_NET_RAW.to_vec());
     ping.xattrs
         .insert(b"user.imgbuild".to_vec(), b"kept".to_vec());
+    ping.mtime = PING_MTIME;
     t.insert(p("/usr/bin/ping"), ping).unwrap();
     t.insert(
         p("/usr/bin/ping4"),
@@ -318,7 +399,7 @@ fn special_tree() -> Tree {
 
 fn mksquashfs(tree: &Tree, out: &Path, processors: u32) {
     let s = SquashfsSettings {
-        epoch: 1_700_000_000,
+        epoch: SQUASHFS_EPOCH,
         processors,
         ..SquashfsSettings::default()
     };
@@ -332,7 +413,17 @@ fn mksquashfs(tree: &Tree, out: &Path, processors: u32) {
         .unwrap();
     squashfs::write_tar(tree, child.stdin.take().unwrap()).unwrap();
     assert!(child.wait().unwrap().success());
+    let mut image = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(out)
+        .unwrap();
+    squashfs::pin_root_time(&mut image, SQUASHFS_EPOCH).unwrap();
 }
+
+/// The epoch [`mksquashfs`] builds with, and the mtime [`special_tree`] gives `/usr/bin/ping`.
+const SQUASHFS_EPOCH: i64 = 1_700_000_000;
+const PING_MTIME: i64 = 1_234_567_890;
 
 #[test]
 fn squashfs_keeps_capabilities_devices_hard_links_and_owners() {
@@ -392,4 +483,16 @@ fn squashfs_keeps_capabilities_devices_hard_links_and_owners() {
     let lines: Vec<&str> = st.lines().collect();
     assert_eq!(lines[0], lines[1], "ping and ping4 are not one inode: {st}");
     assert!(lines[0].ends_with(" 2"), "{st}");
+
+    // Times: each entry keeps its own (a `.pyc` is valid only while its source keeps the mtime
+    // it records), and the root, which mksquashfs stamps with the clock, gets the epoch.
+    let (_, st, _) = run(Command::new("stat")
+        .args(["-c", "%Y"])
+        .arg(x.join("usr/bin/ping"))
+        .arg(&x));
+    assert_eq!(
+        st.lines().collect::<Vec<_>>(),
+        [PING_MTIME.to_string(), SQUASHFS_EPOCH.to_string()],
+        "mtimes of /usr/bin/ping and /"
+    );
 }

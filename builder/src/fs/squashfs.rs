@@ -7,9 +7,10 @@
 //! 16k entries, 2 shared cores, load average ≈ 5):
 //! - `mksquashfs -comp zstd -Xcompression-level 9`: 7.7 s, 222 MB; level 15: 60 s, 211 MB;
 //!   level 3: 2.4 s, 239 MB; xz: 123 s, 193 MB. Byte-identical with `-processors 1` and 2,
-//!   another umask and TZ, but only with `-all-time`: in `-tar` mode 4.5.1 ignores `-root-time`
-//!   and stamps the root directory with the wall clock, so every entry gets SOURCE_DATE_EPOCH
-//!   (the disk image keeps the base's older mtimes; the manifests list no times).
+//!   another umask and TZ. Entries keep the tree's mtimes, as in the disk image; in `-tar` mode
+//!   4.5.1 ignores `-root-time` and stamps the root directory with the wall clock, so
+//!   [`pin_root_time`] sets it to SOURCE_DATE_EPOCH in the written image (`-noI` keeps the
+//!   inode table uncompressed for that: about 0.3 % of the image).
 //! - `mkfs.erofs` 1.5 (Debian 12): only lz4/lz4hc; lz4hc 16.8 s, 345 MB; lz4 3.1 s, 384 MB; needs
 //!   `-U`/`-T` to be reproducible and, lacking `--tar` before 1.7, a tree unpacked on the host
 //!   (root, real device nodes, xattr support of the build filesystem).
@@ -22,7 +23,7 @@
 //! `system.posix_acl_*` xattrs (it warns); systemd-tmpfiles sets the journal's ACLs at boot.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 
 use sha2::{Digest, Sha256};
 
@@ -58,6 +59,8 @@ pub enum SquashfsError {
     Entry { path: String, why: String },
     #[error("streaming the root tree to mksquashfs: {0}")]
     Io(#[from] io::Error),
+    #[error("the squashfs image {0}")]
+    Image(&'static str),
 }
 
 /// The arguments that follow `mksquashfs - OUTPUT` (the tar comes on stdin).
@@ -74,16 +77,130 @@ pub fn mksquashfs_args(s: &SquashfsSettings) -> Vec<String> {
         &s.level.to_string(),
         "-mkfs-time",
         &epoch,
-        // Not -root-time: 4.5.1's -tar ignores it and stamps the root directory with the clock.
-        // -all-time is the one setting that pins it (every entry gets the epoch).
-        "-all-time",
-        &epoch,
+        // Entries keep the tar's times: a base's `.pyc` files are valid only while their source
+        // keeps the mtime they record (with `-all-time` Python recompiled every module it
+        // imported, on every start, on a read-only root). 4.5.1's `-tar` ignores `-root-time`
+        // and stamps the root directory with the clock, so [`pin_root_time`] sets it
+        // afterwards, in place: that needs the inode table stored uncompressed.
+        "-noI",
         "-processors",
         &s.processors.max(1).to_string(),
     ]
     .iter()
     .map(|a| a.to_string())
     .collect()
+}
+
+/// Superblock fields (little-endian): flags at 24, the root inode's reference at 32, the inode
+/// table's start at 64. Flag 0x0001: inodes stored uncompressed (`-noI`).
+const SUPERBLOCK_LEN: usize = 96;
+const SQUASHFS_MAGIC: &[u8; 4] = b"hsqs";
+const UNCOMPRESSED_INODES: u16 = 0x0001;
+/// A metadata block's 16-bit header: its length, and this bit when stored uncompressed.
+const METADATA_UNCOMPRESSED: u16 = 0x8000;
+/// The inode header's mtime: after type, mode, uid and gid indexes (4 × u16).
+const INODE_MTIME_AT: u64 = 8;
+/// Basic and extended directory inode types.
+const DIR_INODE_TYPES: [u16; 2] = [1, 8];
+
+/// Sets the root directory inode's mtime of a squashfs image written with `-noI` (see
+/// [`mksquashfs_args`]). The root inode is found through the superblock's reference (metadata
+/// block start, offset in its data); its fields may run on into the next metadata block.
+pub fn pin_root_time<F: Read + Write + Seek>(f: &mut F, epoch: i64) -> Result<(), SquashfsError> {
+    let mut sb = [0u8; SUPERBLOCK_LEN];
+    f.seek(SeekFrom::Start(0))?;
+    f.read_exact(&mut sb)?;
+    if &sb[..4] != SQUASHFS_MAGIC {
+        return Err(SquashfsError::Image("has no squashfs superblock"));
+    }
+    let u16_at = |b: &[u8], i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+    let u64_at = |i: usize| u64::from_le_bytes(sb[i..i + 8].try_into().expect("8 bytes"));
+    if u16_at(&sb, 24) & UNCOMPRESSED_INODES == 0 {
+        return Err(SquashfsError::Image(
+            "has a compressed inode table (made without -noI)",
+        ));
+    }
+    let root = u64_at(32);
+    let block = u64_at(64) + (root >> 16);
+    let inode = MetadataCursor {
+        block,
+        offset: root & 0xffff,
+    };
+    let kind = u16::from_le_bytes(inode.read::<2, _>(f, 0)?);
+    if !DIR_INODE_TYPES.contains(&kind) {
+        return Err(SquashfsError::Image(
+            "has a root inode that is not a directory",
+        ));
+    }
+    let mtime = u32::try_from(epoch.max(0)).unwrap_or(u32::MAX);
+    inode.write(f, INODE_MTIME_AT, &mtime.to_le_bytes())
+}
+
+/// A position in the (uncompressed) metadata stream: a block's file offset, and an offset in
+/// the data of the blocks from there on.
+struct MetadataCursor {
+    block: u64,
+    offset: u64,
+}
+
+impl MetadataCursor {
+    /// The file offset of each of `len` bytes at `at` past the cursor, block headers skipped.
+    fn positions<F: Read + Seek>(
+        &self,
+        f: &mut F,
+        at: u64,
+        len: usize,
+    ) -> Result<Vec<u64>, SquashfsError> {
+        let (mut block, mut skip) = (self.block, self.offset + at);
+        let mut out = Vec::with_capacity(len);
+        while out.len() < len {
+            let mut h = [0u8; 2];
+            f.seek(SeekFrom::Start(block))?;
+            f.read_exact(&mut h)?;
+            let h = u16::from_le_bytes(h);
+            if h & METADATA_UNCOMPRESSED == 0 {
+                return Err(SquashfsError::Image(
+                    "has a compressed inode metadata block",
+                ));
+            }
+            let data_len = u64::from(h & !METADATA_UNCOMPRESSED);
+            while skip < data_len && out.len() < len {
+                out.push(block + 2 + skip);
+                skip += 1;
+            }
+            skip -= skip.min(data_len);
+            block += 2 + data_len;
+        }
+        Ok(out)
+    }
+
+    fn read<const N: usize, F: Read + Seek>(
+        &self,
+        f: &mut F,
+        at: u64,
+    ) -> Result<[u8; N], SquashfsError> {
+        let mut out = [0u8; N];
+        for (byte, pos) in out.iter_mut().zip(self.positions(f, at, N)?) {
+            f.seek(SeekFrom::Start(pos))?;
+            let mut b = [0u8; 1];
+            f.read_exact(&mut b)?;
+            *byte = b[0];
+        }
+        Ok(out)
+    }
+
+    fn write<F: Read + Write + Seek>(
+        &self,
+        f: &mut F,
+        at: u64,
+        bytes: &[u8],
+    ) -> Result<(), SquashfsError> {
+        for (byte, pos) in bytes.iter().zip(self.positions(f, at, bytes.len())?) {
+            f.seek(SeekFrom::Start(pos))?;
+            f.write_all(&[*byte])?;
+        }
+        Ok(())
+    }
 }
 
 /// Sets the root directory's mode and owner, which a tar stream cannot carry.
@@ -284,6 +401,51 @@ mod tests {
     use super::*;
     use crate::tree::Content;
     use crate::tree::test_path as p;
+
+    /// A superblock and two uncompressed metadata blocks (10 and 20 data bytes) with the root
+    /// directory inode at offset 4 of the first: its mtime (inode bytes 8..12) lies in the
+    /// second block, past its header.
+    fn image_with_a_split_root_inode(flags: u16) -> Vec<u8> {
+        let mut img = vec![0u8; SUPERBLOCK_LEN];
+        img[..4].copy_from_slice(SQUASHFS_MAGIC);
+        img[24..26].copy_from_slice(&flags.to_le_bytes());
+        img[32..40].copy_from_slice(&4u64.to_le_bytes());
+        img[64..72].copy_from_slice(&(SUPERBLOCK_LEN as u64).to_le_bytes());
+        img.extend_from_slice(&(METADATA_UNCOMPRESSED | 10).to_le_bytes());
+        img.extend_from_slice(&[0xaa; 10]);
+        img[SUPERBLOCK_LEN + 2 + 4..][..2].copy_from_slice(&1u16.to_le_bytes());
+        img.extend_from_slice(&(METADATA_UNCOMPRESSED | 20).to_le_bytes());
+        img.extend_from_slice(&[0xbb; 20]);
+        img
+    }
+
+    #[test]
+    fn pin_root_time_writes_the_root_mtime_across_a_metadata_block_boundary() {
+        let before = image_with_a_split_root_inode(UNCOMPRESSED_INODES);
+        let mut img = io::Cursor::new(before.clone());
+        pin_root_time(&mut img, 0x0102_0304).unwrap();
+        let after = img.into_inner();
+        // Inode bytes 8..12 = first block's data bytes 12..16 = second block's data bytes 2..6.
+        let at = SUPERBLOCK_LEN + 2 + 10 + 2 + 2;
+        assert_eq!(after[at..at + 4], [4, 3, 2, 1]);
+        let changed: Vec<usize> = (0..after.len())
+            .filter(|&i| after[i] != before[i])
+            .collect();
+        assert_eq!(changed, (at..at + 4).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn pin_root_time_refuses_images_it_cannot_patch_in_place() {
+        let compressed = image_with_a_split_root_inode(0);
+        let err = pin_root_time(&mut io::Cursor::new(compressed), 1).unwrap_err();
+        assert!(err.to_string().contains("-noI"), "{err}");
+        let mut not_dir = image_with_a_split_root_inode(UNCOMPRESSED_INODES);
+        not_dir[SUPERBLOCK_LEN + 2 + 4] = 2;
+        let err = pin_root_time(&mut io::Cursor::new(not_dir), 1).unwrap_err();
+        assert!(err.to_string().contains("not a directory"), "{err}");
+        let err = pin_root_time(&mut io::Cursor::new(vec![0u8; 200]), 1).unwrap_err();
+        assert!(err.to_string().contains("no squashfs superblock"), "{err}");
+    }
 
     #[test]
     fn tar_stream_is_deterministic_and_records_match_the_tree() {

@@ -314,7 +314,14 @@ fn make_squashfs(
     if !status.success() {
         bail!("mksquashfs failed ({status}): {}", errs.trim());
     }
-    written.context("writing the root tree for mksquashfs")
+    let records = written.context("writing the root tree for mksquashfs")?;
+    let mut image = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dest.tmp_path())
+        .context("opening the root image mksquashfs wrote")?;
+    squashfs::pin_root_time(&mut image, s.epoch).context("pinning the root image's root time")?;
+    Ok(records)
 }
 
 /// Zeros that bring an initrd of `len` bytes to a multiple of 4. The Linux EFI stub, loading the
