@@ -146,40 +146,106 @@ fn pi_4_and_5_netboot_from_their_serial_folders() {
     assert!(missing.len() >= 4, "{log}");
     assert!(missing.iter().all(|l| l.contains("INFO")), "{log}");
     check_seed_server(&lab, &state_args);
+    check_stale_network_config(&lab, &state_args, &state);
+}
+
+/// pi-1's MAC changes in the inventory after the build, so the network-config its built
+/// cmdline.txt carries is stale: `doctor` says so under "pi" with the rebuild fix, and `serve`
+/// refuses to start (exit 2) naming the node, its inventory line and the fix, writing nothing.
+/// (The unchanged inventory: doctor had no "pi" problem and the lab's serve started.)
+fn check_stale_network_config(lab: &Lab, state: &[&str], state_dir: &Path) {
+    let inventory = lab.work.join("nodes.toml");
+    let was = std::fs::read_to_string(&inventory).unwrap();
+    let mac = format!("mac = \"{}\"\n", PIS[0].mac);
+    assert!(was.contains(&mac), "{was}");
+    let moved = was.replacen(&mac, "mac = \"dc:a6:32:0a:0b:0c\"\n", 1);
+    std::fs::write(&inventory, &moved).unwrap();
+    let stale = "nodes.toml:3: node \"pi-1\": the network-config in its built cmdline.txt is not the one the inventory gives it now (its MAC or address changed since the build)";
+    let fix = "rebuild with `imgbuild netboot build pi-node --listen ADDR --http-port N` as given to serve";
+
+    let (code, out) = doctor(lab, state, "8080");
+    assert_eq!(code, Some(1), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("problem pi:"))
+        .unwrap_or_else(|| panic!("no pi problem:\n{out}"));
+    assert!(line.contains(stale), "{line}");
+    assert!(line.contains(&format!("fix: {fix}")), "{line}");
+    assert!(
+        !out.contains("problem pi: node \"pi-2\""),
+        "pi-2 is unchanged:\n{out}"
+    );
+
+    let listing = |d: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let (work_before, state_before) = (listing(&lab.work), files(state_dir));
+    let err = serve_refused(lab, state, "0");
+    assert!(err.contains(stale), "{err}");
+    assert!(err.contains(&format!("help: {fix}")), "{err}");
+    assert_eq!(
+        listing(&lab.work),
+        work_before,
+        "serve wrote into its folder"
+    );
+    assert_eq!(files(state_dir), state_before, "serve wrote netboot state");
+    std::fs::write(&inventory, was).unwrap();
+}
+
+/// `netboot serve` in the lab on HTTP port `port`, which must refuse to start (exit 2, nothing
+/// on stdout): its stderr.
+fn serve_refused(lab: &Lab, state: &[&str], port: &str) -> String {
+    let out = serve_command(Some(&lab.lab), &lab.work, &SERVER.to_string(), &[])
+        .args(["--tftp-port", "0", "--http-port", port])
+        .args(state)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    err
+}
+
+/// `netboot doctor` in the lab with serve's options for port `port`: its exit code and stdout.
+fn doctor(lab: &Lab, state: &[&str], port: &str) -> (Option<i32>, String) {
+    let out = lab
+        .lab
+        .cmd(env!("CARGO_BIN_EXE_imgbuild"))
+        .current_dir(&lab.work)
+        .args(["netboot", "doctor", "--listen", &SERVER.to_string()])
+        .args(["--images", "images", "--http-port", port])
+        .args(["--pihole-config", "/nonexistent"])
+        .args(state)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.code(), stdout)
 }
 
 /// The built cmdline.txt names the seed server: `doctor` finds it right for the lab server's
 /// port 8080 and wrong for 8081, and `serve` on 8081 refuses to start, saying to rebuild.
 fn check_seed_server(lab: &Lab, state: &[&str]) {
-    let doctor = |port: &str| {
-        let out = lab
-            .lab
-            .cmd(env!("CARGO_BIN_EXE_imgbuild"))
-            .current_dir(&lab.work)
-            .args(["netboot", "doctor", "--listen", &SERVER.to_string()])
-            .args(["--images", "images", "--http-port", port])
-            .args(["--pihole-config", "/nonexistent"])
-            .args(state)
-            .env("NO_COLOR", "1")
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let doctor = |port: &str| doctor(lab, state, port).1;
     let good = doctor("8080");
     let ok = format!(
         "node pi-1: its serial folder is built, cmdline.txt names the seed URL on http://{SERVER}:8080"
     );
     assert!(good.contains(&ok), "{good}");
     assert!(!good.contains("names the seed server"), "{good}");
+    assert!(!good.contains("problem pi:"), "{good}");
     let bad = doctor("8081");
     assert!(bad.contains(&format!("node pi-1: its cmdline.txt names the seed server http://{SERVER}:8080, but serve would listen at http://{SERVER}:8081")), "{bad}");
-    let out = serve_command(Some(&lab.lab), &lab.work, &SERVER.to_string(), &[])
-        .args(["--tftp-port", "0", "--http-port", "8081"])
-        .args(state)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = serve_refused(lab, state, "8081");
     assert!(
         err.contains(&format!(
             "names the seed server http://{SERVER}:8080, but this server is http://{SERVER}:8081"

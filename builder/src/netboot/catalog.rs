@@ -248,16 +248,10 @@ impl NetbootCatalog {
     ) -> Result<()> {
         // Loaded by `boot_of` for this node.
         let set = &sets[&node.profile];
-        let Some((folder, cmdline)) = pi_node_cmdline(node, set, at)? else {
+        let network_config = &self.seeds[&node.name].network_config;
+        let Some((folder, cmdline)) = pi_node_cmdline(node, set, Some(network_config), at)? else {
             return Ok(());
         };
-        if !pitree::has_network_config(&cmdline, &self.seeds[&node.name].network_config) {
-            bail!(
-                "{at}: node {:?}: the network-config in its built cmdline.txt is not the one the inventory gives it now (its MAC or address changed since the build)\n  help: rebuild with `imgbuild netboot build {} --listen ADDR`",
-                node.name,
-                node.profile
-            );
-        }
         let Some(pi) = &set.manifest.pi else {
             return Ok(());
         };
@@ -350,12 +344,14 @@ impl NetbootCatalog {
 }
 
 /// The serial folder and built `cmdline.txt` of `node` when its profile's set has a Pi tree,
-/// checked against the inventory: the node has its folder, and the file names one seed URL
-/// with the token slot. None for a node with no Pi serial or a set with no Pi tree. `at` is
-/// the node's `file:line`. (`netboot serve` at start, and `netboot doctor`.)
+/// checked against the inventory: the node has its folder, the file names one seed URL with
+/// the token slot, and it carries `network_config` (the node's seed's, rendered now; None: not
+/// compared). None for a node with no Pi serial or a set with no Pi tree. `at` is the node's
+/// `file:line`. (`netboot serve` at start, and `netboot doctor`.)
 pub fn pi_node_cmdline(
     node: &Node,
     set: &ArtifactSet,
+    network_config: Option<&str>,
     at: &str,
 ) -> Result<Option<(String, String)>> {
     let Some(serial) = node.serial.as_deref() else {
@@ -385,7 +381,29 @@ pub fn pi_node_cmdline(
             node.name, node.profile
         )
     })?;
+    if let Some(net) = network_config {
+        check_network_config(node, &cmdline, net, at)?;
+    }
     Ok(Some((folder, cmdline)))
+}
+
+/// The built `cmdline.txt` of Pi node `node` carries the `network-config=` its seed has now
+/// (`network_config`); it differs when the inventory changed the node's MAC or address since
+/// the build, and the node would come up with the old one.
+pub fn check_network_config(
+    node: &Node,
+    cmdline: &str,
+    network_config: &str,
+    at: &str,
+) -> Result<()> {
+    if !pitree::has_network_config(cmdline, network_config) {
+        bail!(
+            "{at}: node {:?}: the network-config in its built cmdline.txt is not the one the inventory gives it now (its MAC or address changed since the build)\n  help: rebuild with `imgbuild netboot build {} --listen ADDR --http-port N` as given to serve",
+            node.name,
+            node.profile
+        );
+    }
+    Ok(())
 }
 
 /// The node an unknown machine is under the default profile, made (and checked) like an
@@ -499,5 +517,41 @@ impl Catalog for NetbootCatalog {
                 tracing::error!(%node, "netboot: recording that the node fetched its seed failed: {e:#}")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NET: &str = "network:\n  version: 2\n  ethernets:\n    wired:\n      match:\n        macaddress: \"dc:a6:32:00:00:01\"\n      dhcp4: true\n";
+
+    fn pi_node() -> Node {
+        let text = "[[node]]\nname = \"pi-1\"\nprofile = \"pi-node\"\nserial = \"9ffefdef\"\n";
+        let inv = Inventory::parse(text, "nodes.toml").unwrap();
+        inv.nodes.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn a_pi_cmdline_with_another_network_config_is_stale_and_says_how_to_rebuild() {
+        let node = pi_node();
+        let built = pitree::node_cmdline("console=tty1", "http://10.0.0.1:8080", NET);
+        check_network_config(&node, &built, NET, "nodes.toml:3").unwrap();
+        let moved = NET.replace("00:01", "00:02");
+        let e = check_network_config(&node, &built, &moved, "nodes.toml:3").unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.starts_with("nodes.toml:3: node \"pi-1\": the network-config in its built cmdline.txt is not the one the inventory gives it now (its MAC or address changed since the build)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\n  help: rebuild with `imgbuild netboot build pi-node --listen ADDR"),
+            "{text}"
+        );
+        // The MAC dropped from the inventory (no config now), or added since a build without.
+        assert!(check_network_config(&node, &built, "# no MAC\n", "n:1").is_err());
+        let bare = pitree::node_cmdline("console=tty1", "http://10.0.0.1:8080", "# no MAC\n");
+        check_network_config(&node, &bare, "# no MAC\n", "n:1").unwrap();
+        assert!(check_network_config(&node, &bare, NET, "n:1").is_err());
     }
 }

@@ -32,7 +32,7 @@ pub fn run(args: &Args, ctx: &Context) -> Result<()> {
         pihole_config: &args.pihole_config,
     };
     let findings = host::examine(&opts, &mut |node| {
-        super::node_seed(&args.serve.nodes, ctx, node).map(drop)
+        super::node_seed(&args.serve.nodes, ctx, node)
     })?;
     let problems = findings
         .iter()

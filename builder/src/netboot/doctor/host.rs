@@ -1,7 +1,7 @@
 //! doctor's outer layer: reads /proc, runs `ip` and `nft` (or `iptables-save`), reads the Pi-hole
 //! config and the artifact sets, and hands what it got to the pure checks.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -12,6 +12,7 @@ use super::{Finding, Level, Sockets};
 use crate::netboot::options::ServeArgs;
 use crate::netboot::set::ArtifactSet;
 use crate::node::inventory::{Inventory, Node};
+use crate::node::seed::Seed;
 
 /// What doctor looks at beyond serve's own options.
 pub struct Options<'a> {
@@ -21,7 +22,7 @@ pub struct Options<'a> {
 }
 
 /// Renders a node's seed as `netboot serve` would (the caller resolves profiles).
-pub type RenderSeed<'a> = dyn FnMut(&Node) -> Result<()> + 'a;
+pub type RenderSeed<'a> = dyn FnMut(&Node) -> Result<Seed> + 'a;
 
 /// Every check, in a fixed order. Errors are bad input (the inventory); the host's state
 /// only ever gives findings.
@@ -72,6 +73,13 @@ fn inventory(
         sets.insert(profile.to_string(), set);
         Ok(n)
     });
+    // Each seed is rendered once: `seeds` reports it, `pi` compares its network-config with
+    // the built cmdline.txt; the findings stay in the order artifacts, pi, seeds.
+    let mut rendered: HashMap<String, Seed> = HashMap::new();
+    let seeds = super::check_seeds(&inv, &text, &shown, |node| {
+        rendered.insert(node.name.clone(), seed(node)?);
+        Ok(())
+    });
     out.extend(super::check_pi(
         &inv,
         &text,
@@ -81,7 +89,9 @@ fn inventory(
             let Some(set) = sets.get(&node.profile) else {
                 return Ok(None);
             };
-            let built = crate::netboot::catalog::pi_node_cmdline(node, set, at)?;
+            // A seed that did not render is reported under `seeds`; the rest is still checked.
+            let net = rendered.get(&node.name).map(|s| s.network_config.as_str());
+            let built = crate::netboot::catalog::pi_node_cmdline(node, set, net, at)?;
             Ok(built.map(|(_, cmdline)| {
                 crate::netboot::pitree::seed_server(&cmdline)
                     .unwrap_or_default()
@@ -89,7 +99,7 @@ fn inventory(
             }))
         },
     ));
-    out.extend(super::check_seeds(&inv, &text, &shown, seed));
+    out.extend(seeds);
     Ok(out)
 }
 

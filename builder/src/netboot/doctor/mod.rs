@@ -476,7 +476,8 @@ pub fn check_seeds(
 
 /// Every Raspberry Pi node (a netbooting node with a serial, in a set with a Pi tree) has its
 /// serial folder, and its built cmdline.txt names the seed URL `base_url` (where serve listens)
-/// with the token slot serve fills in. `check(node, at)`: the seed server its cmdline.txt names,
+/// with the token slot serve fills in, and the network-config its seed has now. `check(node,
+/// at)`: the seed server its cmdline.txt names, or serve's error (each a problem with its fix);
 /// None for a node that is no Pi node (or whose set failed to load: `artifacts` says so).
 pub fn check_pi(
     inv: &crate::node::inventory::Inventory,

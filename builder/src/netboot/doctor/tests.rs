@@ -177,6 +177,7 @@ fn pi_nodes_need_their_folder_and_this_server_in_their_cmdline() {
     let text = "[[node]]\nname = \"pi-1\"\nprofile = \"p\"\nserial = \"9ffefdef\"\n\n\
                 [[node]]\nname = \"pi-2\"\nprofile = \"p\"\nserial = \"1234abcd\"\n\n\
                 [[node]]\nname = \"pi-3\"\nprofile = \"p\"\nserial = \"0badcafe\"\n\n\
+                [[node]]\nname = \"pi-4\"\nprofile = \"p\"\nserial = \"4444abcd\"\n\n\
                 [[node]]\nname = \"pc-1\"\nprofile = \"p\"\nmac = \"52:54:00:00:00:01\"\n";
     let inv = crate::node::inventory::Inventory::parse(text, "nodes.toml").unwrap();
     let mut asked = Vec::new();
@@ -190,11 +191,26 @@ fn pi_nodes_need_their_folder_and_this_server_in_their_cmdline() {
             match node.name.as_str() {
                 "pi-1" => Ok(Some("http://10.0.0.1:8080".into())),
                 "pi-2" => Ok(Some("http://10.0.0.9:8080".into())),
-                _ => anyhow::bail!("{at}: node \"pi-3\" has no folder\n  help: rebuild it"),
+                "pi-3" => anyhow::bail!("{at}: node \"pi-3\" has no folder\n  help: rebuild it"),
+                // Built with another network-config than its seed has now: serve's own check.
+                _ => {
+                    let built = crate::netboot::pitree::node_cmdline(
+                        "quiet",
+                        "http://10.0.0.1:8080",
+                        "# no MAC\n",
+                    );
+                    let now = "network:\n  version: 2\n";
+                    crate::netboot::catalog::check_network_config(node, &built, now, at)?;
+                    Ok(Some("http://10.0.0.1:8080".into()))
+                }
             }
         },
     );
-    assert_eq!(asked, ["pi-1", "pi-2", "pi-3"], "the PC is no Pi node");
+    assert_eq!(
+        asked,
+        ["pi-1", "pi-2", "pi-3", "pi-4"],
+        "the PC is no Pi node"
+    );
     let lines: Vec<String> = f.iter().map(ToString::to_string).collect();
     assert_eq!(f[0].level, Level::Ok, "{lines:?}");
     assert!(lines[0].contains("nodes.toml:3"), "{lines:?}");
@@ -205,4 +221,20 @@ fn pi_nodes_need_their_folder_and_this_server_in_their_cmdline() {
     );
     assert_eq!(f[2].level, Level::Problem, "{lines:?}");
     assert_eq!(f[2].fix.as_deref(), Some("rebuild it"), "{lines:?}");
+    assert_eq!(
+        (f[3].level, f[3].check),
+        (Level::Problem, "pi"),
+        "{lines:?}"
+    );
+    assert!(
+        f[3].what.starts_with("nodes.toml:18: node \"pi-4\": the network-config in its built cmdline.txt is not the one the inventory gives it now (its MAC or address changed since the build)"),
+        "{lines:?}"
+    );
+    assert!(
+        f[3].fix
+            .as_deref()
+            .unwrap()
+            .starts_with("rebuild with `imgbuild netboot build p --listen ADDR"),
+        "{lines:?}"
+    );
 }
