@@ -46,7 +46,7 @@ pub enum EntryKind {
     Blob,
     /// The decompressed copy of an `.xz` blob, named by the blob's SHA-256.
     Unxz,
-    /// An interrupted download.
+    /// An interrupted download, or a compressed block not yet (or never) complete.
     Partial,
     /// A compressed xz block of an earlier build ([`super::xzblocks`]), named by its key.
     XzBlock,
@@ -253,7 +253,10 @@ impl Cache {
                 }
                 let mut kind = kind;
                 if kind == EntryKind::XzBlock {
-                    if let Some(key) = name.strip_suffix(super::xzblocks::ZST_SUFFIX) {
+                    if name.starts_with(super::xzblocks::TEMP_PREFIX) {
+                        // A block being written, or left by a build that was killed.
+                        kind = EntryKind::Partial;
+                    } else if let Some(key) = name.strip_suffix(super::xzblocks::ZST_SUFFIX) {
                         (kind, name) = (EntryKind::ZstFrame, key.to_string());
                     }
                 }
@@ -460,5 +463,21 @@ mod tests {
         c.gc(&BTreeSet::new(), false).unwrap();
         assert!(c.get(&sha).is_none());
         assert!(c.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_block_left_half_written_is_listed_as_partial_not_corrupt_and_gc_removes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cache::open(dir.path()).unwrap();
+        let blocks = dir.path().join(super::super::xzblocks::DIR);
+        fs::create_dir_all(&blocks).unwrap();
+        let half = blocks.join(format!("{}abc123", super::super::xzblocks::TEMP_PREFIX));
+        fs::write(&half, b"half a block").unwrap();
+        let listed = c.list().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].kind, EntryKind::Partial);
+        assert!(c.verify(false).unwrap().is_empty());
+        assert_eq!(c.gc(&BTreeSet::new(), false).unwrap().len(), 1);
+        assert!(!half.exists());
     }
 }

@@ -29,6 +29,8 @@ pub const DIR: &str = "xz-blocks";
 pub const DEFAULT_MAX_BYTES: u64 = 4 << 30;
 /// File name suffix of a zstd frame's entry.
 pub const ZST_SUFFIX: &str = ".zst";
+/// The name prefix of an entry being written (renamed to its key when complete).
+pub const TEMP_PREFIX: &str = ".new.";
 const MAGIC_LEN: usize = 20;
 const HEAD: usize = MAGIC_LEN + 8 + 8 + 32;
 
@@ -208,7 +210,7 @@ impl BlockStore for BlockCache {
     fn put(&self, kind: Kind, key: &[u8; 32], block: &Block) {
         let write = || -> io::Result<()> {
             let mut tmp = tempfile::Builder::new()
-                .prefix(".new.")
+                .prefix(TEMP_PREFIX)
                 .tempfile_in(&self.dir)?;
             tmp.write_all(&encode_entry(kind, block))?;
             tmp.persist(self.path(kind, key)).map_err(|e| e.error)?;
