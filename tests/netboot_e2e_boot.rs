@@ -10,7 +10,9 @@
 //!   the same artifacts → the other node's first boot, state in RAM.
 //!
 //! The second test is the Pi-hole host whose DHCP knows nothing of PXE (dnsmasq on our host,
-//! addresses only, holding UDP 67), with our server as the proxyDHCP:
+//! addresses only, holding UDP 67), with our server as the proxyDHCP; the third is the usual
+//! home LAN, the router's DHCP (dnsmasq in its own namespace, addresses only) and our proxy on
+//! the Pi-hole host, where 67 is free:
 //!
 //! * pc-1, OVMF's PXE: our offer and port-4011 ACK → snponly.efi over TFTP → the same path.
 //! * pc-2, OVMF with its PXE switched off, so **UEFI HTTP Boot**: DHCP vendor class HTTPClient →
@@ -204,6 +206,18 @@ fn pxe_boots_uefi_and_bios_nodes_to_their_first_boot() {
 
 #[test]
 fn proxy_dhcp_on_the_pihole_host_boots_uefi_pxe_and_http_boot_nodes_to_their_first_boot() {
+    proxy_boots_uefi_pxe_and_http_boot(Lab::proxy, "raw");
+}
+
+#[test]
+fn proxy_dhcp_beside_the_routers_dhcp_boots_uefi_pxe_and_http_boot_nodes_to_their_first_boot() {
+    proxy_boots_uefi_pxe_and_http_boot(Lab::router, "udp");
+}
+
+/// Our server as the proxyDHCP beside a DHCP server that gives addresses only (`lab`: on the
+/// same host, or the router); `socket`: how it must receive on 67 there (`raw` when dnsmasq
+/// holds the port, `udp` when it is free).
+fn proxy_boots_uefi_pxe_and_http_boot(lab: fn(&Path, &[&str]) -> Lab, socket: &str) {
     if !ready() {
         return;
     }
@@ -214,9 +228,10 @@ fn proxy_dhcp_on_the_pihole_host_boots_uefi_pxe_and_http_boot_nodes_to_their_fir
     let tmp = support::scratch();
     let work = tmp.path();
     built_set(work, &base, &deb);
-    let lab = Lab::proxy(work, &["tap1", "tap2"]);
+    let lab = lab(work, &["tap1", "tap2"]);
     assert!(
-        lab.log().contains("proxyDHCP on UDP 67: raw"),
+        lab.log()
+            .contains(&format!("proxyDHCP on UDP 67: {socket}")),
         "{}",
         lab.log()
     );
@@ -261,8 +276,9 @@ fn proxy_dhcp_on_the_pihole_host_boots_uefi_pxe_and_http_boot_nodes_to_their_fir
     let d = lab.dnsmasq_log();
     for mac in [UEFI_MAC, BIOS_MAC] {
         assert!(
-            d.lines()
-                .any(|l| l.contains("DHCPACK(br0) 10.33.0.") && l.contains(mac)),
+            d.lines().any(
+                |l| l.contains(&format!("DHCPACK({}) 10.33.0.", lab.dhcp_iface)) && l.contains(mac)
+            ),
             "{d}"
         );
     }

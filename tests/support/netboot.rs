@@ -213,6 +213,8 @@ impl Drop for Server {
 
 /// The address of the PXE lab's bridge, where dnsmasq and our server listen.
 pub const LAB_ADDR: &str = "10.33.0.1";
+/// The router's address in [`Lab::router`].
+pub const ROUTER_ADDR: &str = "10.33.0.2";
 
 /// A PXE network: a namespace with bridge `br0` ([`LAB_ADDR`]/24) and tap devices on it, dnsmasq
 /// as the LAN's DHCP server with the snippet `imgbuild netboot dnsmasq` writes (what Pi-hole
@@ -222,6 +224,10 @@ pub struct Lab {
     server: Option<Server>,
     dnsmasq: Option<Child>,
     pub ns: NetNs,
+    /// The router's namespace, when dnsmasq runs there ([`Lab::router`]).
+    router: Option<NetNs>,
+    /// The interface dnsmasq serves (its log names it: `DHCPACK(IFACE)`).
+    pub dhcp_iface: &'static str,
     pub dir: PathBuf,
 }
 
@@ -235,7 +241,20 @@ impl Lab {
         );
         assert_eq!(code, 0, "{err}");
         let conf = format!("--conf-file={}", snippet.display());
-        Lab::start(dir, taps, &["--bind-interfaces", &conf], &[])
+        Lab::start(dir, taps, false, &["--bind-interfaces", &conf], &[])
+    }
+
+    /// The usual home LAN: the router's DHCP (dnsmasq in its own namespace, on a veth into the
+    /// bridge, addresses only) and our server as the proxyDHCP on the Pi-hole host, where UDP
+    /// 67 is free (a bound socket).
+    pub fn router(dir: &Path, taps: &[&str]) -> Lab {
+        Lab::start(
+            dir,
+            taps,
+            true,
+            &["--conf-file=/dev/null", "--no-ping", "--bind-interfaces"],
+            &["--dhcp", "proxy"],
+        )
     }
 
     /// The Pi-hole host whose DHCP knows nothing of PXE: dnsmasq on the same host gives
@@ -245,28 +264,43 @@ impl Lab {
         Lab::start(
             dir,
             taps,
+            false,
             &["--conf-file=/dev/null", "--no-ping"],
             &["--dhcp", "proxy"],
         )
     }
 
-    fn start(dir: &Path, taps: &[&str], dnsmasq_args: &[&str], serve_args: &[&str]) -> Lab {
+    fn start(
+        dir: &Path,
+        taps: &[&str],
+        on_router: bool,
+        dnsmasq_args: &[&str],
+        serve_args: &[&str],
+    ) -> Lab {
         let ns = NetNs::new("pxe");
         ns.bridge("br0", &format!("{LAB_ADDR}/24"));
         for t in taps {
             ns.tap(t, "br0");
         }
+        let router = on_router.then(|| {
+            let r = NetNs::new("router");
+            ns.veth_to(&r, "rt0", "rt1", "br0", &format!("{ROUTER_ADDR}/24"));
+            r
+        });
         let mut lab = Lab {
             server: None,
             dnsmasq: None,
             ns,
+            router,
+            dhcp_iface: if on_router { "rt1" } else { "br0" },
             dir: dir.to_path_buf(),
         };
-        let mut d = lab.ns.cmd(super::find_tool("dnsmasq").expect("dnsmasq"));
+        let dhcp_ns = lab.router.as_ref().unwrap_or(&lab.ns);
+        let mut d = dhcp_ns.cmd(super::find_tool("dnsmasq").expect("dnsmasq"));
         d.args([
             "--keep-in-foreground",
             "--port=0",
-            "--interface=br0",
+            &format!("--interface={}", lab.dhcp_iface),
             "--dhcp-range=10.33.0.100,10.33.0.150,255.255.255.0,10m",
             "--leasefile-ro",
             "--log-dhcp",
@@ -274,9 +308,9 @@ impl Lab {
             "--user=root",
         ])
         .args(dnsmasq_args);
-        lab.dnsmasq = Some(lab.ns.spawn(d, &dir.join("dnsmasq.log")));
+        lab.dnsmasq = Some(dhcp_ns.spawn(d, &dir.join("dnsmasq.log")));
         // dnsmasq first: a proxy started before it would take 67 and leave it none.
-        super::proxy::wait_for_port_67(&lab.ns, dir);
+        super::proxy::wait_for_port_67(dhcp_ns, dir);
         lab.server = Some(Server::start(Some(&lab.ns), dir, LAB_ADDR, serve_args));
         lab
     }
