@@ -6,9 +6,9 @@
 //!
 //! With a blank data partition attached, the first boot must give the node its identity from the
 //! seed, a read-only squashfs root, the mesh before k3s and no secret in the logs; a second boot
-//! of the same VM keeps its identity from the data partition; without a data partition the node
-//! boots with its state in RAM. A root image whose SHA-256 does not match the command line stops
-//! the boot with the hook's message.
+//! of the same VM keeps its identity from the data partition (the boots without one, state in
+//! RAM, are in `netboot_e2e_boot.rs`). A root image whose SHA-256 does not match the command line
+//! stops the boot with the hook's message.
 
 mod support;
 
@@ -157,16 +157,6 @@ fn netboot_artifacts_boot_the_node_and_refuse_a_wrong_root() {
     let second = boot(&a, Some(&data), work, "second", http.port);
     second.assert_later_boot(&first, "pc-1", 2);
     assert_eq!(second.get("root_fstype"), "squashfs", "{}", second.show());
-
-    // No data partition: the same artifacts boot a node whose state lives in RAM.
-    let ram = boot(&a, None, work, "ram", http.port);
-    ram.assert_first_netboot("pc-1", &seed_url, false);
-    assert_seed_served(&http.requests());
-    eprintln!(
-        "RAM with state in tmpfs (2048 MiB VM): total {} MiB, used {}, shared {}, available {}",
-        ram.get("mem_total_mib"),
-        ram.get("mem_used_mib"),
-        ram.get("mem_shared_mib"),
-        ram.get("mem_available_mib")
-    );
+    // A node with no data partition (state in RAM) is booted by netboot_e2e_boot: BIOS PXE and
+    // UEFI HTTP Boot.
 }

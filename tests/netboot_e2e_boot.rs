@@ -100,7 +100,16 @@ fn pxe_boot(
     eprintln!("PXE boot {name} ({mac}): {:.1?}", vm.elapsed());
     let console = vm.serial();
     drop(vm);
-    (Seen::read(&results), console)
+    let seen = Seen::read(&results);
+    let state = if data.is_some() { "data disk" } else { "tmpfs" };
+    eprintln!(
+        "RAM with state on {state} (2048 MiB VM): total {} MiB, used {}, shared {}, available {}",
+        seen.get("mem_total_mib"),
+        seen.get("mem_used_mib"),
+        seen.get("mem_shared_mib"),
+        seen.get("mem_available_mib")
+    );
+    (seen, console)
 }
 
 /// The seed URL (`http://…/seed/TOKEN/`) the kernel got on its command line.
