@@ -148,7 +148,9 @@ mod tests {
             kernel: "pc-node/vmlinuz".into(),
             initrds: vec!["pc-node/initrd.img".into(), "pc-node/imgbuild.cpio".into()],
             cmdline: "ro console=ttyS0 imgbuild.root=${base}/root.squashfs".into(),
-            network_config: Some("network-config=H4sIAAAAAAACA8tLLSnPL8q24lJQKEstKs7Mz7NSMOICAOi/ytoWAAAA".into()),
+            network_config: Some(
+                "network-config=H4sIAAAAAAACA8tLLSnPL8q24lJQKEstKs7Mz7NSMOICAOi/ytoWAAAA".into(),
+            ),
         }
     }
 

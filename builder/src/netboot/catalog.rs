@@ -306,14 +306,14 @@ impl NetbootCatalog {
     /// profile is checked with its probe machine's (one MAC's config differs from another's by
     /// a few bytes at most; a machine over the limit gets an HTTP 500 and a logged error).
     pub fn check_cmdline_sizes(&self, base_url: &str) -> Result<()> {
-        let mut boots: Vec<(String, &NodeBoot)> = self
-            .boots
-            .values()
-            .map(|b| (String::new(), b))
-            .collect();
+        let mut boots: Vec<(String, &NodeBoot)> =
+            self.boots.values().map(|b| (String::new(), b)).collect();
         boots.sort_by(|a, b| a.1.node.cmp(&b.1.node));
         if let Some(f) = &self.fallback {
-            let what = format!("--unknown-profile {} (a machine not in the inventory): ", f.profile.profile);
+            let what = format!(
+                "--unknown-profile {} (a machine not in the inventory): ",
+                f.profile.profile
+            );
             boots.push((what, &f.boot));
         }
         for (what, boot) in boots {
