@@ -174,6 +174,13 @@ fn pxe_boots_uefi_and_bios_nodes_to_their_first_boot() {
     let (uefi, console) = pxe_boot(&lab, Firmware::Uefi, ("tap1", UEFI_MAC), Some(&data), &[]);
     let seed_prefix = format!("http://{LAB_ADDR}:8080/seed/");
     uefi.assert_first_netboot("pc-1", &seed_prefix, true);
+    // The local stage (no seed yet: it comes over HTTP later) took the iPXE line's network-config.
+    assert!(
+        uefi.cloud_init
+            .contains("Applying network configuration from cmdline"),
+        "{}",
+        uefi.cloud_init
+    );
     let log = lab.log();
     assert_timeline(&log, "pc-1", "tftp: sent");
     let tftp = log

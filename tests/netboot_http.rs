@@ -7,7 +7,9 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
-use support::netboot::{PROFILE, Server, secret_values, serve_command, set_dir, workdir};
+use support::netboot::{
+    PROFILE, Server, cmdline_network_config, secret_values, serve_command, set_dir, workdir,
+};
 use support::{require_tool, run};
 
 fn server(work: &Path, extra: &[&str]) -> Server {
@@ -192,13 +194,24 @@ fn boot_scripts_and_one_shot_seeds() {
     }
     // Each seed file once; the same URL again is 404.
     let mut seen = String::new();
+    let mut served_net = String::new();
     for f in ["meta-data", "user-data", "network-config", "vendor-data"] {
         let (st, body, _) = curl(&format!("{seed}{f}"), &[]);
         assert_eq!(st, 200, "{f}");
-        seen.push_str(&String::from_utf8(body).unwrap());
+        let text = String::from_utf8(body).unwrap();
+        if f == "network-config" {
+            served_net = text.clone();
+        }
+        seen.push_str(&text);
         let (st, _, _) = curl(&format!("{seed}{f}"), &[]);
         assert_eq!(st, 404, "{f} replayed");
     }
+    // The kernel line carries the seed's own network-config (decoded by base64 and gzip), for
+    // cloud-init's local stage, which runs before the network; and nothing else of the seed.
+    let kernel = script.lines().find(|l| l.starts_with("kernel ")).unwrap();
+    let net = cmdline_network_config(kernel).expect("a network-config= on the kernel line");
+    assert_eq!(net, served_net);
+    assert!(net.contains("macaddress: \"52:54:00:00:00:01\""), "{net}");
     assert!(seen.contains("pc-1"), "the seed names its node:\n{seen}");
     let secrets = secret_values();
     assert!(
@@ -326,6 +339,19 @@ fn bad_inventories_and_artifacts_are_refused_at_start() {
     std::fs::write(&manifest, m.replacen("\"files\"", "\"files\" x", 1)).unwrap();
     let err = start("bad JSON");
     assert!(err.contains("netboot.json:4:"), "{err}");
+    std::fs::write(&manifest, &m).unwrap();
+    // A command line that fits alone but not with the seed URL and network-config= added.
+    let pad = format!(" x={}\",", "y".repeat(1900));
+    let long = m.replacen("\",\n  \"files\"", &format!("{pad}\n  \"files\""), 1);
+    assert_ne!(long, m);
+    std::fs::write(&manifest, long).unwrap();
+    let err = start("command line too long");
+    assert!(
+        err.contains("node \"pc-1\": its kernel command line would be ")
+            && err.contains("over the 2047 the kernel takes (COMMAND_LINE_SIZE 2048")
+            && err.contains("help: shorten the kernel arguments of profile \"amd64-worker\""),
+        "{err}"
+    );
     std::fs::write(&manifest, &m).unwrap();
     // Fixed: it starts, and stops cleanly on SIGTERM.
     let s = server(work.path(), &[]);

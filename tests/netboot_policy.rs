@@ -11,7 +11,9 @@ mod support;
 use imgbuild_netboot::Mac;
 use imgbuild_netboot::dhcp::MessageType;
 use imgbuild_netboot::dhcp::client::{Answer, Request};
-use support::netboot::{NODES, Server, secret_values, serve_command, set_dir, workdir};
+use support::netboot::{
+    NODES, Server, cmdline_network_config, secret_values, serve_command, set_dir, workdir,
+};
 use support::proxy::{Dnsmasq, Lab, PC1, PC2, ready};
 use support::{imgbuild, run};
 
@@ -323,6 +325,11 @@ fn unknown_machines_boot_the_default_profile_when_one_is_set() {
     let seed = script[at..].split_whitespace().next().unwrap().to_string();
     let meta = get(&format!("{seed}meta-data"));
     assert!(meta.contains("amd64-worker-525400000099"), "{meta}");
+    // Its own MAC's network-config on the kernel line, as its seed serves it.
+    let kernel = script.lines().find(|l| l.starts_with("kernel ")).unwrap();
+    let net = cmdline_network_config(kernel).expect("a network-config=");
+    assert!(net.contains("macaddress: \"52:54:00:00:00:99\""), "{net}");
+    assert_eq!(net, get(&format!("{seed}network-config")));
     assert!(!get(&format!("{seed}user-data")).is_empty());
     let pc1 = get(&format!("{}/boot.ipxe?mac=52-54-00-00-00-01", s.url()));
     assert!(pc1.contains("# imgbuild: node pc-1,"), "{pc1}");

@@ -136,10 +136,23 @@ async fn boot_script(
             return script(ipxe::unknown_script(st.cfg.unknown, mac));
         }
     };
-    let token = st.tokens.mint(&boot.node);
-    st.seen.lock().expect("lock").insert(ip, boot.node.clone());
-    tracing::info!(client = %ip, %mac, node = %boot.node, profile = %boot.profile, seed_valid_s = st.tokens.ttl().as_secs(), "http: boot script served; seed token minted");
-    script(ipxe::node_script(&st.cfg.base_url, &boot, &token))
+    // Tokens are as long as the slot, so a line that fits with it fits with the token: checked
+    // before minting, which would end the node's older tokens for a script never served.
+    let made = ipxe::kernel_cmdline(&st.cfg.base_url, &boot, TOKEN_SLOT).and_then(|_| {
+        let token = st.tokens.mint(&boot.node);
+        ipxe::node_script(&st.cfg.base_url, &boot, &token)
+    });
+    match made {
+        Ok(text) => {
+            st.seen.lock().expect("lock").insert(ip, boot.node.clone());
+            tracing::info!(client = %ip, %mac, node = %boot.node, profile = %boot.profile, seed_valid_s = st.tokens.ttl().as_secs(), "http: boot script served; seed token minted");
+            script(text)
+        }
+        Err(e) => {
+            tracing::error!(client = %ip, %mac, node = %boot.node, "http: 500 boot.ipxe: {e}");
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
+        }
+    }
 }
 
 /// The answer to a node its netboot policy refuses: iPXE's `chain` fails and the firmware

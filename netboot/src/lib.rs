@@ -40,6 +40,10 @@ pub struct NodeBoot {
     pub kernel: String,
     pub initrds: Vec<String>,
     pub cmdline: String,
+    /// The `network-config=…` argument with the node's seed network-config (its secret-free
+    /// part, encoded by the builder), appended to the command line; None: cloud-init's
+    /// fallback applies.
+    pub network_config: Option<String>,
 }
 
 /// The files of a cloud-init NoCloud seed.

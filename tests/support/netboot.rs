@@ -345,3 +345,20 @@ impl Drop for Lab {
         }
     }
 }
+
+/// The `network-config=` of a kernel command line (a boot script's `kernel` line, a Pi's
+/// cmdline.txt) decoded by coreutils `base64 -d` and `gzip -dc`, as cloud-init would read it;
+/// None when the line has none.
+pub fn cmdline_network_config(line: &str) -> Option<String> {
+    let words: Vec<&str> = line
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("network-config="))
+        .collect();
+    assert!(words.len() <= 1, "more than one network-config=: {line}");
+    let b64 = words.first()?;
+    let mut sh = Command::new("sh");
+    sh.args(["-c", "printf %s \"$1\" | base64 -d | gzip -dc", "sh", b64]);
+    let (code, out, err) = super::run(&mut sh);
+    assert_eq!(code, 0, "base64 -d | gzip -dc of {b64}: {err}");
+    Some(out)
+}

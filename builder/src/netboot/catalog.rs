@@ -9,11 +9,14 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use anyhow::{Context as _, Result, bail};
+use imgbuild_netboot::ipxe;
+use imgbuild_netboot::tokens::TOKEN_SLOT;
 use imgbuild_netboot::{
     Admission, Artifact, Catalog, ClientIds, Mac, NodeBoot, SeedFile, SeedTemplate, dnsmasq,
 };
 
 use super::matching;
+use super::netcfg;
 use super::pitree;
 use super::set::{self, ArtifactSet};
 use super::state::StateDir;
@@ -155,7 +158,8 @@ impl NetbootCatalog {
         // First: an unknown profile is said as such, not as missing artifacts.
         let seed =
             seed_of(node).with_context(|| format!("{at}: the seed of node {:?}", node.name))?;
-        let boot = self.boot_of(node, images, sets, at)?;
+        let mut boot = self.boot_of(node, images, sets, at)?;
+        boot.network_config = netcfg::network_config_arg(&seed.network_config);
         self.boots.insert(node.name.clone(), boot);
         self.seeds.insert(node.name.clone(), seed);
         Ok(())
@@ -187,6 +191,8 @@ impl NetbootCatalog {
             kernel: name(&m.kernel),
             initrds: m.initrds.iter().map(|i| name(i)).collect(),
             cmdline: m.cmdline.clone(),
+            // The seed's, set by the caller that rendered it.
+            network_config: None,
         })
     }
 
@@ -200,8 +206,11 @@ impl NetbootCatalog {
     ) -> Result<()> {
         let at = format!("--unknown-profile {}", d.profile);
         let probe = fallback_node(&d.profile, Mac([0; 6]))?;
-        (d.render)(&probe).with_context(|| format!("{at}: the seed of an unknown machine"))?;
-        let boot = self.boot_of(&probe, images, sets, &at)?;
+        let seed =
+            (d.render)(&probe).with_context(|| format!("{at}: the seed of an unknown machine"))?;
+        let mut boot = self.boot_of(&probe, images, sets, &at)?;
+        // The probe's, for the start-up length check; each machine gets its own.
+        boot.network_config = netcfg::network_config_arg(&seed.network_config);
         self.fallback = Some(Fallback {
             profile: d,
             boot,
@@ -229,6 +238,7 @@ impl NetbootCatalog {
             f.profile.profile, node.name
         );
         let boot = NodeBoot {
+            network_config: netcfg::network_config_arg(&seeds[&node.name].network_config),
             node: node.name,
             ..f.boot.clone()
         };
@@ -285,6 +295,32 @@ impl NetbootCatalog {
                 bail!(
                     "node {:?}: its built {name} names the seed server {built}, but this server is {base_url}\n  help: rebuild its profile with `imgbuild netboot build PROFILE` and the --listen and --http-port given here",
                     t.node
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Every node's iPXE kernel command line, with `base_url` (`http://ADDR:PORT`) and its
+    /// `network-config=`, fits the kernel's buffer; asked once the ports are bound. The default
+    /// profile is checked with its probe machine's (one MAC's config differs from another's by
+    /// a few bytes at most; a machine over the limit gets an HTTP 500 and a logged error).
+    pub fn check_cmdline_sizes(&self, base_url: &str) -> Result<()> {
+        let mut boots: Vec<(String, &NodeBoot)> =
+            self.boots.values().map(|b| (String::new(), b)).collect();
+        boots.sort_by(|a, b| a.1.node.cmp(&b.1.node));
+        if let Some(f) = &self.fallback {
+            let what = format!(
+                "--unknown-profile {} (a machine not in the inventory): ",
+                f.profile.profile
+            );
+            boots.push((what, &f.boot));
+        }
+        for (what, boot) in boots {
+            if let Err(e) = ipxe::kernel_cmdline(base_url, boot, TOKEN_SLOT) {
+                bail!(
+                    "{what}{e}\n  help: shorten the kernel arguments of profile {:?} or the node's network-config (its address, gateway, dns in the inventory)",
+                    boot.profile
                 );
             }
         }
@@ -396,7 +432,7 @@ pub fn check_network_config(
     network_config: &str,
     at: &str,
 ) -> Result<()> {
-    if !pitree::has_network_config(cmdline, network_config) {
+    if !netcfg::has_network_config(cmdline, network_config) {
         bail!(
             "{at}: node {:?}: the network-config in its built cmdline.txt is not the one the inventory gives it now (its MAC or address changed since the build)\n  help: rebuild with `imgbuild netboot build {} --listen ADDR --http-port N` as given to serve",
             node.name,

@@ -1,13 +1,15 @@
 //! Netboot, the builder's side: the [`artifacts`] a network-booted node needs (built from the
 //! same tree as the disk image), the artifact sets the server reads back ([`set`]), the
 //! [`catalog`] that answers the netboot server's questions from the inventory, and the systemd
-//! unit ([`unit`]); a Pi profile's set also holds the Raspberry Pi TFTP tree ([`pitree`]). The boot protocols themselves live in the `imgbuild-netboot` crate.
+//! unit ([`unit`]); a Pi profile's set also holds the Raspberry Pi TFTP tree ([`pitree`]); both boot paths put
+//! the node's network-config on the kernel command line ([`netcfg`]). The boot protocols themselves live in the `imgbuild-netboot` crate.
 
 pub mod artifacts;
 pub mod catalog;
 pub mod doctor;
 pub mod matching;
 pub mod neigh;
+pub mod netcfg;
 pub mod options;
 pub mod pitree;
 pub mod set;

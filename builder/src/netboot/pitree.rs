@@ -17,6 +17,8 @@
 
 use imgbuild_netboot::tokens::TOKEN_SLOT;
 
+use super::netcfg::network_config_arg;
+
 use crate::tree::{Content, Kind, Tree};
 
 /// The tree's folder inside the netboot set.
@@ -149,7 +151,7 @@ pub fn shared_cmdline(netboot: &[String]) -> String {
 
 /// A node's `cmdline.txt` as built: the shared line, its seed URL on `base_url`
 /// (`http://ADDR:PORT`) with the token slot, and its seed's `network-config` (see
-/// [`network_config_arg`]).
+/// [`super::netcfg`]).
 pub fn node_cmdline(shared: &str, base_url: &str, network_config: &str) -> String {
     let mut line = format!("{shared} {}", seed_arg(base_url, TOKEN_SLOT));
     if let Some(arg) = network_config_arg(network_config) {
@@ -175,42 +177,6 @@ pub fn seed_server(cmdline: &str) -> Result<&str, PiTreeError> {
     }
 }
 
-/// `network-config=` (gzip, then base64, as cloud-init reads it from the kernel command line)
-/// with the seed's `network-config`; `None` when that has no config (no MAC in the inventory).
-///
-/// cloud-init's local stage runs before the network, so it cannot fetch the HTTP seed and would
-/// configure its fallback, DHCP v4 *and* v6, which ifupdown without a DHCPv6 client fails
-/// (a failed networking.service). On the command line the node's own config applies from the
-/// local stage on; it is the seed's, so it agrees with the datasource it takes precedence over.
-pub fn network_config_arg(network_config: &str) -> Option<String> {
-    use base64::Engine;
-    use flate2::{Compression, GzBuilder};
-    use std::io::Write;
-    let has_config = network_config
-        .lines()
-        .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
-    if !has_config {
-        return None;
-    }
-    // mtime 0 (GzBuilder's default) and no file name: the same config gives the same bytes.
-    let mut gz = GzBuilder::new().write(Vec::new(), Compression::best());
-    gz.write_all(network_config.as_bytes()).ok()?;
-    let bytes = gz.finish().ok()?;
-    Some(format!(
-        "network-config={}",
-        base64::engine::general_purpose::STANDARD.encode(bytes)
-    ))
-}
-
-/// Whether a built `cmdline.txt` carries exactly this `network-config` (or none, if it has no
-/// config): the inventory may have changed the node's MAC or address since the build.
-pub fn has_network_config(cmdline: &str, network_config: &str) -> bool {
-    let built = cmdline
-        .split_whitespace()
-        .find(|a| a.starts_with("network-config="));
-    built.map(str::to_string) == network_config_arg(network_config)
-}
-
 /// `ds=nocloud-net;s=URL/`, as the iPXE script names a PC node's seed.
 pub fn seed_arg(base_url: &str, key: &str) -> String {
     format!("ds=nocloud-net;s={base_url}/seed/{key}/")
@@ -219,6 +185,7 @@ pub fn seed_arg(base_url: &str, key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netboot::netcfg::has_network_config;
     use crate::tree::{Entry, TreePath};
 
     #[test]
@@ -306,25 +273,5 @@ mod tests {
         assert!(!has_network_config(&with_net, "network:\n  version: 1\n"));
         assert!(!has_network_config(&with_net, "# no MAC\n"));
         assert!(has_network_config(&line, "# no MAC\n"));
-    }
-
-    #[test]
-    fn network_config_arg_is_gzip_base64_of_the_config_and_stable() {
-        use base64::Engine;
-        use std::io::Read;
-        assert_eq!(network_config_arg("\n# only a comment\n  \n"), None);
-        let net = "# wired\nnetwork:\n  version: 2\n  ethernets: {}\n";
-        let arg = network_config_arg(net).unwrap();
-        assert_eq!(network_config_arg(net).unwrap(), arg);
-        let b64 = arg.strip_prefix("network-config=").unwrap();
-        assert!(!b64.contains(char::is_whitespace));
-        let gz = base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .unwrap();
-        let mut text = String::new();
-        flate2::read::GzDecoder::new(&gz[..])
-            .read_to_string(&mut text)
-            .unwrap();
-        assert_eq!(text, net);
     }
 }

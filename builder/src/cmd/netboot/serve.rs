@@ -59,6 +59,7 @@ async fn serve(args: &Args, pis: Arc<NetbootCatalog>, summary: &Summary) -> Resu
         http_port: tcp.local_addr()?.port(),
     };
     pis.check_pi_seed_server(&e.base_url())?;
+    pis.check_cmdline_sizes(&e.base_url())?;
     let catalog: Arc<dyn Catalog> = pis;
     // One set of seed tokens: minted by a PC's boot script (HTTP) or a Pi's cmdline.txt (TFTP).
     let tokens = Arc::new(Minter::new(Duration::from_secs(args.seed_ttl)));
