@@ -237,23 +237,30 @@ impl Job<'_> {
         let replaced = Arc::new(Notify::new());
         let link = Link {
             heard: heard.clone(),
-            repeat_seen: repeat_seen.clone(),
             nudge: nudge.clone(),
             replaced: replaced.clone(),
             pace: self.bucket(peer.ip()),
         };
         let task_sock = sock.clone();
+        let repeat_seen_end = repeat_seen.clone();
         let (reinject, request) = (self.reinject.clone(), raw.to_vec());
         let task = tokio::spawn(async move {
-            let asked_again = run(t, task_sock, peer, &name, size, link).await;
+            let client_ended = run(t, task_sock, peer, &name, size, link).await;
             drop(permit);
-            {
+            // Decided under the lock the listener holds while it takes a request for a repeat
+            // (and sets `repeat_seen`): either it did so before this, and the request comes
+            // back now, or it finds no transfer and starts a new one. Read outside the lock, a
+            // request arriving as the transfer ended could be dropped by both sides.
+            let asked_again = {
                 let mut r = running.lock().expect("lock");
-                if r.get(&peer).is_some_and(|e| e.id == id) {
+                let ours = r.get(&peer).is_some_and(|e| e.id == id);
+                if ours {
                     r.remove(&peer);
                 }
-            }
+                ours && client_ended && repeat_seen_end.load(Ordering::Relaxed)
+            };
             if asked_again {
+                tracing::info!(client = %peer, file = %name, "tftp: the client ended the transfer after asking for it again; its new request starts a new one");
                 let _ = reinject.send((request, peer));
             }
         });
@@ -444,7 +451,6 @@ fn path_limits(limits: &Limits, sock: &UdpSocket, peer: SocketAddr) -> Limits {
 /// What the listening loop shares with a transfer task.
 struct Link {
     heard: Arc<AtomicBool>,
-    repeat_seen: Arc<AtomicBool>,
     nudge: Arc<Notify>,
     replaced: Arc<Notify>,
     /// The client's rate bucket, when rates are capped.
@@ -531,13 +537,9 @@ async fn run<R: io::Read + io::Seek>(
         return false;
     }
     log_end(&t, peer, name, size, start.elapsed(), gone);
-    // Its ERROR came after its new request: that request was no repeat but a new transfer.
-    let asked_again = link.repeat_seen.load(Ordering::Relaxed)
-        && matches!(t.outcome(), Some(Outcome::ClientError { .. }));
-    if asked_again {
-        tracing::info!(client = %peer, file = %name, "tftp: the client ended the transfer after asking for it again; its new request starts a new one");
-    }
-    asked_again
+    // A client's ERROR after it asked again: that request was no repeat but a new transfer
+    // (decided by the caller, under the lock).
+    matches!(t.outcome(), Some(Outcome::ClientError { .. }))
 }
 
 fn log_end<R: io::Read + io::Seek>(
