@@ -158,17 +158,18 @@ impl NetbootCatalog {
         // First: an unknown profile is said as such, not as missing artifacts.
         let seed =
             seed_of(node).with_context(|| format!("{at}: the seed of node {:?}", node.name))?;
-        let mut boot = self.boot_of(node, images, sets, at)?;
-        boot.network_config = netcfg::network_config_arg(&seed.network_config);
+        let boot = self.boot_of(node, &seed.network_config, images, sets, at)?;
         self.boots.insert(node.name.clone(), boot);
         self.seeds.insert(node.name.clone(), seed);
         Ok(())
     }
 
-    /// `node`'s boot from its profile's artifact set (loaded once per profile).
+    /// `node`'s boot from its profile's artifact set (loaded once per profile), with its seed's
+    /// `network_config` on the kernel line.
     fn boot_of(
         &self,
         node: &Node,
+        network_config: &str,
         images: &Path,
         sets: &mut BTreeMap<String, ArtifactSet>,
         at: &str,
@@ -191,8 +192,7 @@ impl NetbootCatalog {
             kernel: name(&m.kernel),
             initrds: m.initrds.iter().map(|i| name(i)).collect(),
             cmdline: m.cmdline.clone(),
-            // The seed's, set by the caller that rendered it.
-            network_config: None,
+            network_config: netcfg::network_config_arg(network_config),
         })
     }
 
@@ -208,9 +208,9 @@ impl NetbootCatalog {
         let probe = fallback_node(&d.profile, Mac([0; 6]))?;
         let seed =
             (d.render)(&probe).with_context(|| format!("{at}: the seed of an unknown machine"))?;
-        let mut boot = self.boot_of(&probe, images, sets, &at)?;
-        // The probe's, for the start-up length check; each machine gets its own.
-        boot.network_config = netcfg::network_config_arg(&seed.network_config);
+        // With the probe's network-config, for the start-up length check; each machine gets
+        // its own.
+        let boot = self.boot_of(&probe, &seed.network_config, images, sets, &at)?;
         self.fallback = Some(Fallback {
             profile: d,
             boot,
@@ -306,16 +306,17 @@ impl NetbootCatalog {
     /// profile is checked with its probe machine's (one MAC's config differs from another's by
     /// a few bytes at most; a machine over the limit gets an HTTP 500 and a logged error).
     pub fn check_cmdline_sizes(&self, base_url: &str) -> Result<()> {
+        // By node name, so the first one reported does not depend on the map's order.
         let mut boots: Vec<(String, &NodeBoot)> =
             self.boots.values().map(|b| (String::new(), b)).collect();
         boots.sort_by(|a, b| a.1.node.cmp(&b.1.node));
-        if let Some(f) = &self.fallback {
+        boots.extend(self.fallback.iter().map(|f| {
             let what = format!(
                 "--unknown-profile {} (a machine not in the inventory): ",
                 f.profile.profile
             );
-            boots.push((what, &f.boot));
-        }
+            (what, &f.boot)
+        }));
         for (what, boot) in boots {
             if let Err(e) = ipxe::kernel_cmdline(base_url, boot, TOKEN_SLOT) {
                 bail!(
